@@ -1,0 +1,62 @@
+"""Alembic environment: the target metadata is built from entities.yaml.
+
+Run through `syncengine db upgrade` / `syncengine db revision -m MSG`, which pass the settings in;
+plain `alembic` (with alembic.ini) reads them from the environment instead.
+"""
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from syncengine.config import Settings
+from syncengine.descriptors import load_catalog
+from syncengine.store import open_database
+from syncengine.tables import build_metadata
+
+config = context.config
+settings: Settings = config.attributes.get("settings") or Settings.from_env()
+target_metadata = build_metadata(load_catalog(settings.entities))
+
+
+def include_name(name, type_, parent_names):
+    """Manage our tables only; a shared database may hold others."""
+    if type_ == "table":
+        return name in target_metadata.tables
+    return True
+
+
+def configure(**options) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        include_name=include_name,
+        render_as_batch=True,  # SQLite can only ALTER through table copies
+        compare_type=True,
+        **options,
+    )
+
+
+def run_offline() -> None:
+    configure(url=open_database(settings.database_url).url, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_sync(connection: Connection) -> None:
+    configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_online() -> None:
+    database = open_database(settings.database_url)
+    async with database.connect() as connection:
+        await connection.run_sync(run_sync)
+        await connection.commit()
+    await database.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    asyncio.run(run_online())

@@ -1,0 +1,170 @@
+"""The `syncengine` command: check descriptors, dry-run payloads, migrate the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from syncengine.config import Settings
+from syncengine.descriptors import DescriptorError, UnknownEntity, load_catalog
+from syncengine.engine import SchemaError, SyncEngine
+from syncengine.payloads import PayloadError, parse_body
+from syncengine.report import SyncReport
+from syncengine.spec import json_schema
+
+ENTITIES_OPTION = click.option(
+    "--entities",
+    type=click.Path(path_type=Path),
+    help="The descriptor file (default: $SYNCENGINE_ENTITIES or ./entities.yaml).",
+)
+
+
+def _settings(entities: Path | None) -> Settings:
+    settings = Settings.from_env()
+    if entities is not None:
+        settings = Settings(settings.database_url, entities, settings.migrations)
+    return settings
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """syncengine: Zoho CRM records in, validated and fingerprinted, out to Moodle."""
+
+
+@main.command()
+@ENTITIES_OPTION
+def check(entities: Path | None) -> None:
+    """Validate the descriptor file; report every problem as FILE:LINE:COL: message."""
+    settings = _settings(entities)
+    try:
+        catalog = load_catalog(settings.entities)
+    except DescriptorError as error:
+        for problem in error.problems:
+            click.echo(str(problem))
+        count = len(error.problems)
+        click.echo(f"{count} problem{'s' if count != 1 else ''} in {settings.entities}", err=True)
+        sys.exit(1)
+    fields = sum(len(entity.fields) for entity in catalog)
+    click.echo(f"{settings.entities}: OK, {len(catalog.entities)} entities, {fields} fields ({', '.join(catalog.entities)})")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of entities.yaml (for editors)."""
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@main.command("dry-run")
+@click.argument("entity")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.option("--tenant", default="default", show_default=True, help="The tenant whose data to compare with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON the HTTP endpoint returns.")
+@ENTITIES_OPTION
+def dry_run(entity: str, file: Path, tenant: str, as_json: bool, entities: Path | None) -> None:
+    """Show what syncing FILE into ENTITY would do, without writing anything.
+
+    FILE holds {"data": [...]}, a JSON array of records, or one record ("-" reads standard input).
+    """
+    settings = _settings(entities)
+    try:
+        body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as error:
+        _fail(f"cannot read {file}: {error.strerror}")
+    try:
+        records = parse_body(body)
+    except PayloadError as error:
+        _fail(f"{file}: {error}")
+    try:
+        report = asyncio.run(_dry_run(settings, tenant, entity, records))
+    except DescriptorError as error:
+        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
+    except (UnknownEntity, SchemaError, ValueError) as error:
+        _fail(str(error.args[0]))
+    if as_json:
+        click.echo(msgspec.json.encode(report.to_builtins()).decode())
+    else:
+        click.echo(render_table(report))
+
+
+async def _dry_run(settings: Settings, tenant: str, entity: str, records: list[Any]) -> SyncReport:
+    engine = SyncEngine.open(settings)
+    try:
+        return await engine.sync(tenant, entity, records, dry_run=True)
+    finally:
+        await engine.close()
+
+
+def render_table(report: SyncReport) -> str:
+    """A readable table of a report: one line per record, details indented under it."""
+    id_width = max([len(report.id_key), *(len(r.zoho_id or "-") for r in report.results)])
+    lines = [f"{'#':>4}  {report.id_key:<{id_width}}  {'STATUS':<9}  MESSAGE"]
+    for number, result in enumerate(report.results, 1):
+        lines.append(f"{number:>4}  {result.zoho_id or '-':<{id_width}}  {result.status:<9}  {result.message}")
+        for name, (old, new) in (result.changes or {}).items():
+            lines.append(f"{'':>{id_width + 18}}{name}: {_show(old)} -> {_show(new)}")
+    summary = ", ".join(f"{status} {count}" for status, count in report.summary.items() if count)
+    lines.append(f"dry run of {len(report.results)} {report.entity} records, nothing written: {summary or 'no records'}")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+@main.group()
+def db() -> None:
+    """Database schema: apply and generate Alembic migrations."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+@ENTITIES_OPTION
+def upgrade(revision: str, entities: Path | None) -> None:
+    """Apply migrations to $SYNCENGINE_DATABASE_URL."""
+    from syncengine import migrate
+
+    settings = _settings(entities)
+    click.echo(f"upgrading {_safe_url(settings.database_url)} to {revision} ...", err=True)
+    try:
+        migrate.upgrade(settings, revision)
+    except (migrate.MigrationsNotFound, DescriptorError) as error:
+        _fail(str(error))
+    click.echo("database is up to date", err=True)
+
+
+@db.command()
+@click.option("-m", "--message", required=True, help="What the migration does.")
+@ENTITIES_OPTION
+def revision(message: str, entities: Path | None) -> None:
+    """Generate a migration from the difference between entities.yaml and the database.
+
+    The database must be at the latest revision first (`syncengine db upgrade`).
+    """
+    from syncengine import migrate
+
+    settings = _settings(entities)
+    try:
+        path = migrate.revision(settings, message)
+    except (migrate.MigrationsNotFound, DescriptorError) as error:
+        _fail(str(error))
+    except Exception as error:  # alembic raises CommandError for "not up to date" and similar
+        _fail(f"{error}; run `syncengine db upgrade` first if the database is behind")
+    click.echo(f"wrote {path}; review it, then run `syncengine db upgrade`")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

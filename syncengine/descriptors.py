@@ -1,0 +1,448 @@
+"""Entity descriptors: load `entities.yaml`, report every problem with its place, build the catalog.
+
+    >>> catalog = load_catalog("entities.yaml")
+    >>> catalog.entity("enrollments").requires
+    ('students', 'classes')
+
+`check()` never stops at the first problem: it walks the whole file against the Structs of
+`spec.py` and reports each problem as `FILE:LINE:COL: path: message`.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from syncengine.fieldtypes import COMMON_OPTIONS, FIELD_TYPES, TRANSFORMS, FieldType, Options
+from syncengine.sourcemap import Document, YamlError, load_yaml
+from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, MoodleSpec, Spec
+
+#: Columns every entity table has; no field may take these names.
+SYSTEM_COLUMNS = frozenset(
+    {"id", "tenant_id", "zoho_id", "fingerprint", "source_version", "moodle_id"}
+    | {"created_at", "updated_at", "deleted_at"}
+)
+ENGINE_TABLE_PREFIX = "syncengine_"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+S = typing.TypeVar("S", bound=Spec)
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with a descriptor file, where it is and what it is."""
+
+    filename: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line}:{self.column}: {self.message}"
+
+
+class DescriptorError(Exception):
+    """The descriptor file has problems; `problems` lists every one of them."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+class UnknownEntity(LookupError):
+    def __init__(self, name: str, known: typing.Iterable[str]) -> None:
+        super().__init__(f"unknown entity '{name}' (known: {', '.join(known)})")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One mapped field, ready to parse values."""
+
+    name: str
+    source: str
+    type: FieldType
+    options: Options
+    required: bool = False
+    default: Any = None
+    target: str | None = None
+    description: str | None = None
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.target is not None
+
+    def parse(self, raw: Any) -> Any:
+        return self.type.parse(raw, self.options)
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One synced Zoho module, as the pipeline, the store and the HTTP layer see it."""
+
+    name: str
+    singular: str
+    source: str
+    fields: tuple[Field, ...]
+    version_field: str | None = None
+    description: str | None = None
+    moodle: Any = None
+    lookups: tuple[Field, ...] = field(init=False)
+    requires: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        lookups = tuple(f for f in self.fields if f.is_lookup)
+        object.__setattr__(self, "lookups", lookups)
+        required = dict.fromkeys(f.target for f in lookups if f.required)
+        object.__setattr__(self, "requires", tuple(t for t in required if t))
+
+    @property
+    def id_key(self) -> str:
+        """The key of a record's id in reports: `zoho_student_id`."""
+        return f"zoho_{self.singular}_id"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every entity of a descriptor file, in dependency order (parents first)."""
+
+    entities: dict[str, Entity]
+    filename: str = "entities.yaml"
+
+    def entity(self, name: str) -> Entity:
+        try:
+            return self.entities[name]
+        except KeyError:
+            raise UnknownEntity(name, self.entities) from None
+
+    def by_source(self, module: str) -> Entity:
+        for entity in self.entities.values():
+            if entity.source == module:
+                return entity
+        raise UnknownEntity(module, (e.source for e in self.entities.values()))
+
+    def __iter__(self) -> Iterator[Entity]:
+        return iter(self.entities.values())
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Load and check a descriptor file; raise `DescriptorError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        message = f"cannot read the descriptor file: {error.strerror}; set SYNCENGINE_ENTITIES or pass --entities"
+        raise DescriptorError([Problem(str(path), 1, 1, message)]) from None
+    except UnicodeDecodeError as error:
+        raise DescriptorError([Problem(str(path), 1, 1, f"not UTF-8 text: {error.reason}")]) from None
+    return parse_catalog(text, str(path))
+
+
+def parse_catalog(text: str, filename: str = "entities.yaml") -> Catalog:
+    """Check descriptor text and build its catalog; raise `DescriptorError` on any problem."""
+    try:
+        document = load_yaml(text, filename)
+    except YamlError as error:
+        raise DescriptorError([Problem(filename, error.line, error.column, error.message)]) from None
+    problems = _Checker(document).run()
+    if problems:
+        raise DescriptorError(problems)
+    return _build_catalog(msgspec.convert(document.data, DescriptorFile), filename)
+
+
+class _Checker:
+    """Collects every problem of one document: structure first, then meaning."""
+
+    def __init__(self, document: Document) -> None:
+        self.document = document
+        self.problems: set[Problem] = set()
+
+    def report(self, path: tuple[str | int, ...], message: str, *, key: bool = False) -> None:
+        line, column = self.document.position(path, key=key)
+        dotted = ".".join(str(part) for part in path)
+        text = f"{dotted}: {message}" if dotted else message
+        self.problems.add(Problem(self.document.filename, line, column, text))
+
+    def run(self) -> list[Problem]:
+        for path, _ in self.document.duplicates:
+            self.report(path, f"duplicate key '{path[-1]}'", key=True)
+        if self.document.data is None:
+            self.report((), "the file is empty; it needs 'version: 1' and 'entities:'")
+        else:
+            self._structure(self.document.data, DescriptorFile, ())
+            if isinstance(self.document.data, dict) and isinstance(self.document.data.get("entities"), dict):
+                self._meaning(self.document.data["entities"])
+        return sorted(self.problems, key=lambda p: (p.line, p.column, p.message))
+
+    # Structure: keys and value types, against the Structs of spec.py.
+
+    def _structure(self, value: Any, annotation: Any, path: tuple[str | int, ...]) -> bool:
+        struct = _struct_of(annotation)
+        if struct is not None and not (value is None and _is_optional(annotation)):
+            return self._object(value, struct, path)
+        if typing.get_origin(annotation) is dict:
+            if not isinstance(value, dict):
+                self.report(path, f"expected a mapping, got {_kind(value)}")
+                return False
+            item_type = typing.get_args(annotation)[1]
+            return all([self._structure(v, item_type, (*path, k)) for k, v in value.items()])
+        if typing.get_origin(annotation) is list and isinstance(value, list):
+            item_type = typing.get_args(annotation)[0]
+            return all([self._structure(v, item_type, (*path, i)) for i, v in enumerate(value)])
+        literal = _literal_of(annotation)
+        if literal is not None and value is not None and not isinstance(value, (list, dict)):
+            if value not in literal:
+                noun = next((p for p in reversed(path) if isinstance(p, str)), "value")
+                self.report(path, f"unknown {noun} {value!r} (valid: {', '.join(map(str, literal))})")
+                return False
+            return True
+        try:
+            msgspec.convert(value, annotation)
+        except msgspec.ValidationError as error:
+            self.report(path, str(error).split(" - at ")[0].replace("`", "").lower())
+            return False
+        return True
+
+    def _object(self, value: Any, struct: type[Spec], path: tuple[str | int, ...]) -> bool:
+        if not isinstance(value, dict):
+            self.report(path, f"expected a mapping, got {_kind(value)}")
+            return False
+        known = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+        ok = True
+        for key in value:
+            if key not in known:
+                self.report((*path, key), f"unknown key '{key}' (valid: {', '.join(sorted(known))})", key=True)
+                ok = False
+        for name, info in known.items():
+            if info.required and name not in value:
+                self.report(path, f"missing required key '{name}'")
+                ok = False
+        hints = typing.get_type_hints(struct)
+        for name, info in known.items():
+            if name in value:
+                ok = self._structure(value[name], hints[info.name], (*path, name)) and ok
+        return ok
+
+    # Meaning: options per type, names, lookups, dependencies. Checked on every part that is
+    # well-formed, so that one broken field hides nothing else.
+
+    def _meaning(self, entities: dict[str, Any]) -> None:
+        owners: dict[str, dict[str, str]] = {"singular": {}, "source": {}}
+        graph: dict[str, set[str]] = {}
+        for name, raw in entities.items():
+            if not isinstance(raw, dict):
+                continue
+            for attribute, seen in owners.items():
+                value = raw.get(attribute)
+                if isinstance(value, str) and value in seen:
+                    self.report(("entities", name, attribute), f"duplicate {attribute} '{value}' (also used by {seen[value]})")
+                if isinstance(value, str):
+                    seen.setdefault(value, name)
+            fields = _valid_parts(raw.get("fields"), FieldSpec)
+            self._entity(name, raw, fields, set(entities))
+            graph[name] = {f.entity for f in fields.values() if f.entity in entities and f.required}
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as error:
+            cycle = error.args[1]
+            self.report(("entities", cycle[0]), f"dependency cycle through required lookups: {' -> '.join(reversed(cycle))}", key=True)
+
+    def _entity(self, name: str, raw: dict[str, Any], fields: dict[str, FieldSpec], known: set[str]) -> None:
+        path: tuple[str, ...] = ("entities", name)
+        if not _NAME.match(name) or name.startswith(ENGINE_TABLE_PREFIX):
+            self.report(path, f"entity name '{name}' must be lower_snake_case and not start with '{ENGINE_TABLE_PREFIX}'", key=True)
+        singular = raw.get("singular")
+        if isinstance(singular, str) and not _NAME.match(singular):
+            self.report((*path, "singular"), f"'{singular}' must be lower_snake_case")
+        if raw.get("fields") == {}:
+            self.report((*path, "fields"), "an entity needs at least one field")
+        columns: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for field_name, spec in fields.items():
+            field_path = (*path, "fields", field_name)
+            self._field(field_path, spec, known)
+            source = spec.from_ or field_name
+            if source in sources:
+                self.report((*field_path, "from"), f"Zoho field '{source}' is already mapped by '{sources[source]}'")
+            sources.setdefault(source, field_name)
+            if not _NAME.match(field_name):
+                self.report(field_path, f"field name '{field_name}' must be lower_snake_case", key=True)
+            for column in _columns_of(field_name, spec):
+                if column in SYSTEM_COLUMNS or column in columns:
+                    owner = "a system column" if column in SYSTEM_COLUMNS else f"field '{columns[column]}'"
+                    self.report(field_path, f"column '{column}' clashes with {owner}; rename the field", key=True)
+                columns.setdefault(column, field_name)
+        moodle = _valid_parts({"moodle": raw.get("moodle")}, MoodleSpec).get("moodle")
+        if moodle is not None and isinstance(raw.get("fields"), dict):
+            for param, field_name in moodle.fields.items():
+                if field_name != "zoho_id" and field_name not in raw["fields"]:
+                    valid = ", ".join(["zoho_id", *raw["fields"]])
+                    self.report((*path, "moodle", "fields", param), f"unknown field '{field_name}' (valid: {valid})")
+
+    def _field(self, path: tuple[str, ...], spec: FieldSpec, known: set[str]) -> None:
+        kind = FIELD_TYPES[spec.type]
+        given = {f.encode_name for f in msgspec.structs.fields(FieldSpec) if getattr(spec, f.name) is not None}
+        for option in sorted(given - COMMON_OPTIONS - kind.options - {"required"}):
+            valid = ", ".join(sorted(kind.options)) or "none"
+            self.report((*path, option), f"option '{option}' does not apply to type '{spec.type}' (its options: {valid})", key=True)
+        if "choices" in kind.options:
+            if not spec.choices:
+                self.report(path, f"type '{spec.type}' needs 'choices'")
+            elif len(set(spec.choices)) != len(spec.choices):
+                self.report((*path, "choices"), "choices are repeated")
+        if spec.type == "lookup":
+            if spec.entity is None:
+                self.report(path, "type 'lookup' needs 'entity'")
+            elif spec.entity not in known:
+                self.report((*path, "entity"), f"unknown entity '{spec.entity}' (known: {', '.join(sorted(known))})")
+        if spec.max_length is not None and spec.max_length < 1:
+            self.report((*path, "max_length"), "must be at least 1")
+        if spec.pattern is not None:
+            try:
+                re.compile(spec.pattern)
+            except re.error as error:
+                self.report((*path, "pattern"), f"not a valid regular expression: {error}")
+        bounds = {}
+        for bound in ("min", "max"):
+            raw = getattr(spec, bound)
+            if raw is not None and bound in kind.options:
+                try:
+                    bounds[bound] = kind.parse(raw, Options())
+                except ValueError as error:
+                    self.report((*path, bound), f"not a valid {spec.type}: {error}")
+                    return
+        if len(bounds) == 2 and bounds["min"] > bounds["max"]:
+            self.report((*path, "min"), "is greater than max")
+        options = _options(spec, compile_pattern=False)
+        if spec.default is not None:
+            try:
+                kind.parse(spec.default, options)
+            except ValueError as error:
+                self.report((*path, "default"), f"not a valid {spec.type}: {error}")
+
+
+def _build_catalog(spec: DescriptorFile, filename: str) -> Catalog:
+    entities = {name: _build_entity(name, entity) for name, entity in spec.entities.items()}
+    return Catalog({name: entities[name] for name in _dependency_order(spec)}, filename)
+
+
+def _build_entity(name: str, spec: EntitySpec) -> Entity:
+    fields = []
+    for field_name, field_spec in spec.fields.items():
+        kind = FIELD_TYPES[field_spec.type]
+        options = _options(field_spec, compile_pattern=True)
+        default = None if field_spec.default is None else kind.parse(field_spec.default, options)
+        fields.append(
+            Field(
+                name=field_name,
+                source=field_spec.from_ or field_name,
+                type=kind,
+                options=options,
+                required=field_spec.required,
+                default=default,
+                target=field_spec.entity,
+                description=field_spec.description,
+            )
+        )
+    return Entity(
+        name=name,
+        singular=spec.singular,
+        source=spec.source,
+        fields=tuple(fields),
+        version_field=spec.version_field,
+        description=spec.description,
+        moodle=spec.moodle,
+    )
+
+
+def _dependency_order(spec: DescriptorFile) -> list[str]:
+    """Parents first; optional lookups count too where they make no cycle."""
+    order = list(spec.entities)
+    for graph in (
+        {name: {f.entity for f in e.fields.values() if f.entity} for name, e in spec.entities.items()},
+        {name: _requires(e) for name, e in spec.entities.items()},
+    ):
+        try:
+            sorter = graphlib.TopologicalSorter(graph)
+            sorter.prepare()
+        except graphlib.CycleError:
+            continue
+        result: list[str] = []
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=order.index)
+            result.extend(ready)
+            sorter.done(*ready)
+        return result
+    return order
+
+
+def _requires(entity: EntitySpec) -> set[str]:
+    return {f.entity for f in entity.fields.values() if f.entity and f.required}
+
+
+def _options(spec: FieldSpec, *, compile_pattern: bool) -> Options:
+    kind = FIELD_TYPES[spec.type]
+
+    def bound(raw: Any) -> Any:
+        return None if raw is None or "min" not in kind.options else kind.parse(raw, Options())
+
+    return Options(
+        max_length=spec.max_length,
+        min=bound(spec.min),
+        max=bound(spec.max),
+        pattern=re.compile(spec.pattern) if compile_pattern and spec.pattern else None,
+        choices=tuple(spec.choices or ()),
+        transforms=tuple(TRANSFORMS[name] for name in spec.transform or ()),
+    )
+
+
+def _columns_of(name: str, spec: FieldSpec) -> tuple[str, ...]:
+    return (f"{name}_zoho_id", f"{name}_id") if spec.type == "lookup" else (name,)
+
+
+def lookup_columns(field: Field) -> tuple[str, str]:
+    """The two columns of a lookup: the referenced Zoho id and the local row id."""
+    return f"{field.name}_zoho_id", f"{field.name}_id"
+
+
+def _valid_parts(raw: Any, struct: type[S]) -> dict[str, S]:
+    """The items of a mapping that convert cleanly to `struct`; the checker reports the others."""
+    parts: dict[str, S] = {}
+    for name, value in raw.items() if isinstance(raw, dict) else ():
+        try:
+            parts[name] = msgspec.convert(value, struct)
+        except msgspec.ValidationError:
+            continue
+    return parts
+
+
+def _struct_of(annotation: Any) -> type[Spec] | None:
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, Spec)), None)
+
+
+def _literal_of(annotation: Any) -> tuple[Any, ...] | None:
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for candidate in candidates:
+        if typing.get_origin(candidate) is typing.Literal:
+            return typing.get_args(candidate)
+    return None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _is_optional(annotation: Any) -> bool:
+    return _is_union(annotation) and type(None) in typing.get_args(annotation)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))

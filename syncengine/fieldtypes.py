@@ -1,0 +1,327 @@
+"""Field types: how a Zoho value becomes a typed value, a column and a JSON value.
+
+Each type is one `FieldType` in `FIELD_TYPES`. A type knows which descriptor options it accepts,
+how to parse what Zoho sends (raising `ValueError` with a message for the user), which SQL column
+holds it, and how to render it as JSON (for fingerprints, change reports and the OpenAPI schema).
+
+    >>> FIELD_TYPES["datetime"].parse("2026-02-10T09:15:42+03:00", Options())
+    datetime.datetime(2026, 2, 10, 6, 15, 42, tzinfo=datetime.timezone.utc)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+
+#: Values that mean "empty" wherever they appear: Zoho's picklist placeholder and empty form fields.
+EMPTY_VALUES = ("", "-None-")
+
+DECIMAL_PRECISION = 18
+DECIMAL_SCALE = 4
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The type-specific options of one field, already checked by the descriptor loader."""
+
+    max_length: int | None = None
+    min: Any = None
+    max: Any = None
+    pattern: re.Pattern[str] | None = None
+    choices: tuple[str, ...] = ()
+    transforms: tuple[Callable[[str], str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldType:
+    """One descriptor type: parse a raw Zoho value, store it, describe it in JSON Schema.
+
+    Parsed values are plain Python values (str, int, Decimal, bool, date, datetime in UTC, list)
+    that msgspec encodes as JSON directly; `from_db` turns what a driver returns back into them.
+    """
+
+    name: str
+    options: frozenset[str]
+    parse: Callable[[Any, Options], Any]
+    column: Callable[[Options], sa.types.TypeEngine[Any]]
+    json_schema: Callable[[Options], dict[str, Any]]
+    from_db: Callable[[Any], Any] = field(default=lambda value: value)
+
+
+def _text(raw: Any, options: Options) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"expected text, got {_kind(raw)}")
+    value = raw if isinstance(raw, str) else str(raw)
+    for transform in options.transforms:
+        value = transform(value)
+    if options.max_length is not None and len(value) > options.max_length:
+        raise ValueError(f"is {len(value)} characters long; the maximum is {options.max_length}")
+    if options.pattern is not None and not options.pattern.fullmatch(value):
+        raise ValueError(f"{value!r} does not match the pattern {options.pattern.pattern!r}")
+    return value
+
+
+def _email(raw: Any, options: Options) -> str:
+    value = _text(raw, options)
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+def _bounded(value: Any, options: Options) -> Any:
+    if options.min is not None and value < options.min:
+        raise ValueError(f"{_render(value)} is less than the minimum {_render(options.min)}")
+    if options.max is not None and value > options.max:
+        raise ValueError(f"{_render(value)} is greater than the maximum {_render(options.max)}")
+    return value
+
+
+def _integer(raw: Any, options: Options) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(raw, int):
+        return _bounded(raw, options)
+    if isinstance(raw, float) and raw.is_integer():
+        return _bounded(int(raw), options)
+    if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+        return _bounded(int(raw), options)
+    raise ValueError(f"expected an integer, got {_kind(raw)}")
+
+
+def _decimal(raw: Any, options: Options) -> Decimal:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(f"expected a number, got {_kind(raw)}")
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a number, got {_kind(raw)}") from None
+    if not value.is_finite():
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -DECIMAL_SCALE and value != value.quantize(Decimal(1).scaleb(-DECIMAL_SCALE)):
+        raise ValueError(f"{raw!r} has more than {DECIMAL_SCALE} decimal places")
+    if value.adjusted() >= DECIMAL_PRECISION - DECIMAL_SCALE:
+        raise ValueError(f"{raw!r} is too large (at most {DECIMAL_PRECISION - DECIMAL_SCALE} digits before the point)")
+    return _bounded(_normal_decimal(value), options)
+
+
+def _normal_decimal(value: Decimal) -> Decimal:
+    """1, 1.0 and 1.00 are one value: drop trailing zeros but keep plain notation."""
+    normal = value.normalize()
+    exponent = normal.as_tuple().exponent
+    return normal.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else normal
+
+
+def _boolean(raw: Any, options: Options) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    raise ValueError(f"expected true or false, got {_kind(raw)}")
+
+
+def _date(raw: Any, options: Options) -> dt.date:
+    if isinstance(raw, str):
+        try:
+            return _bounded(dt.date.fromisoformat(raw.strip()), options)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a date as YYYY-MM-DD, got {_kind(raw)}")
+
+
+def _datetime(raw: Any, options: Options) -> dt.datetime:
+    if isinstance(raw, str):
+        try:
+            value = dt.datetime.fromisoformat(raw.strip())
+        except ValueError:
+            pass
+        else:
+            if value.tzinfo is None:
+                raise ValueError(f"{raw!r} has no UTC offset; send it as 2026-02-10T09:15:42+03:00")
+            return _bounded(value.astimezone(dt.timezone.utc), options)
+    raise ValueError(f"expected a date-time as ISO 8601 with an offset, got {_kind(raw)}")
+
+
+def _choice(raw: Any, options: Options) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected one of {_listing(options.choices)}, got {_kind(raw)}")
+    if raw not in options.choices:
+        raise ValueError(f"{raw!r} is not one of {_listing(options.choices)}")
+    return raw
+
+
+def _multichoice(raw: Any, options: Options) -> list[str]:
+    items = raw.split(";") if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of choices, got {_kind(raw)}")
+    values = [item for item in items if item not in EMPTY_VALUES]
+    bad = [item for item in values if item not in options.choices]
+    if bad:
+        raise ValueError(f"{_listing(bad)} not in {_listing(options.choices)}")
+    return values
+
+
+def _lookup(raw: Any, options: Options) -> str:
+    """A lookup arrives as {"id": "...", "name": "..."} or as the bare id."""
+    value = raw.get("id") if isinstance(raw, dict) else raw
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f'expected a record id or {{"id": ...}}, got {_kind(raw)}')
+    return value.strip()
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def _decimal_from_db(value: Any) -> Decimal:
+    return _normal_decimal(value if isinstance(value, Decimal) else Decimal(str(value)))
+
+
+def _kind(raw: Any) -> str:
+    if raw is None:
+        return "null"
+    if isinstance(raw, bool):
+        return "a boolean"
+    if isinstance(raw, dict):
+        return "an object"
+    if isinstance(raw, list):
+        return "a list"
+    return repr(raw)
+
+
+def _render(value: Any) -> str:
+    return str(value) if isinstance(value, (int, Decimal, float)) else repr(value.isoformat())
+
+
+def _listing(values: Any) -> str:
+    return ", ".join(repr(value) for value in values)
+
+
+def _string_schema(options: Options, **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", **extra}
+    if options.max_length is not None:
+        schema["maxLength"] = options.max_length
+    if options.pattern is not None:
+        schema["pattern"] = options.pattern.pattern
+    return schema
+
+
+def _number_schema(options: Options, **schema: Any) -> dict[str, Any]:
+    if options.min is not None:
+        schema["minimum"] = float(options.min) if isinstance(options.min, Decimal) else options.min
+    if options.max is not None:
+        schema["maximum"] = float(options.max) if isinstance(options.max, Decimal) else options.max
+    return schema
+
+
+_TEXT_OPTIONS = frozenset({"max_length", "pattern", "transform"})
+_NUMBER_OPTIONS = frozenset({"min", "max"})
+
+FIELD_TYPES: dict[str, FieldType] = {
+    kind.name: kind
+    for kind in (
+        FieldType(
+            "string",
+            _TEXT_OPTIONS,
+            _text,
+            lambda o: sa.String(o.max_length) if o.max_length else sa.String(),
+            _string_schema,
+        ),
+        FieldType("text", _TEXT_OPTIONS, _text, lambda o: sa.Text(), _string_schema),
+        FieldType(
+            "email",
+            _TEXT_OPTIONS,
+            _email,
+            lambda o: sa.String(o.max_length or 320),
+            lambda o: _string_schema(o, format="email"),
+        ),
+        FieldType(
+            "integer",
+            _NUMBER_OPTIONS,
+            _integer,
+            lambda o: sa.BigInteger(),
+            lambda o: _number_schema(o, type=["integer", "string"]),
+        ),
+        FieldType(
+            "decimal",
+            _NUMBER_OPTIONS,
+            _decimal,
+            lambda o: sa.Numeric(DECIMAL_PRECISION, DECIMAL_SCALE),
+            lambda o: _number_schema(o, type=["number", "string"]),
+            from_db=_decimal_from_db,
+        ),
+        FieldType(
+            "boolean",
+            frozenset(),
+            _boolean,
+            lambda o: sa.Boolean(),
+            lambda o: {"type": ["boolean", "string"]},
+        ),
+        FieldType(
+            "date",
+            _NUMBER_OPTIONS,
+            _date,
+            lambda o: sa.Date(),
+            lambda o: {"type": "string", "format": "date"},
+        ),
+        FieldType(
+            "datetime",
+            _NUMBER_OPTIONS,
+            _datetime,
+            lambda o: sa.DateTime(timezone=True),
+            lambda o: {"type": "string", "format": "date-time"},
+            from_db=_utc,
+        ),
+        FieldType(
+            "choice",
+            frozenset({"choices"}),
+            _choice,
+            lambda o: sa.String(max(64, *(len(c) for c in o.choices))),
+            lambda o: {"enum": [*o.choices, "-None-"]},
+        ),
+        FieldType(
+            "multichoice",
+            frozenset({"choices"}),
+            _multichoice,
+            lambda o: sa.JSON(),
+            lambda o: {
+                "oneOf": [{"type": "array", "items": {"enum": list(o.choices)}}, {"type": "string"}]
+            },
+            from_db=list,
+        ),
+        FieldType(
+            "lookup",
+            frozenset({"entity"}),
+            _lookup,
+            lambda o: sa.String(32),
+            lambda o: {
+                "oneOf": [
+                    {"type": "string"},
+                    {
+                        "type": "object",
+                        "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+                        "required": ["id"],
+                    },
+                ]
+            },
+        ),
+    )
+}
+
+#: Options every field accepts, whatever its type.
+COMMON_OPTIONS = frozenset({"type", "from", "required", "default", "description"})
+
+TRANSFORMS: dict[str, Callable[[str], str]] = {"trim": str.strip, "lower": str.lower}

@@ -1,0 +1,54 @@
+"""Alembic, driven from the CLI: the migrations folder and the database come from Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncengine.config import Settings
+
+
+class MigrationsNotFound(FileNotFoundError):
+    pass
+
+
+def alembic_config(settings: Settings) -> Config:
+    """An Alembic Config for `settings`; `migrations/env.py` reads `settings` from it."""
+    folder = settings.migrations_dir
+    if not (folder / "env.py").is_file():
+        raise MigrationsNotFound(
+            f"no Alembic migrations in {folder}: keep migrations/ beside the entities file, "
+            "or set SYNCENGINE_MIGRATIONS"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(folder))
+    config.set_main_option("version_locations", str(folder / "versions"))
+    config.attributes["settings"] = settings
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    command.upgrade(alembic_config(settings), revision)
+
+
+def revision(settings: Settings, message: str) -> Path | None:
+    """Autogenerate a migration from the difference between the descriptors and the database."""
+    script = command.revision(alembic_config(settings), message=message, autogenerate=True)
+    if isinstance(script, list):
+        script = script[0] if script else None
+    return Path(script.path) if script is not None else None
+
+
+def head(settings: Settings) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+
+async def current(database: AsyncEngine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    async with database.connect() as conn:
+        return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())

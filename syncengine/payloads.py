@@ -1,0 +1,94 @@
+"""Payload shapes: turn what Zoho (or a person) sends into a list of raw records.
+
+Accepted, as JSON:
+- Zoho's envelope `{"data": [records], "info": {...}}`;
+- a JSON array of records, or one record object;
+- a Notifications API callback `{"ids": [...], "operation": "insert|update|delete", "module": ...}`:
+  deletions become delete records, updates become patches of their `affected_values`.
+As a form (`application/x-www-form-urlencoded`): one record, as a workflow webhook sends it;
+`zoho_id` names the record and `event=delete` makes it a deletion.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from syncengine.pipeline import DELETED_KEY
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+_decode = msgspec.json.Decoder().decode
+_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+class PayloadError(ValueError):
+    """The body is not one of the accepted shapes; the message says what and where."""
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Decode JSON; on failure say at which line and column, not at which byte."""
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        return _decode(data)
+    except msgspec.DecodeError as error:
+        message = str(error)
+        match = _BYTE.search(message)
+        if match is None:
+            raise PayloadError(f"malformed JSON: {message}") from None
+        offset = int(match.group(1))
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        reason = _BYTE.sub("", message).replace("JSON is malformed: ", "").strip()
+        raise PayloadError(f"malformed JSON at line {line}, column {column}: {reason}") from None
+
+
+def records_from_json(document: Any) -> list[Any]:
+    """The records of a decoded JSON document in any accepted shape."""
+    if isinstance(document, list):
+        return document
+    if not isinstance(document, dict):
+        raise PayloadError(
+            f"expected a JSON object or array of records, got {type(document).__name__}; "
+            'send {"data": [records]}, [records] or one record object'
+        )
+    if "data" in document:
+        if not isinstance(document["data"], list):
+            raise PayloadError('"data" must be a list of records')
+        return document["data"]
+    if isinstance(document.get("ids"), list) and "operation" in document:
+        return _notification(document)
+    return [document]
+
+
+def records_from_form(body: bytes) -> list[Any]:
+    """One record from a form body; `zoho_id` and `event` are the webhook's own keys."""
+    try:
+        fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise PayloadError(f"malformed form body: {error}") from None
+    if fields.pop("event", "").lower() == "delete":
+        fields[DELETED_KEY] = True  # type: ignore[assignment]
+    return [fields]
+
+
+def parse_body(body: bytes, content_type: str | None = "application/json") -> list[Any]:
+    """The records of an HTTP body or a file, by its content type."""
+    media_type = (content_type or "application/json").split(";")[0].strip().lower()
+    if media_type == FORM_CONTENT_TYPE:
+        return records_from_form(body)
+    return records_from_json(parse_json(body))
+
+
+def _notification(document: dict[str, Any]) -> list[Any]:
+    operation = str(document["operation"]).lower()
+    if operation == "delete":
+        return [{"id": zoho_id, DELETED_KEY: True} for zoho_id in document["ids"]]
+    values = {
+        item.get("record_id"): item.get("values") or {}
+        for item in document.get("affected_values") or ()
+        if isinstance(item, dict)
+    }
+    return [{**values.get(zoho_id, {}), "id": zoho_id} for zoho_id in document["ids"]]

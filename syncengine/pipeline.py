@@ -1,0 +1,340 @@
+"""The pipeline: parse -> validate -> fingerprint -> resolve lookups -> upsert -> outbox -> report.
+
+One code path for every entity; the `Entity` descriptor says what to do. A batch costs a fixed
+number of set-based statements, whatever its size:
+
+1. fetch the stored rows of the batch's ids (one statement);
+2. resolve lookup ids that the stored rows do not already link (at most one per lookup target);
+3. decide every record in input order, in memory, each against the state the one before left;
+4. upsert the final state of every touched row (one statement);
+5. queue a delivery for each changed row of an entity that lands in Moodle (one statement).
+
+Records are patches: a field absent from a record keeps its stored value; a field sent as null
+(or "", or Zoho's "-None-") is cleared, or set to its default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from syncengine.descriptors import Entity, Field, lookup_columns
+from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options
+from syncengine.report import FieldError, RecordResult, SyncReport
+from syncengine.store import Store
+
+#: A record carrying `"$deleted": true` is a deletion in the source (see payloads.py).
+DELETED_KEY = "$deleted"
+ID_KEYS = ("id", "zoho_id")
+_DATETIME = FIELD_TYPES["datetime"]
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A record after parsing and validation: what it says, and what is wrong with it."""
+
+    zoho_id: str | None
+    values: dict[str, Any]
+    version: dt.datetime | None = None
+    delete: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Stored:
+    """A row's state: what the database holds, then what the batch has made of it."""
+
+    values: dict[str, Any]
+    links: dict[str, int | None]
+    fingerprint: str
+    version: dt.datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class EntityTables:
+    """An entity with its table and the outbox, as the pipeline needs them."""
+
+    entity: Entity
+    table: sa.Table
+    outbox: sa.Table
+    targets: dict[str, sa.Table]
+    singulars: dict[str, str]
+
+
+def parse_record(entity: Entity, raw: Any) -> Incoming:
+    """Validate one raw Zoho record against its descriptor, collecting every field error."""
+    if not isinstance(raw, dict):
+        kind = "a list" if isinstance(raw, list) else "null" if raw is None else type(raw).__name__
+        return Incoming(None, {}, errors={"(record)": f"expected a JSON object, got {kind}"})
+    incoming = Incoming(_zoho_id(raw), {}, delete=raw.get(DELETED_KEY) is True)
+    if incoming.zoho_id is None:
+        incoming.errors["id"] = "missing: every record needs its Zoho record id in 'id'"
+    if entity.version_field is not None:
+        raw_version = raw.get(entity.version_field)
+        if not _is_empty(raw_version):
+            try:
+                incoming.version = _DATETIME.parse(raw_version, Options())
+            except ValueError as error:
+                incoming.errors[entity.version_field] = str(error)
+    if incoming.delete:
+        return incoming
+    for fld in entity.fields:
+        if fld.source not in raw:
+            continue
+        value = raw[fld.source]
+        if _is_empty(value):
+            incoming.values[fld.name] = None
+            continue
+        try:
+            parsed = fld.parse(value)
+        except ValueError as error:
+            incoming.errors[fld.source] = str(error)
+        else:
+            incoming.values[fld.name] = None if parsed == "" or parsed == [] else parsed
+    return incoming
+
+
+def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
+    """SHA-256 of the mapped values, keyed by Zoho name; empty fields leave no trace.
+
+    Leaving empty fields out means adding a field to a descriptor does not change the
+    fingerprint of records that do not have it.
+    """
+    canonical = {f.source: values[f.name] for f in entity.fields if values.get(f.name) is not None}
+    return hashlib.sha256(_encode(canonical)).hexdigest()
+
+
+async def sync_batch(
+    conn: AsyncConnection, store: Store, tables: EntityTables, tenant: str, records: Iterable[Any]
+) -> SyncReport:
+    """Run the pipeline on one batch inside the caller's transaction."""
+    entity = tables.entity
+    incoming = [parse_record(entity, raw) for raw in records]
+    ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
+    state = await _fetch_state(conn, store, tables, tenant, ids)
+    resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state)
+    batch = _Batch(tables, state, resolved)
+    results = [batch.apply(record) for record in incoming]
+    now = dt.datetime.now(dt.timezone.utc)
+    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
+    if entity.moodle is not None and batch.deliveries:
+        deliveries = [
+            {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}
+            | {"next_attempt_at": now, "created_at": now}
+            for zoho_id, operation in batch.deliveries.items()
+        ]
+        await store.insert(conn, tables.outbox, deliveries)
+    return SyncReport(entity.name, entity.id_key, results)
+
+
+async def _fetch_state(
+    conn: AsyncConnection, store: Store, tables: EntityTables, tenant: str, ids: set[str]
+) -> dict[str, Stored]:
+    if not ids:
+        return {}
+    entity, table = tables.entity, tables.table
+    value_columns = [table.c[_value_column(f)] for f in entity.fields]
+    link_columns = [table.c[lookup_columns(f)[1]] for f in entity.lookups]
+    system = [table.c.zoho_id, table.c.fingerprint, table.c.source_version, table.c.deleted_at]
+    rows = await store.fetch(conn, [*system, *value_columns, *link_columns], tenant, ids)
+    from_db = [(f.name, f.type.from_db) for f in entity.fields]
+    links = [f.name for f in entity.lookups]
+    state = {}
+    for row in rows:
+        zoho_id, fprint, version, deleted_at = row[:4]
+        values = row[4 : 4 + len(from_db)]
+        state[zoho_id] = Stored(
+            values={name: None if v is None else convert(v) for (name, convert), v in zip(from_db, values)},
+            links=dict(zip(links, row[4 + len(from_db) :])),
+            fingerprint=fprint,
+            version=None if version is None else _DATETIME.from_db(version),
+            deleted=deleted_at is not None,
+        )
+    return state
+
+
+async def _resolve_lookups(
+    conn: AsyncConnection,
+    store: Store,
+    tables: EntityTables,
+    tenant: str,
+    incoming: Sequence[Incoming],
+    state: dict[str, Stored],
+) -> dict[str, dict[str, int]]:
+    """Local row ids of the lookup targets, per target entity: {target: {zoho_id: id}}.
+
+    Links the stored rows already hold are reused, so an unchanged batch queries nothing here.
+    """
+    resolved: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
+    wanted: dict[str, set[str]] = {target: set() for target in tables.targets}
+    for stored in state.values():
+        for fld in tables.entity.lookups:
+            zoho_id, local_id = stored.values[fld.name], stored.links[fld.name]
+            if zoho_id is not None and local_id is not None:
+                resolved[fld.target][zoho_id] = local_id  # type: ignore[index]
+    for record in incoming:
+        for fld in tables.entity.lookups:
+            zoho_id = record.values.get(fld.name)
+            if zoho_id is not None and zoho_id not in resolved[fld.target]:  # type: ignore[index]
+                wanted[fld.target].add(zoho_id)  # type: ignore[index]
+    for target, zoho_ids in wanted.items():
+        if zoho_ids:
+            target_table = tables.targets[target]
+            columns = [target_table.c.zoho_id, target_table.c.id, target_table.c.deleted_at]
+            for zoho_id, local_id, deleted_at in await store.fetch(conn, columns, tenant, zoho_ids):
+                if deleted_at is None:
+                    resolved[target][zoho_id] = local_id
+    return resolved
+
+
+class _Batch:
+    """Decides each record of a batch in order, keeping the state every decision leaves."""
+
+    def __init__(self, tables: EntityTables, state: dict[str, Stored], resolved: dict[str, dict[str, int]]) -> None:
+        self.entity = tables.entity
+        self.singulars = tables.singulars
+        self.state = state
+        self.resolved = resolved
+        self.dirty: dict[str, None] = {}
+        self.deliveries: dict[str, str] = {}
+
+    def apply(self, record: Incoming) -> RecordResult:
+        previous = self.state.get(record.zoho_id) if record.zoho_id is not None else None
+        live = previous if previous is not None and not previous.deleted else None
+        if record.errors or record.zoho_id is None:
+            return self._invalid(record, live)
+        if previous is not None and _is_stale(record.version, previous.version):
+            return RecordResult(
+                record.zoho_id,
+                "SKIPPED",
+                f"{self.entity.version_field} {record.version.isoformat()} is older than the stored "  # type: ignore[union-attr]
+                f"{previous.version.isoformat()}; the newer version is kept",  # type: ignore[union-attr]
+                reason="stale_update",
+            )
+        if record.delete:
+            return self._delete(record, previous, live)
+        values = self._merge(record, live)
+        missing = [f for f in self.entity.fields if f.required and values[f.name] is None]
+        if missing:
+            return self._invalid(record, live, values)
+        links: dict[str, int | None] = {}
+        for fld in self.entity.lookups:
+            zoho_id = values[fld.name]
+            links[fld.name] = None if zoho_id is None else self.resolved[fld.target].get(zoho_id)  # type: ignore[index]
+            if fld.required and links[fld.name] is None:
+                singular = self.singulars[fld.target]  # type: ignore[index]
+                return RecordResult(
+                    record.zoho_id,
+                    "SKIPPED",
+                    f"{fld.source} points to {singular} {zoho_id}, which is not synced yet for this tenant; "
+                    f"sync that {singular} first, then send this record again",
+                    reason=f"{singular}_not_synced_yet",
+                )
+        fprint = fingerprint(self.entity, values)
+        version = _newest(record.version, previous.version if previous else None)
+        if live is not None and fprint == live.fingerprint:
+            if version != live.version:
+                live.version = version
+                self.dirty[record.zoho_id] = None
+            return RecordResult(record.zoho_id, "UNCHANGED", "no change")
+        self.state[record.zoho_id] = Stored(values, links, fprint, version, deleted=False)
+        self.dirty[record.zoho_id] = None
+        self.deliveries[record.zoho_id] = "upsert"
+        if live is None:
+            message = "restored: it had been deleted" if previous is not None else "created"
+            return RecordResult(record.zoho_id, "NEW", message)
+        changes = {
+            f.source: [live.values[f.name], values[f.name]]
+            for f in self.entity.fields
+            if live.values[f.name] != values[f.name]
+        }
+        return RecordResult(record.zoho_id, "UPDATED", f"updated {', '.join(changes)}", changes=changes)
+
+    def row(self, tenant: str, zoho_id: str, now: dt.datetime) -> dict[str, Any]:
+        """The final state of a touched row, as its table's columns."""
+        stored = self.state[zoho_id]
+        row: dict[str, Any] = {"tenant_id": tenant, "zoho_id": zoho_id}
+        for fld in self.entity.fields:
+            if fld.is_lookup:
+                zoho_column, local_column = lookup_columns(fld)
+                row[zoho_column] = stored.values[fld.name]
+                row[local_column] = stored.links[fld.name]
+            else:
+                row[fld.name] = stored.values[fld.name]
+        row["fingerprint"] = stored.fingerprint
+        row["source_version"] = stored.version
+        row["created_at"] = now
+        row["updated_at"] = now
+        row["deleted_at"] = now if stored.deleted else None
+        return row
+
+    def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
+        values = dict(live.values) if live is not None else dict.fromkeys(f.name for f in self.entity.fields)
+        values.update(record.values)
+        for fld in self.entity.fields:
+            if values[fld.name] is None and fld.default is not None:
+                values[fld.name] = fld.default
+        return values
+
+    def _delete(self, record: Incoming, previous: Stored | None, live: Stored | None) -> RecordResult:
+        assert record.zoho_id is not None
+        if live is None:
+            message = "already deleted" if previous is not None else "not stored for this tenant; nothing to delete"
+            return RecordResult(record.zoho_id, "SKIPPED", message, reason="not_found")
+        live.deleted = True
+        live.version = _newest(record.version, live.version)
+        self.dirty[record.zoho_id] = None
+        self.deliveries[record.zoho_id] = "delete"
+        return RecordResult(record.zoho_id, "DELETED", "deleted")
+
+    def _invalid(self, record: Incoming, live: Stored | None, values: dict[str, Any] | None = None) -> RecordResult:
+        """Every problem of the record, in field order; required fields count once merged."""
+        if values is None and not record.delete and "(record)" not in record.errors:
+            values = self._merge(record, live)
+        errors = [FieldError(name, message) for name, message in record.errors.items() if name in ("(record)", "id")]
+        for fld in self.entity.fields:
+            if fld.source in record.errors:
+                errors.append(FieldError(fld.source, record.errors[fld.source]))
+            elif fld.required and values is not None and values[fld.name] is None:
+                errors.append(FieldError(fld.source, "is required"))
+        if self.entity.version_field in record.errors:
+            errors.append(FieldError(self.entity.version_field, record.errors[self.entity.version_field]))  # type: ignore[index, arg-type]
+        count = f"{len(errors)} field error{'s' if len(errors) != 1 else ''}"
+        return RecordResult(record.zoho_id, "INVALID", f"{count}: {'; '.join(f'{e.field} {e.message}' for e in errors)}", errors=errors)
+
+
+def _zoho_id(raw: dict[str, Any]) -> str | None:
+    for key in ID_KEYS:
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value in EMPTY_VALUES)
+
+
+def _is_stale(incoming: dt.datetime | None, stored: dt.datetime | None) -> bool:
+    return incoming is not None and stored is not None and incoming < stored
+
+
+def _newest(incoming: dt.datetime | None, stored: dt.datetime | None) -> dt.datetime | None:
+    if incoming is None or stored is None:
+        return incoming or stored
+    return max(incoming, stored)
+
+
+def _value_column(fld: Field) -> str:
+    return lookup_columns(fld)[0] if fld.is_lookup else fld.name

@@ -1,0 +1,88 @@
+"""The descriptor language: the shape of `entities.yaml`, as msgspec Structs.
+
+These Structs are the single definition of which keys exist and what type each takes. The
+checker (`descriptors.py`) walks them to report every problem with its position, and
+`json_schema()` publishes them for editors (`syncengine schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from syncengine.fieldtypes import FIELD_TYPES, TRANSFORMS
+
+FieldTypeName = Literal[
+    "string", "text", "email", "integer", "decimal", "boolean",
+    "date", "datetime", "choice", "multichoice", "lookup",
+]  # fmt: skip
+TransformName = Literal["trim", "lower"]
+MoodleTarget = Literal[
+    "user", "course", "category", "enrolment", "group", "group_member", "cohort", "cohort_member",
+]  # fmt: skip
+Number = int | float | str
+
+
+class Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every descriptor object: unknown keys are errors, values never change."""
+
+
+class FieldSpec(Spec, kw_only=True):
+    """One mapped Zoho field. `from` is the Zoho API name; it defaults to the field's name."""
+
+    type: FieldTypeName
+    from_: str | None = msgspec.field(default=None, name="from")
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    transform: list[TransformName] | None = None
+    min: Number | None = None
+    max: Number | None = None
+    choices: list[str] | None = None
+    entity: str | None = None
+
+
+class MoodleSpec(Spec, kw_only=True):
+    """How an entity lands in Moodle: the kind of Moodle object, and which fields feed it.
+
+    `fields` maps a Moodle parameter to one of the entity's field names (or `zoho_id`);
+    `defaults` gives literal parameters (a category id, a role id).
+    """
+
+    target: MoodleTarget
+    fields: dict[str, str] = {}
+    defaults: dict[str, str | int | bool] = {}
+
+
+class EntitySpec(Spec, kw_only=True):
+    """One synced Zoho module."""
+
+    source: str
+    singular: str
+    description: str | None = None
+    version_field: str | None = None
+    fields: dict[str, FieldSpec]
+    moodle: MoodleSpec | None = None
+
+
+class DescriptorFile(Spec, kw_only=True):
+    """The whole of `entities.yaml`."""
+
+    version: Literal[1]
+    entities: dict[str, EntitySpec]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of `entities.yaml`, for editors (yaml-language-server and the like)."""
+    schema = msgspec.json.schema(DescriptorFile)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "syncengine entities.yaml"
+    return schema
+
+
+# The Literal lists above are what editors see; the registries are what the engine runs.
+assert set(FieldTypeName.__args__) == set(FIELD_TYPES), "FieldTypeName and FIELD_TYPES disagree"
+assert set(TransformName.__args__) == set(TRANSFORMS), "TransformName and TRANSFORMS disagree"

@@ -1,0 +1,185 @@
+"""The store: opening databases, and the few statements whose SQL differs by dialect.
+
+Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for three
+set-based operations (fetch rows by Zoho id, upsert rows, insert rows) and never learns which
+database it talks to.
+
+- PostgreSQL: one `INSERT ... SELECT FROM unnest(...)` per batch, arrays bound as parameters;
+  fetched rows are locked (`FOR UPDATE`, in id order) so concurrent batches cannot interleave.
+- SQLite: `executemany` of one upsert; write transactions start with `BEGIN IMMEDIATE` so that
+  two writers queue instead of failing, and the file runs in WAL mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import Any, Protocol
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+#: The unique key of every entity table.
+NATURAL_KEY = ("tenant_id", "zoho_id")
+
+
+class Store(Protocol):
+    async def fetch(
+        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+    ) -> Sequence[sa.Row[Any]]:
+        """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`."""
+
+    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Insert rows, or update every given column (but `created_at`) where the natural key exists."""
+
+    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Insert rows."""
+
+
+def database_url(url: str) -> str:
+    """Accept the URLs people write and name the async driver we use.
+
+    >>> database_url("postgresql://postgres@127.0.0.1/test")
+    'postgresql+asyncpg://postgres@127.0.0.1/test'
+    """
+    for plain, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def open_database(url: str, **options: Any) -> AsyncEngine:
+    """An engine for `url`, set up for how syncengine uses its dialect."""
+    engine = create_async_engine(database_url(url), **options)
+    if engine.dialect.name == "sqlite":
+        _serialise_sqlite_writers(engine)
+    return engine
+
+
+def store_for(engine: AsyncEngine | AsyncConnection) -> Store:
+    name = engine.dialect.name
+    if name == "postgresql":
+        return PostgresStore()
+    if name == "sqlite":
+        return SqliteStore()
+    raise ValueError(f"unsupported database '{name}': use a postgresql:// or sqlite:/// URL")
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+    """pysqlite's own transaction handling defers locks; take the write lock at BEGIN instead."""
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SqliteStore:
+    async def fetch(
+        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+    ) -> Sequence[sa.Row[Any]]:
+        table = columns[0].table
+        ids = sa.func.json_each(msgspec.json.encode(list(zoho_ids)).decode()).table_valued("value")
+        query = sa.select(*columns).where(table.c.tenant_id == tenant, table.c.zoho_id.in_(sa.select(ids.c.value)))
+        return (await conn.execute(query)).all()
+
+    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await conn.execute(_sqlite_upsert(table, tuple(rows[0])), rows)
+
+    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await conn.execute(table.insert(), rows)
+
+
+@cache
+def _sqlite_upsert(table: sa.Table, columns: tuple[str, ...]) -> Any:
+    statement = sqlite_insert(table)
+    updates = {name: statement.excluded[name] for name in columns if name not in (*NATURAL_KEY, "created_at")}
+    return statement.on_conflict_do_update(index_elements=list(NATURAL_KEY), set_=updates)
+
+
+class PostgresStore:
+    async def fetch(
+        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+    ) -> Sequence[sa.Row[Any]]:
+        table = columns[0].table
+        ids = sa.bindparam("ids", list(zoho_ids), type_=postgresql.ARRAY(sa.String))
+        query = (
+            sa.select(*columns)
+            .where(table.c.tenant_id == tenant, table.c.zoho_id == sa.any_(ids))
+            .order_by(table.c.zoho_id)
+            .with_for_update(of=table)
+        )
+        return (await conn.execute(query)).all()
+
+    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self._unnest(conn, table, rows, upsert=True)
+
+    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self._unnest(conn, table, rows, upsert=False)
+
+    async def _unnest(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], *, upsert: bool) -> None:
+        names = tuple(rows[0])
+        statement = _unnest_statement(table, names, upsert)
+        arrays = {f"p{i}": [row[name] for row in rows] for i, name in enumerate(names)}
+        await conn.execute(statement, arrays)
+
+
+@cache
+def _unnest_statement(table: sa.Table, names: tuple[str, ...], upsert: bool) -> sa.TextClause:
+    """`INSERT INTO t (a, b) SELECT * FROM unnest(CAST(:p0 AS T[]), ...)`: one statement a batch.
+
+    JSON values travel as text and are cast back, since asyncpg has no codec for json[].
+    """
+    dialect = postgresql.dialect()
+    quote = dialect.identifier_preparer.quote
+    casts, selects = [], []
+    for i, name in enumerate(names):
+        column_type = table.c[name].type
+        sql_type = column_type.compile(dialect=dialect)
+        is_json = isinstance(column_type, sa.JSON)
+        casts.append(f"CAST(:p{i} AS {'TEXT' if is_json else sql_type}[])")
+        selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
+    aliases = ", ".join(f"p{i}" for i in range(len(names)))
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+        f"SELECT {', '.join(selects)} FROM unnest({', '.join(casts)}) AS u({aliases})"
+    )
+    if upsert:
+        updates = [n for n in names if n not in (*NATURAL_KEY, "created_at")]
+        sql += f" ON CONFLICT ({', '.join(NATURAL_KEY)}) DO UPDATE SET " + ", ".join(
+            f"{quote(n)} = EXCLUDED.{quote(n)}" for n in updates
+        )
+    json_params = [
+        sa.bindparam(f"p{i}", type_=postgresql.ARRAY(_JsonText()))
+        for i, name in enumerate(names)
+        if isinstance(table.c[name].type, sa.JSON)
+    ]
+    return sa.text(sql).bindparams(*json_params)
+
+
+class _JsonText(sa.types.TypeDecorator[Any]):
+    """A JSON value sent as its text, for arrays that PostgreSQL casts back to JSON."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else msgspec.json.encode(value).decode()

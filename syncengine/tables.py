@@ -1,0 +1,87 @@
+"""SQL tables, derived from the descriptors, plus the engine's own fixed tables.
+
+    >>> metadata = build_metadata(load_catalog("entities.yaml"))
+    >>> sorted(metadata.tables)[:3]
+    ['classes', 'enrollments', 'grades']
+
+Alembic's `migrations/env.py` uses `build_metadata` as its target, so a descriptor change turns
+into a generated migration.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from syncengine.descriptors import Catalog, Entity, lookup_columns
+
+#: Constraint names that are the same on every database, so migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: A surrogate key that autoincrements on SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGINT).
+RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Timestamp = sa.DateTime(timezone=True)
+TENANT_LENGTH = 64
+ZOHO_ID_LENGTH = 64
+
+
+def build_metadata(catalog: Catalog) -> sa.MetaData:
+    """Every entity's table and the engine tables, in one MetaData."""
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    for entity in catalog:
+        entity_table(entity, metadata)
+    engine_tables(metadata)
+    return metadata
+
+
+def entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
+    """One row per (tenant, Zoho record): a typed column per field, two per lookup."""
+    columns: list[sa.Column[object]] = []
+    for field in entity.fields:
+        if field.is_lookup:
+            zoho_column, local_column = lookup_columns(field)
+            columns.append(sa.Column(zoho_column, field.type.column(field.options), comment=field.source))
+            columns.append(sa.Column(local_column, RowId, comment=f"local id in {field.target}"))
+        else:
+            columns.append(sa.Column(field.name, field.type.column(field.options), comment=field.source))
+    return sa.Table(
+        entity.name,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("zoho_id", sa.String(ZOHO_ID_LENGTH), nullable=False),
+        *columns,
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("source_version", Timestamp),
+        sa.Column("moodle_id", sa.BigInteger),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.Column("deleted_at", Timestamp),
+        sa.UniqueConstraint("tenant_id", "zoho_id"),
+        comment=f"Zoho module {entity.source}",
+    )
+
+
+def engine_tables(metadata: sa.MetaData) -> None:
+    """The fixed tables: what the engine needs whatever the descriptors say."""
+    sa.Table(
+        "syncengine_outbox",
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("zoho_id", sa.String(ZOHO_ID_LENGTH), nullable=False),
+        sa.Column("operation", sa.String(16), nullable=False, comment="upsert or delete"),
+        sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("next_attempt_at", Timestamp, nullable=False),
+        sa.Column("last_error", sa.Text),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Index(None, "state", "next_attempt_at"),
+        comment="Changes waiting to be delivered to Moodle, written with the change itself",
+    )
