@@ -306,7 +306,7 @@ FIELD_TYPES: dict[str, FieldType] = {
             "lookup",
             frozenset({"entity"}),
             _lookup,
-            lambda o: sa.String(32),
+            lambda o: sa.String(64),
             lambda o: {
                 "oneOf": [
                     {"type": "string"},

@@ -1,8 +1,8 @@
-"""initial schema: nine entities and the outbox
+"""nine entities and the outbox
 
-Revision ID: 5bf12a5cdca3
+Revision ID: eaf15f9cb332
 Revises: 
-Create Date: 2026-11-26 13:46:34.292363
+Create Date: 2026-11-26 13:46:52.447348
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '5bf12a5cdca3'
+revision: str = 'eaf15f9cb332'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -32,11 +32,11 @@ def upgrade() -> None:
     sa.Column('term', sa.String(length=64), nullable=True, comment='Term'),
     sa.Column('year', sa.String(length=20), nullable=True, comment='Year'),
     sa.Column('study_mode', sa.String(length=64), nullable=True, comment='Class_Study_Mode'),
-    sa.Column('program_zoho_id', sa.String(length=32), nullable=True, comment='BTEC_Program'),
+    sa.Column('program_zoho_id', sa.String(length=64), nullable=True, comment='BTEC_Program'),
     sa.Column('program_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in programs'),
-    sa.Column('unit_zoho_id', sa.String(length=32), nullable=True, comment='Unit'),
+    sa.Column('unit_zoho_id', sa.String(length=64), nullable=True, comment='Unit'),
     sa.Column('unit_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in units'),
-    sa.Column('teacher_zoho_id', sa.String(length=32), nullable=True, comment='Teacher'),
+    sa.Column('teacher_zoho_id', sa.String(length=64), nullable=True, comment='Teacher'),
     sa.Column('teacher_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in teachers'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),
@@ -52,9 +52,9 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
     sa.Column('zoho_id', sa.String(length=64), nullable=False),
-    sa.Column('student_zoho_id', sa.String(length=32), nullable=True, comment='Enrolled_Students'),
+    sa.Column('student_zoho_id', sa.String(length=64), nullable=True, comment='Enrolled_Students'),
     sa.Column('student_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in students'),
-    sa.Column('class_zoho_id', sa.String(length=32), nullable=True, comment='Classes'),
+    sa.Column('class_zoho_id', sa.String(length=64), nullable=True, comment='Classes'),
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in classes'),
     sa.Column('enrollment_type', sa.String(length=64), nullable=True, comment='Enrollment_Type'),
     sa.Column('start_date', sa.Date(), nullable=True, comment='Start_Date'),
@@ -78,9 +78,9 @@ def upgrade() -> None:
     sa.Column('attempt_date', sa.Date(), nullable=True, comment='Attempt_Date'),
     sa.Column('attempt_number', sa.BigInteger(), nullable=True, comment='Attempt_Number'),
     sa.Column('feedback', sa.Text(), nullable=True, comment='Feedback'),
-    sa.Column('student_zoho_id', sa.String(length=32), nullable=True, comment='Student'),
+    sa.Column('student_zoho_id', sa.String(length=64), nullable=True, comment='Student'),
     sa.Column('student_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in students'),
-    sa.Column('class_zoho_id', sa.String(length=32), nullable=True, comment='Class'),
+    sa.Column('class_zoho_id', sa.String(length=64), nullable=True, comment='Class'),
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in classes'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),
@@ -101,9 +101,9 @@ def upgrade() -> None:
     sa.Column('method', sa.String(length=64), nullable=True, comment='Payment_Method'),
     sa.Column('payment_type', sa.String(length=64), nullable=True, comment='Payment_Type'),
     sa.Column('installment', sa.BigInteger(), nullable=True, comment='Installment_No'),
-    sa.Column('registration_zoho_id', sa.String(length=32), nullable=True, comment='Registration_ID'),
+    sa.Column('registration_zoho_id', sa.String(length=64), nullable=True, comment='Registration_ID'),
     sa.Column('registration_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in registrations'),
-    sa.Column('student_zoho_id', sa.String(length=32), nullable=True, comment='Student_ID'),
+    sa.Column('student_zoho_id', sa.String(length=64), nullable=True, comment='Student_ID'),
     sa.Column('student_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in students'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),
@@ -143,9 +143,9 @@ def upgrade() -> None:
     sa.Column('registration_date', sa.Date(), nullable=True, comment='Registration_Date'),
     sa.Column('price', sa.Numeric(precision=18, scale=4), nullable=True, comment='Program_Price'),
     sa.Column('study_mode', sa.String(length=64), nullable=True, comment='Study_Mode'),
-    sa.Column('student_zoho_id', sa.String(length=32), nullable=True, comment='Student_ID'),
+    sa.Column('student_zoho_id', sa.String(length=64), nullable=True, comment='Student_ID'),
     sa.Column('student_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in students'),
-    sa.Column('program_zoho_id', sa.String(length=32), nullable=True, comment='Program'),
+    sa.Column('program_zoho_id', sa.String(length=64), nullable=True, comment='Program'),
     sa.Column('program_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in programs'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),
@@ -170,7 +170,7 @@ def upgrade() -> None:
     sa.Column('birth_date', sa.Date(), nullable=True, comment='Birth_Date'),
     sa.Column('status', sa.String(length=64), nullable=True, comment='Status'),
     sa.Column('study_mode', sa.String(length=64), nullable=True, comment='Study_Mode'),
-    sa.Column('program_zoho_id', sa.String(length=32), nullable=True, comment='Program'),
+    sa.Column('program_zoho_id', sa.String(length=64), nullable=True, comment='Program'),
     sa.Column('program_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in programs'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),
@@ -226,7 +226,7 @@ def upgrade() -> None:
     sa.Column('number', sa.String(length=50), nullable=True, comment='Unit_Number'),
     sa.Column('level', sa.String(length=64), nullable=True, comment='Unit_Level'),
     sa.Column('credit', sa.BigInteger(), nullable=True, comment='Unit_Credit'),
-    sa.Column('program_zoho_id', sa.String(length=32), nullable=True, comment='Program'),
+    sa.Column('program_zoho_id', sa.String(length=64), nullable=True, comment='Program'),
     sa.Column('program_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='local id in programs'),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('source_version', sa.DateTime(timezone=True), nullable=True),

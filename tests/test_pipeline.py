@@ -1,0 +1,321 @@
+"""The pipeline on real databases: every status, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncengine.engine import SyncEngine
+from syncengine.report import SyncReport
+from tests.conftest import count_rows
+from tests.records import class_, enrollment, program, student, teacher
+
+
+def statuses(report: SyncReport) -> list[str]:
+    return [result.status for result in report.results]
+
+
+def result(report: SyncReport, index: int = 0) -> dict[str, Any]:
+    return report.to_builtins()["results"][index]
+
+
+async def seed(engine: SyncEngine, tenant: str = "school") -> None:
+    """A program, a student and a class: what an enrollment needs."""
+    assert statuses(await engine.sync(tenant, "programs", [program("1001")])) == ["NEW"]
+    assert statuses(await engine.sync(tenant, "students", [student("3001")])) == ["NEW"]
+    assert statuses(await engine.sync(tenant, "classes", [class_("4001")])) == ["NEW"]
+
+
+async def test_new_unchanged_updated(engine: SyncEngine) -> None:
+    first = await engine.sync("school", "students", [student("3001")])
+    assert result(first) == {"zoho_student_id": "3001", "status": "NEW", "message": "created"}
+
+    again = await engine.sync("school", "students", [student("3001")])
+    assert result(again) == {"zoho_student_id": "3001", "status": "UNCHANGED", "message": "no change"}
+
+    changed = await engine.sync("school", "students", [student("3001", Status="Freeze", Birth_Date="2001-04-12")])
+    assert result(changed) == {
+        "zoho_student_id": "3001",
+        "status": "UPDATED",
+        "message": "updated Birth_Date, Status",
+        "changes": {"Birth_Date": [None, "2001-04-12"], "Status": ["Active", "Freeze"]},
+    }
+    assert await count_rows(engine.database, "students") == 1
+
+
+async def test_invalid_reports_every_field_error_and_writes_nothing(engine: SyncEngine) -> None:
+    bad = student(
+        "3001",
+        First_Name=None,
+        Academic_Email="not-an-email",
+        Birth_Date="12/04/2001",
+        Status="Enrolled",
+        Study_Mode=7,
+        Modified_Time="yesterday",
+    )
+    del bad["Last_Name"]
+    report = await engine.sync("school", "students", [bad])
+    assert result(report)["status"] == "INVALID"
+    assert result(report)["errors"] == [
+        {"field": "First_Name", "message": "is required"},
+        {"field": "Last_Name", "message": "is required"},
+        {"field": "Academic_Email", "message": "'not-an-email' is not an email address"},
+        {"field": "Birth_Date", "message": "expected a date as YYYY-MM-DD, got '12/04/2001'"},
+        {
+            "field": "Status",
+            "message": "'Enrolled' is not one of 'Pending', 'Passive', 'Enrollment Form', 'Approved', "
+            "'Approved-conditional', 'Active', 'Freeze'",
+        },
+        {"field": "Study_Mode", "message": "expected one of 'Onsite', 'Online', 'Blended', got 7"},
+        {"field": "Modified_Time", "message": "expected a date-time as ISO 8601 with an offset, got 'yesterday'"},
+    ]
+    assert report.results[0].message.startswith("7 field errors: First_Name is required; Last_Name is required")
+    assert await count_rows(engine.database, "students") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("a string", "expected a JSON object, got str"),
+        ([1, 2], "expected a JSON object, got a list"),
+        (None, "expected a JSON object, got null"),
+        ({"First_Name": "A", "Last_Name": "B", "Academic_Email": "a@b.co"}, None),
+    ],
+)
+async def test_records_that_cannot_be_read_are_invalid(engine: SyncEngine, raw: Any, message: str | None) -> None:
+    report = await engine.sync("school", "students", [raw, student("3001")])
+    assert statuses(report) == ["INVALID", "NEW"]
+    errors = result(report)["errors"]
+    if message is None:
+        assert errors == [{"field": "id", "message": "missing: every record needs its Zoho record id in 'id'"}]
+    else:
+        assert errors == [{"field": "(record)", "message": message}]
+    assert await count_rows(engine.database, "students") == 1
+
+
+async def test_missing_required_lookup_is_skipped_until_its_parent_arrives(engine: SyncEngine) -> None:
+    skipped = await engine.sync("school", "classes", [class_("4001", program_id="1001")])
+    assert result(skipped) == {
+        "zoho_class_id": "4001",
+        "status": "SKIPPED",
+        "message": "BTEC_Program points to program 1001, which is not synced yet for this tenant; "
+        "sync that program first, then send this record again",
+        "reason": "program_not_synced_yet",
+    }
+    assert await count_rows(engine.database, "classes") == 0
+
+    await engine.sync("school", "programs", [program("1001")])
+    assert statuses(await engine.sync("school", "classes", [class_("4001")])) == ["NEW"]
+
+
+async def test_enrollment_names_the_missing_student(engine: SyncEngine) -> None:
+    await engine.sync("school", "programs", [program("1001")])
+    await engine.sync("school", "classes", [class_("4001")])
+    report = await engine.sync("school", "enrollments", [enrollment("5001", student_id="3999")])
+    assert result(report)["reason"] == "student_not_synced_yet"
+    assert "student 3999" in result(report)["message"]
+
+
+async def test_optional_lookup_is_stored_even_when_its_target_is_missing(engine: SyncEngine) -> None:
+    report = await engine.sync("school", "students", [student("3001", Program={"id": "1001", "name": "X"})])
+    assert statuses(report) == ["NEW"]
+    async with engine.database.connect() as conn:
+        row = (await conn.execute(sa.text("SELECT program_zoho_id, program_id FROM students"))).one()
+    assert tuple(row) == ("1001", None)
+
+
+async def test_lookup_as_object_or_bare_id_is_the_same_value(engine: SyncEngine) -> None:
+    await seed(engine)
+    as_object = enrollment("5001", Classes={"id": "4001", "name": "Class"})
+    as_bare_id = enrollment("5001", Classes="4001")
+    assert statuses(await engine.sync("school", "enrollments", [as_object])) == ["NEW"]
+    assert statuses(await engine.sync("school", "enrollments", [as_bare_id])) == ["UNCHANGED"]
+    async with engine.database.connect() as conn:
+        row = (await conn.execute(sa.text("SELECT student_id, class_id FROM enrollments"))).one()
+        ids = (await conn.execute(sa.text("SELECT (SELECT id FROM students), (SELECT id FROM classes)"))).one()
+    assert tuple(row) == tuple(ids)
+
+
+async def test_stale_update_is_skipped_and_the_newer_version_kept(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001", Modified_Time="2026-02-10T09:00:00+03:00")])
+    # 05:00 UTC is earlier than 06:00 UTC, whatever the offsets say.
+    stale = await engine.sync("school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-10T07:00:00+02:00")])
+    assert result(stale)["reason"] == "stale_update"
+    assert result(stale)["message"] == (
+        "Modified_Time 2026-02-10T05:00:00+00:00 is older than the stored 2026-02-10T06:00:00+00:00; the newer version is kept"
+    )
+    same_instant = await engine.sync("school", "students", [student("3001", Modified_Time="2026-02-10T06:00:00Z")])
+    assert statuses(same_instant) == ["UNCHANGED"]
+    newer = await engine.sync("school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-11T06:00:00Z")])
+    assert statuses(newer) == ["UPDATED"]
+
+
+async def test_datetimes_with_offsets_are_stored_in_utc(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001", Modified_Time="2026-02-10T09:15:42+03:00")])
+    async with engine.database.connect() as conn:
+        stored = (await conn.execute(sa.text("SELECT source_version FROM students"))).scalar_one()
+    assert str(stored).startswith("2026-02-10 06:15:42")
+
+
+async def test_none_placeholder_and_empty_strings_mean_empty(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001", Study_Mode="Online")])
+    report = await engine.sync("school", "students", [student("3001", Study_Mode="-None-", Email="")])
+    assert result(report)["changes"] == {"Study_Mode": ["Online", None]}
+    again = await engine.sync("school", "students", [student("3001", Study_Mode=None, Email=None)])
+    assert statuses(again) == ["UNCHANGED"]
+
+
+async def test_fingerprint_sees_case_but_not_unmapped_fields(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001")])
+    unmapped = await engine.sync("school", "students", [student("3001", Owner={"id": "9", "name": "Office"}, **{"$state": "save"})])
+    assert statuses(unmapped) == ["UNCHANGED"]
+    case = await engine.sync("school", "students", [student("3001", Last_Name="YILMAZ")])
+    assert result(case)["changes"] == {"Last_Name": ["Yılmaz", "YILMAZ"]}
+
+
+async def test_absent_fields_keep_their_stored_values(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001", Phone_Number="+90 555")])
+    patch = await engine.sync("school", "students", [{"id": "3001", "Status": "Freeze"}])
+    assert result(patch)["changes"] == {"Status": ["Active", "Freeze"]}
+    async with engine.database.connect() as conn:
+        row = (await conn.execute(sa.text("SELECT first_name, phone, status FROM students"))).one()
+    assert tuple(row) == ("Ayşe", "+90 555", "Freeze")
+
+
+async def test_repeated_ids_in_one_batch_apply_in_order(engine: SyncEngine) -> None:
+    report = await engine.sync(
+        "school",
+        "students",
+        [
+            student("3001"),
+            student("3001"),
+            student("3001", Status="Freeze"),
+            student("3001", Status="Active", Modified_Time="2026-01-01T00:00:00Z"),
+            {"id": "3001", "$deleted": True},
+            student("3001"),
+        ],
+    )
+    assert statuses(report) == ["NEW", "UNCHANGED", "UPDATED", "SKIPPED", "DELETED", "NEW"]
+    assert result(report, 2)["changes"] == {"Status": ["Active", "Freeze"]}
+    assert result(report, 5)["message"] == "restored: it had been deleted"
+    assert await count_rows(engine.database, "students") == 1
+
+
+async def test_delete_is_soft_and_reported(engine: SyncEngine) -> None:
+    await engine.sync("school", "students", [student("3001")])
+    deleted = await engine.sync("school", "students", [{"id": "3001", "$deleted": True}])
+    assert result(deleted) == {"zoho_student_id": "3001", "status": "DELETED", "message": "deleted"}
+    again = await engine.sync("school", "students", [{"id": "3001", "$deleted": True}, {"id": "3999", "$deleted": True}])
+    assert [r["reason"] for r in again.to_builtins()["results"]] == ["not_found", "not_found"]
+    assert [r.message for r in again.results] == ["already deleted", "not stored for this tenant; nothing to delete"]
+    async with engine.database.connect() as conn:
+        deleted_at = (await conn.execute(sa.text("SELECT deleted_at FROM students"))).scalar_one()
+    assert deleted_at is not None
+
+
+async def test_a_deleted_parent_no_longer_satisfies_a_lookup(engine: SyncEngine) -> None:
+    await engine.sync("school", "programs", [program("1001")])
+    await engine.sync("school", "programs", [{"id": "1001", "$deleted": True}])
+    report = await engine.sync("school", "classes", [class_("4001")])
+    assert result(report)["reason"] == "program_not_synced_yet"
+
+
+async def test_a_batch_mixing_every_status(engine: SyncEngine) -> None:
+    await engine.sync("school", "programs", [program("1001"), program("1002"), program("1003")])
+    await engine.sync("school", "programs", [program("1004", Modified_Time="2026-03-01T00:00:00Z")])
+    report = await engine.sync(
+        "school",
+        "programs",
+        [
+            program("1005"),
+            program("1001", Program_Price="4600"),
+            program("1002"),
+            program("1006", Program_Price=-1),
+            program("1004", Modified_Time="2026-02-01T00:00:00Z"),
+            {"id": "1003", "$deleted": True},
+        ],
+    )
+    assert statuses(report) == ["NEW", "UPDATED", "UNCHANGED", "INVALID", "SKIPPED", "DELETED"]
+    assert report.to_builtins()["summary"] == {"NEW": 1, "UPDATED": 1, "UNCHANGED": 1, "INVALID": 1, "SKIPPED": 1, "DELETED": 1}
+    assert result(report, 1)["changes"] == {"Program_Price": ["4500", "4600"]}
+    assert result(report, 3)["errors"] == [{"field": "Program_Price", "message": "-1 is less than the minimum 0"}]
+    assert await count_rows(engine.database, "programs") == 5
+
+
+async def test_tenants_are_separate(engine: SyncEngine) -> None:
+    await engine.sync("north", "students", [student("3001")])
+    assert statuses(await engine.sync("south", "students", [student("3001", Status="Freeze")])) == ["NEW"]
+    assert statuses(await engine.sync("north", "students", [student("3001")])) == ["UNCHANGED"]
+    assert await count_rows(engine.database, "students", "north") == 1
+    assert await count_rows(engine.database, "students", "south") == 1
+    # A parent synced for one tenant does not satisfy another tenant's lookup.
+    await engine.sync("north", "programs", [program("1001")])
+    assert result(await engine.sync("south", "classes", [class_("4001")]))["reason"] == "program_not_synced_yet"
+
+
+async def test_dry_run_reports_but_writes_nothing(engine: SyncEngine) -> None:
+    report = await engine.sync("school", "students", [student("3001"), student("3001", Status="Freeze")], dry_run=True)
+    assert statuses(report) == ["NEW", "UPDATED"]
+    assert report.to_builtins()["dry_run"] is True
+    assert await count_rows(engine.database, "students") == 0
+    assert await count_rows(engine.database, "syncengine_outbox") == 0
+
+
+async def test_changes_are_queued_for_moodle_in_the_same_transaction(engine: SyncEngine) -> None:
+    await seed(engine)
+    await engine.sync("school", "students", [student("3001", Status="Freeze"), student("3002")])
+    await engine.sync("school", "students", [{"id": "3002", "$deleted": True}])
+    await engine.sync("school", "units", [{"id": "7001", "Name": "Unit 1"}])  # units do not land in Moodle
+    async with engine.database.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT entity, zoho_id, operation, state FROM syncengine_outbox ORDER BY id"))).all()
+    assert [tuple(row) for row in rows] == [
+        ("programs", "1001", "upsert", "pending"),
+        ("students", "3001", "upsert", "pending"),
+        ("classes", "4001", "upsert", "pending"),
+        ("students", "3001", "upsert", "pending"),
+        ("students", "3002", "upsert", "pending"),
+        ("students", "3002", "delete", "pending"),
+    ]
+
+
+async def test_types_round_trip_without_spurious_changes(engine: SyncEngine) -> None:
+    """Every stored type reads back as the value it was written as."""
+    await engine.sync("school", "programs", [program("1001", Program_Price="4500.50", MoodleID="117")])
+    await engine.sync("school", "teachers", [teacher("2001", Email=" T@School.edu ")])
+    await engine.sync("school", "units", [{"id": "7001", "Name": "U", "Unit_Credit": "15", "Program": "1001"}])
+    again = [
+        await engine.sync("school", "programs", [program("1001", Program_Price=4500.5, MoodleID=117)]),
+        await engine.sync("school", "teachers", [teacher("2001", Email="T@School.edu")]),
+        await engine.sync("school", "units", [{"id": "7001", "Name": "U", "Unit_Credit": 15.0, "Program": {"id": "1001"}}]),
+    ]
+    assert [statuses(report) for report in again] == [["UNCHANGED"]] * 3
+
+
+async def test_statement_count_does_not_grow_with_the_batch(engine: SyncEngine) -> None:
+    await engine.sync("school", "programs", [program("1001")])
+    await engine.sync("school", "students", [student("3001")])
+    await engine.sync("school", "classes", [class_("4001")])
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.startswith(("BEGIN", "PRAGMA", "SAVEPOINT", "RELEASE")):
+            statements.append(statement)
+
+    sa.event.listen(engine.database.sync_engine, "before_cursor_execute", count)
+
+    async def run(size: int, offset: int) -> int:
+        statements.clear()
+        batch = [enrollment(str(offset + i)) for i in range(size)]
+        report = await engine.sync("school", "enrollments", batch)
+        assert report.summary["NEW"] == size
+        return len(statements)
+
+    small, large = await run(3, 10_000), await run(2_000, 20_000)
+    # fetch stored rows, resolve students, resolve classes, upsert, queue deliveries
+    assert small == large == 5
+    statements.clear()
+    unchanged = await engine.sync("school", "enrollments", [enrollment(str(20_000 + i)) for i in range(2_000)])
+    assert unchanged.summary["UNCHANGED"] == 2_000
+    assert len(statements) == 1  # only the fetch: known lookups are not looked up again
