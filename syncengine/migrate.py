@@ -27,6 +27,7 @@ def alembic_config(settings: Settings) -> Config:
         )
     config = Config()
     config.set_main_option("script_location", str(folder))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", str(folder / "versions"))
     config.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
     config.attributes["settings"] = settings

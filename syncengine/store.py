@@ -137,9 +137,17 @@ class PostgresStore:
 
     async def _unnest(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], *, upsert: bool) -> None:
         names = tuple(rows[0])
-        statement = _unnest_statement(table, names, upsert)
-        arrays = {f"p{i}": [row[name] for row in rows] for i, name in enumerate(names)}
-        await conn.execute(statement, arrays)
+        arrays = {}
+        for i, name in enumerate(names):
+            values = [row[name] for row in rows]
+            if isinstance(table.c[name].type, sa.JSON):
+                values = [None if value is None else _json_text(value) for value in values]
+            arrays[f"p{i}"] = values
+        await conn.execute(_unnest_statement(table, names, upsert), arrays)
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 @cache
@@ -167,19 +175,4 @@ def _unnest_statement(table: sa.Table, names: tuple[str, ...], upsert: bool) -> 
         sql += f" ON CONFLICT ({', '.join(NATURAL_KEY)}) DO UPDATE SET " + ", ".join(
             f"{quote(n)} = EXCLUDED.{quote(n)}" for n in updates
         )
-    json_params = [
-        sa.bindparam(f"p{i}", type_=postgresql.ARRAY(_JsonText()))
-        for i, name in enumerate(names)
-        if isinstance(table.c[name].type, sa.JSON)
-    ]
-    return sa.text(sql).bindparams(*json_params)
-
-
-class _JsonText(sa.types.TypeDecorator[Any]):
-    """A JSON value sent as its text, for arrays that PostgreSQL casts back to JSON."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else msgspec.json.encode(value).decode()
+    return sa.text(sql)

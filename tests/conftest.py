@@ -40,7 +40,20 @@ class Databases:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.schemas: list[str] = []
+        self.databases: list[str] = []
         self.engines: list[AsyncEngine] = []
+
+    async def fresh_url(self, dialect: str) -> str:
+        """The URL of a whole new database, for code that opens its own connections (Alembic, serve)."""
+        if dialect == "sqlite":
+            return f"sqlite:///{self.tmp_path / f'{uuid.uuid4().hex[:8]}.db'}"
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        admin = open_database(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        await admin.dispose()
+        self.databases.append(name)
+        return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
 
     def url(self, dialect: str) -> tuple[str, dict[str, object]]:
         """A URL for a fresh database, and the engine options that keep it apart."""
@@ -68,11 +81,13 @@ class Databases:
     async def close(self) -> None:
         for database in self.engines:
             await database.dispose()
-        if self.schemas:
-            admin = open_database(POSTGRES_URL)
-            async with admin.begin() as conn:
+        if self.schemas or self.databases:
+            admin = open_database(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+            async with admin.connect() as conn:
                 for schema in self.schemas:
                     await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                for name in self.databases:
+                    await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.dispose()
 
 
