@@ -28,6 +28,7 @@ RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 TENANT_LENGTH = 64
 ZOHO_ID_LENGTH = 64
+IDEMPOTENCY_KEY_LENGTH = 255
 
 
 def build_metadata(catalog: Catalog) -> sa.MetaData:
@@ -84,4 +85,30 @@ def engine_tables(metadata: sa.MetaData) -> None:
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Index(None, "state", "next_attempt_at"),
         comment="Changes waiting to be delivered to Moodle, written with the change itself",
+    )
+    sa.Table(
+        "syncengine_tenants",
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(TENANT_LENGTH), nullable=False, unique=True),
+        sa.Column("key_hash", sa.String(64), nullable=False, unique=True, comment="SHA-256 of the API key, hex"),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("key_created_at", Timestamp, nullable=False, comment="when the current key was issued"),
+        comment="Tenants and the hashes of their API keys; a key itself is never stored",
+    )
+    sa.Table(
+        "syncengine_idempotency_keys",
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("endpoint", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(IDEMPOTENCY_KEY_LENGTH), nullable=False),
+        sa.Column("request_hash", sa.String(64), nullable=False, comment="SHA-256 of the request body and options"),
+        sa.Column("status_code", sa.Integer, comment="null while the first request is processed"),
+        sa.Column("response", sa.LargeBinary),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("expires_at", Timestamp, nullable=False),
+        sa.UniqueConstraint("tenant_id", "endpoint", "key"),
+        sa.Index(None, "expires_at"),
+        comment="Idempotency-Key claims and the responses they replay, until they expire",
     )
