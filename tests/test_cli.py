@@ -1,0 +1,128 @@
+"""The `syncengine` command as a person uses it: real processes, a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ENTITIES, FIXTURES, ROOT
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncengine", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> dict[str, str]:
+    """A migrated SQLite file, as `syncengine db upgrade` leaves it."""
+    env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "SYNCENGINE_ENTITIES": str(ENTITIES)}
+    upgraded = run("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "database is up to date" in upgraded.stderr
+    return env
+
+
+def test_check_passes_on_the_school_entities() -> None:
+    result = run("check")
+    assert result.returncode == 0
+    assert result.stdout == (
+        "entities.yaml: OK, 9 entities, 63 fields (programs, teachers, students, units, classes, "
+        "registrations, enrollments, payments, grades)\n"
+    )
+
+
+def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nentities:\n  x:\n    source: X\n    singular: x\n    fields:\n      a: {type: nope}\n      b: {type: lookup, entity: y}\n")
+    result = run("check", "--entities", str(broken))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{broken}:7:17: entities.x.fields.a.type: unknown type 'nope' (valid: string, text, email, integer, "
+        "decimal, boolean, date, datetime, choice, multichoice, lookup)",
+        f"{broken}:8:35: entities.x.fields.b.entity: unknown entity 'y' (known: x)",
+    ]
+    assert result.stderr == f"2 problems in {broken}\n"
+
+
+def test_dry_run_prints_a_table_and_writes_nothing(database: dict[str, str]) -> None:
+    result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=database)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "   #  zoho_program_id      STATUS     MESSAGE",
+        "   1  6284103000001520043  NEW        created",
+        "dry run of 1 programs records, nothing written: NEW 1",
+    ]
+    again = run("dry-run", "programs", str(FIXTURES / "products-record.json"), "--json", env=database)
+    assert json.loads(again.stdout)["results"][0]["status"] == "NEW"  # the first run wrote nothing
+
+
+def test_dry_run_json_is_the_http_response(database: dict[str, str]) -> None:
+    payload = json.dumps({"data": [{"id": "1", "Product_Name": "HND", "Status": "-None-"}, {"id": "2", "Status": "Live"}]})
+    result = run("dry-run", "programs", "-", "--json", "--tenant", "north", env=database, stdin=payload)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "status": "success",
+        "entity": "programs",
+        "dry_run": True,
+        "results": [
+            {"zoho_program_id": "1", "status": "NEW", "message": "created"},
+            {
+                "zoho_program_id": "2",
+                "status": "INVALID",
+                "message": "2 field errors: Product_Name is required; Status 'Live' is not one of 'Draft', 'Approved', 'Sent'",
+                "errors": [
+                    {"field": "Product_Name", "message": "is required"},
+                    {"field": "Status", "message": "'Live' is not one of 'Draft', 'Approved', 'Sent'"},
+                ],
+            },
+        ],
+        "summary": {"NEW": 1, "UPDATED": 0, "UNCHANGED": 0, "INVALID": 1, "SKIPPED": 0, "DELETED": 0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("programs", "-"), '{"data": [\n  {"id": 1,}\n]}', "error: -: malformed JSON at line 2, column 12: trailing comma in object\n"),
+        (("programs", "-"), '"just a string"', 'error: -: expected a JSON object or array of records, got str; '
+         'send {"data": [records]}, [records] or one record object\n'),
+        (("programs", "-"), '{"data": {"id": 1}}', 'error: -: "data" must be a list of records\n'),
+        (("programmes", "-"), "[]", "error: unknown entity 'programmes' (known: programs, teachers, students, units, "
+         "classes, registrations, enrollments, payments, grades)\n"),
+        (("programs", "/nonexistent.json"), None, "error: cannot read /nonexistent.json: No such file or directory\n"),
+    ],
+)
+def test_dry_run_bad_input_says_what_and_where(
+    database: dict[str, str], args: tuple[str, ...], stdin: str | None, message: str
+) -> None:
+    result = run("dry-run", *args, env=database, stdin=stdin)
+    assert (result.returncode, result.stderr, result.stdout) == (1, message, "")
+
+
+def test_dry_run_on_an_empty_database_names_the_fix(tmp_path: Path) -> None:
+    env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
+    assert result.returncode == 1
+    assert result.stderr == "error: the database has no table for 'programs': run `syncengine db upgrade` first\n"
+
+
+def test_a_broken_descriptor_stops_dry_run_with_its_problems(database: dict[str, str], tmp_path: Path) -> None:
+    broken = tmp_path / "e.yaml"
+    broken.write_text("version: 1\nentities: [")
+    result = run("dry-run", "programs", "-", "--entities", str(broken), env=database, stdin="[]")
+    assert result.returncode == 1
+    assert "the descriptor file has problems; run `syncengine check`" in result.stderr
+    assert f"{broken}:2:12: invalid YAML" in result.stderr
