@@ -52,7 +52,7 @@ def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"{broken}:7:17: entities.x.fields.a.type: unknown type 'nope' (valid: string, text, email, integer, "
         "decimal, boolean, date, datetime, choice, multichoice, lookup)",
-        f"{broken}:8:35: entities.x.fields.b.entity: unknown entity 'y' (known: x)",
+        f"{broken}:8:33: entities.x.fields.b.entity: unknown entity 'y' (known: x)",
     ]
     assert result.stderr == f"2 problems in {broken}\n"
 
