@@ -21,6 +21,7 @@ from syncengine.pipeline import DELETED_KEY
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _decode = msgspec.json.Decoder().decode
+_SHAPES = '{"data": [records]}, [records] or one record object'
 _BYTE = re.compile(r"\(byte (\d+)\)")
 
 
@@ -31,13 +32,15 @@ class PayloadError(ValueError):
 def parse_json(body: bytes | str) -> Any:
     """Decode JSON; on failure say at which line and column, not at which byte."""
     data = body.encode() if isinstance(body, str) else body
+    if not data.strip():
+        raise PayloadError(f"the body is empty: send {_SHAPES}")
     try:
         return _decode(data)
     except msgspec.DecodeError as error:
         message = str(error)
         match = _BYTE.search(message)
         if match is None:
-            raise PayloadError(f"malformed JSON: {message}") from None
+            raise PayloadError(f"malformed JSON: {message.replace('JSON is malformed: ', '').lower()}") from None
         offset = int(match.group(1))
         line = data.count(b"\n", 0, offset) + 1
         column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
@@ -51,8 +54,7 @@ def records_from_json(document: Any) -> list[Any]:
         return document
     if not isinstance(document, dict):
         raise PayloadError(
-            f"expected a JSON object or array of records, got {type(document).__name__}; "
-            'send {"data": [records]}, [records] or one record object'
+            f"expected a JSON object or array of records, got {type(document).__name__}; send {_SHAPES}"
         )
     if "data" in document:
         if not isinstance(document["data"], list):
