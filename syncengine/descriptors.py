@@ -242,7 +242,9 @@ class _Checker:
             for attribute, seen in owners.items():
                 value = raw.get(attribute)
                 if isinstance(value, str) and value in seen:
-                    self.report(("entities", name, attribute), f"duplicate {attribute} '{value}' (also used by {seen[value]})")
+                    self.report(
+                        ("entities", name, attribute), f"duplicate {attribute} '{value}' (also used by {seen[value]})"
+                    )
                 if isinstance(value, str):
                     seen.setdefault(value, name)
             fields = _valid_parts(raw.get("fields"), FieldSpec)
@@ -252,12 +254,20 @@ class _Checker:
             graphlib.TopologicalSorter(graph).prepare()
         except graphlib.CycleError as error:
             cycle = error.args[1]
-            self.report(("entities", cycle[0]), f"dependency cycle through required lookups: {' -> '.join(reversed(cycle))}", key=True)
+            self.report(
+                ("entities", cycle[0]),
+                f"dependency cycle through required lookups: {' -> '.join(reversed(cycle))}",
+                key=True,
+            )
 
     def _entity(self, name: str, raw: dict[str, Any], fields: dict[str, FieldSpec], known: set[str]) -> None:
         path: tuple[str, ...] = ("entities", name)
         if not _NAME.match(name) or name.startswith(ENGINE_TABLE_PREFIX):
-            self.report(path, f"entity name '{name}' must be lower_snake_case and not start with '{ENGINE_TABLE_PREFIX}'", key=True)
+            self.report(
+                path,
+                f"entity name '{name}' must be lower_snake_case and not start with '{ENGINE_TABLE_PREFIX}'",
+                key=True,
+            )
         singular = raw.get("singular")
         if isinstance(singular, str) and not _NAME.match(singular):
             self.report((*path, "singular"), f"'{singular}' must be lower_snake_case")
@@ -291,7 +301,11 @@ class _Checker:
         given = {f.encode_name for f in msgspec.structs.fields(FieldSpec) if getattr(spec, f.name) is not None}
         for option in sorted(given - COMMON_OPTIONS - kind.options - {"required"}):
             valid = ", ".join(sorted(kind.options)) or "none"
-            self.report((*path, option), f"option '{option}' does not apply to type '{spec.type}' (its options: {valid})", key=True)
+            self.report(
+                (*path, option),
+                f"option '{option}' does not apply to type '{spec.type}' (its options: {valid})",
+                key=True,
+            )
         if "choices" in kind.options:
             if not spec.choices:
                 self.report(path, f"type '{spec.type}' needs 'choices'")

@@ -53,9 +53,7 @@ def records_from_json(document: Any) -> list[Any]:
     if isinstance(document, list):
         return document
     if not isinstance(document, dict):
-        raise PayloadError(
-            f"expected a JSON object or array of records, got {type(document).__name__}; send {_SHAPES}"
-        )
+        raise PayloadError(f"expected a JSON object or array of records, got {type(document).__name__}; send {_SHAPES}")
     if "data" in document:
         if not isinstance(document["data"], list):
             raise PayloadError('"data" must be a list of records')

@@ -1,8 +1,8 @@
 """YAML with positions: load a document and remember where every key and value stood.
 
-    >>> doc = load_yaml("a:\\n  b: 1\\n", "x.yaml")
-    >>> doc.data, doc.position(("a", "b"))
-    ({'a': {'b': 1}}, (2, 6))
+>>> doc = load_yaml("a:\\n  b: 1\\n", "x.yaml")
+>>> doc.data, doc.position(("a", "b"))
+({'a': {'b': 1}}, (2, 6))
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ def class_(zoho_id: str = "4001", program_id: str = "1001", **fields: Any) -> di
     } | fields
 
 
-def enrollment(zoho_id: str = "5001", student_id: str = "3001", class_id: str = "4001", **fields: Any) -> dict[str, Any]:
+def enrollment(
+    zoho_id: str = "5001", student_id: str = "3001", class_id: str = "4001", **fields: Any
+) -> dict[str, Any]:
     return {
         "id": zoho_id,
         "Enrolled_Students": {"name": "Student", "id": student_id},

@@ -46,7 +46,9 @@ def test_check_passes_on_the_school_entities() -> None:
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text("version: 1\nentities:\n  x:\n    source: X\n    singular: x\n    fields:\n      a: {type: nope}\n      b: {type: lookup, entity: y}\n")
+    broken.write_text(
+        "version: 1\nentities:\n  x:\n    source: X\n    singular: x\n    fields:\n      a: {type: nope}\n      b: {type: lookup, entity: y}\n"
+    )
     result = run("check", "--entities", str(broken))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
@@ -70,7 +72,9 @@ def test_dry_run_prints_a_table_and_writes_nothing(database: dict[str, str]) -> 
 
 
 def test_dry_run_json_is_the_http_response(database: dict[str, str]) -> None:
-    payload = json.dumps({"data": [{"id": "1", "Product_Name": "HND", "Status": "-None-"}, {"id": "2", "Status": "Live"}]})
+    payload = json.dumps(
+        {"data": [{"id": "1", "Product_Name": "HND", "Status": "-None-"}, {"id": "2", "Status": "Live"}]}
+    )
     result = run("dry-run", "programs", "-", "--json", "--tenant", "north", env=database, stdin=payload)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
@@ -96,12 +100,24 @@ def test_dry_run_json_is_the_http_response(database: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        (("programs", "-"), '{"data": [\n  {"id": 1,}\n]}', "error: -: malformed JSON at line 2, column 12: trailing comma in object\n"),
-        (("programs", "-"), '"just a string"', 'error: -: expected a JSON object or array of records, got str; '
-         'send {"data": [records]}, [records] or one record object\n'),
+        (
+            ("programs", "-"),
+            '{"data": [\n  {"id": 1,}\n]}',
+            "error: -: malformed JSON at line 2, column 12: trailing comma in object\n",
+        ),
+        (
+            ("programs", "-"),
+            '"just a string"',
+            "error: -: expected a JSON object or array of records, got str; "
+            'send {"data": [records]}, [records] or one record object\n',
+        ),
         (("programs", "-"), '{"data": {"id": 1}}', 'error: -: "data" must be a list of records\n'),
-        (("programmes", "-"), "[]", "error: unknown entity 'programmes' (known: programs, teachers, students, units, "
-         "classes, registrations, enrollments, payments, grades)\n"),
+        (
+            ("programmes", "-"),
+            "[]",
+            "error: unknown entity 'programmes' (known: programs, teachers, students, units, "
+            "classes, registrations, enrollments, payments, grades)\n",
+        ),
         (("programs", "/nonexistent.json"), None, "error: cannot read /nonexistent.json: No such file or directory\n"),
     ],
 )

@@ -45,7 +45,10 @@ async def schema_diff(url: str, entities: Path) -> list[Any]:
     def compare(conn: sa.Connection) -> list[Any]:
         context = MigrationContext.configure(
             conn,
-            opts={"compare_type": True, "include_name": lambda name, kind, _: kind != "table" or name in metadata.tables},
+            opts={
+                "compare_type": True,
+                "include_name": lambda name, kind, _: kind != "table" or name in metadata.tables,
+            },
         )
         return list(compare_metadata(context, metadata))
 
@@ -84,7 +87,9 @@ async def test_a_tenth_entity_needs_only_yaml_and_a_generated_migration(
     engine = SyncEngine.open(settings)
     try:
         await engine.sync("school", "programs", [{"id": "1", "Product_Name": "HND"}])
-        await engine.sync("school", "students", [{"id": "2", "First_Name": "A", "Last_Name": "B", "Academic_Email": "a@b.edu"}])
+        await engine.sync(
+            "school", "students", [{"id": "2", "First_Name": "A", "Last_Name": "B", "Academic_Email": "a@b.edu"}]
+        )
         await engine.sync("school", "classes", [{"id": "3", "Class_Name": "C", "BTEC_Program": "1"}])
         record = {
             "id": "9", "Session_Date": "2026-03-02", "Minutes_Late": "5", "Checked_In_At": "2026-03-02T09:05:00+03:00",
@@ -93,7 +98,9 @@ async def test_a_tenth_entity_needs_only_yaml_and_a_generated_migration(
         first = await engine.sync("school", "attendances", [record, {**record, "id": "10", "Student": "404"}])
         assert [r.status for r in first.results] == ["NEW", "SKIPPED"]
         assert first.results[1].reason == "student_not_synced_yet"
-        second = await engine.sync("school", "attendances", [{**record, "Present": "true", "Tags": ["Online", "Makeup"]}])
+        second = await engine.sync(
+            "school", "attendances", [{**record, "Present": "true", "Tags": ["Online", "Makeup"]}]
+        )
         assert second.to_builtins()["results"][0] == {
             "zoho_attendance_id": "9",
             "status": "UPDATED",

@@ -47,7 +47,10 @@ def test_a_workflow_form_body_is_one_record() -> None:
         (b'{"data": [\n  {"id": "1"\n]}', "malformed JSON at line 3, column 1: expected ',' or '}'"),
         (b" \n", 'the body is empty: send {"data": [records]}, [records] or one record object'),
         (b'{"id": "1"', "malformed JSON: input data was truncated"),
-        (b"42", "expected a JSON object or array of records, got int; send {\"data\": [records]}, [records] or one record object"),
+        (
+            b"42",
+            'expected a JSON object or array of records, got int; send {"data": [records]}, [records] or one record object',
+        ),
         (b'{"data": "x"}', '"data" must be a list of records'),
     ],
 )
@@ -77,6 +80,8 @@ async def test_zoho_samples_sync_in_dependency_order(engine: SyncEngine) -> None
     webhook = await engine.sync("school", "enrollments", records("webhook-json-id-only.json"))
     assert [r.status for r in webhook.results] == ["UNCHANGED"]
     form = await engine.sync(
-        "school", "enrollments", parse_body(b"zoho_id=6284103000002402077&event=delete", "application/x-www-form-urlencoded")
+        "school",
+        "enrollments",
+        parse_body(b"zoho_id=6284103000002402077&event=delete", "application/x-www-form-urlencoded"),
     )
     assert [r.status for r in form.results] == ["DELETED"]

@@ -141,14 +141,18 @@ async def test_lookup_as_object_or_bare_id_is_the_same_value(engine: SyncEngine)
 async def test_stale_update_is_skipped_and_the_newer_version_kept(engine: SyncEngine) -> None:
     await engine.sync("school", "students", [student("3001", Modified_Time="2026-02-10T09:00:00+03:00")])
     # 05:00 UTC is earlier than 06:00 UTC, whatever the offsets say.
-    stale = await engine.sync("school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-10T07:00:00+02:00")])
+    stale = await engine.sync(
+        "school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-10T07:00:00+02:00")]
+    )
     assert result(stale)["reason"] == "stale_update"
     assert result(stale)["message"] == (
         "Modified_Time 2026-02-10T05:00:00+00:00 is older than the stored 2026-02-10T06:00:00+00:00; the newer version is kept"
     )
     same_instant = await engine.sync("school", "students", [student("3001", Modified_Time="2026-02-10T06:00:00Z")])
     assert statuses(same_instant) == ["UNCHANGED"]
-    newer = await engine.sync("school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-11T06:00:00Z")])
+    newer = await engine.sync(
+        "school", "students", [student("3001", Status="Freeze", Modified_Time="2026-02-11T06:00:00Z")]
+    )
     assert statuses(newer) == ["UPDATED"]
 
 
@@ -169,7 +173,9 @@ async def test_none_placeholder_and_empty_strings_mean_empty(engine: SyncEngine)
 
 async def test_fingerprint_sees_case_but_not_unmapped_fields(engine: SyncEngine) -> None:
     await engine.sync("school", "students", [student("3001")])
-    unmapped = await engine.sync("school", "students", [student("3001", Owner={"id": "9", "name": "Office"}, **{"$state": "save"})])
+    unmapped = await engine.sync(
+        "school", "students", [student("3001", Owner={"id": "9", "name": "Office"}, **{"$state": "save"})]
+    )
     assert statuses(unmapped) == ["UNCHANGED"]
     case = await engine.sync("school", "students", [student("3001", Last_Name="YILMAZ")])
     assert result(case)["changes"] == {"Last_Name": ["Yılmaz", "YILMAZ"]}
@@ -207,7 +213,9 @@ async def test_delete_is_soft_and_reported(engine: SyncEngine) -> None:
     await engine.sync("school", "students", [student("3001")])
     deleted = await engine.sync("school", "students", [{"id": "3001", "$deleted": True}])
     assert result(deleted) == {"zoho_student_id": "3001", "status": "DELETED", "message": "deleted"}
-    again = await engine.sync("school", "students", [{"id": "3001", "$deleted": True}, {"id": "3999", "$deleted": True}])
+    again = await engine.sync(
+        "school", "students", [{"id": "3001", "$deleted": True}, {"id": "3999", "$deleted": True}]
+    )
     assert [r["reason"] for r in again.to_builtins()["results"]] == ["not_found", "not_found"]
     assert [r.message for r in again.results] == ["already deleted", "not stored for this tenant; nothing to delete"]
     async with engine.database.connect() as conn:
@@ -238,7 +246,14 @@ async def test_a_batch_mixing_every_status(engine: SyncEngine) -> None:
         ],
     )
     assert statuses(report) == ["NEW", "UPDATED", "UNCHANGED", "INVALID", "SKIPPED", "DELETED"]
-    assert report.to_builtins()["summary"] == {"NEW": 1, "UPDATED": 1, "UNCHANGED": 1, "INVALID": 1, "SKIPPED": 1, "DELETED": 1}
+    assert report.to_builtins()["summary"] == {
+        "NEW": 1,
+        "UPDATED": 1,
+        "UNCHANGED": 1,
+        "INVALID": 1,
+        "SKIPPED": 1,
+        "DELETED": 1,
+    }
     assert result(report, 1)["changes"] == {"Program_Price": ["4500", "4600"]}
     assert result(report, 3)["errors"] == [{"field": "Program_Price", "message": "-1 is less than the minimum 0"}]
     assert await count_rows(engine.database, "programs") == 5
@@ -269,7 +284,9 @@ async def test_changes_are_queued_for_moodle_in_the_same_transaction(engine: Syn
     await engine.sync("school", "students", [{"id": "3002", "$deleted": True}])
     await engine.sync("school", "units", [{"id": "7001", "Name": "Unit 1"}])  # units do not land in Moodle
     async with engine.database.connect() as conn:
-        rows = (await conn.execute(sa.text("SELECT entity, zoho_id, operation, state FROM syncengine_outbox ORDER BY id"))).all()
+        rows = (
+            await conn.execute(sa.text("SELECT entity, zoho_id, operation, state FROM syncengine_outbox ORDER BY id"))
+        ).all()
     assert [tuple(row) for row in rows] == [
         ("programs", "1001", "upsert", "pending"),
         ("students", "3001", "upsert", "pending"),
@@ -288,7 +305,9 @@ async def test_types_round_trip_without_spurious_changes(engine: SyncEngine) -> 
     again = [
         await engine.sync("school", "programs", [program("1001", Program_Price=4500.5, MoodleID=117)]),
         await engine.sync("school", "teachers", [teacher("2001", Email="T@School.edu")]),
-        await engine.sync("school", "units", [{"id": "7001", "Name": "U", "Unit_Credit": 15.0, "Program": {"id": "1001"}}]),
+        await engine.sync(
+            "school", "units", [{"id": "7001", "Name": "U", "Unit_Credit": 15.0, "Program": {"id": "1001"}}]
+        ),
     ]
     assert [statuses(report) for report in again] == [["UNCHANGED"]] * 3
 
