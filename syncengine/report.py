@@ -36,7 +36,7 @@ class SyncReport(msgspec.Struct):
 
     @property
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for result in self.results:
             counts[result.status] += 1
         return counts

@@ -7,6 +7,7 @@ checker (`descriptors.py`) walks them to report every problem with its position,
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 import msgspec
@@ -28,7 +29,7 @@ class Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
     """Base of every descriptor object: unknown keys are errors, values never change."""
 
 
-class FieldSpec(Spec, kw_only=True):
+class FieldSpec(Spec, kw_only=True, frozen=True):
     """One mapped Zoho field. `from` is the Zoho API name; it defaults to the field's name."""
 
     type: FieldTypeName
@@ -45,7 +46,7 @@ class FieldSpec(Spec, kw_only=True):
     entity: str | None = None
 
 
-class MoodleSpec(Spec, kw_only=True):
+class MoodleSpec(Spec, kw_only=True, frozen=True):
     """How an entity lands in Moodle: the kind of Moodle object, and which fields feed it.
 
     `fields` maps a Moodle parameter to one of the entity's field names (or `zoho_id`);
@@ -57,7 +58,7 @@ class MoodleSpec(Spec, kw_only=True):
     defaults: dict[str, str | int | bool] = {}
 
 
-class EntitySpec(Spec, kw_only=True):
+class EntitySpec(Spec, kw_only=True, frozen=True):
     """One synced Zoho module."""
 
     source: str
@@ -68,7 +69,7 @@ class EntitySpec(Spec, kw_only=True):
     moodle: MoodleSpec | None = None
 
 
-class DescriptorFile(Spec, kw_only=True):
+class DescriptorFile(Spec, kw_only=True, frozen=True):
     """The whole of `entities.yaml`."""
 
     version: Literal[1]
@@ -84,5 +85,5 @@ def json_schema() -> dict[str, Any]:
 
 
 # The Literal lists above are what editors see; the registries are what the engine runs.
-assert set(FieldTypeName.__args__) == set(FIELD_TYPES), "FieldTypeName and FIELD_TYPES disagree"
-assert set(TransformName.__args__) == set(TRANSFORMS), "TransformName and TRANSFORMS disagree"
+assert set(typing.get_args(FieldTypeName)) == set(FIELD_TYPES), "FieldTypeName and FIELD_TYPES disagree"
+assert set(typing.get_args(TransformName)) == set(TRANSFORMS), "TransformName and TRANSFORMS disagree"
