@@ -125,7 +125,8 @@ async def sync_batch(
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
     now = dt.datetime.now(dt.timezone.utc)
-    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
+    # In key order, so that concurrent batches lock new rows in the same order and cannot deadlock.
+    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in sorted(batch.dirty)])
     if entity.moodle is not None and batch.deliveries:
         deliveries = [
             {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}
