@@ -1,0 +1,61 @@
+"""The benchmark harness still runs: `python -m bench --smoke` prints every row of its table.
+
+No timing is asserted: figures belong in bench/README.md, not in tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import POSTGRES_URL, ROOT
+
+pytestmark = pytest.mark.postgres
+
+
+def table_rows(output: str) -> set[tuple[str, ...]]:
+    """(scenario, database, case, batch) of every row of the Markdown tables."""
+    rows = set()
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 4:
+            rows.add(tuple(cells[:4]))
+    return rows
+
+
+def test_smoke_run_prints_every_scenario() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--postgres-url", POSTGRES_URL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = table_rows(run.stdout)
+    cases = ("NEW", "UNCHANGED", "10 % UPDATED", "10 % INVALID")
+    expected = {
+        ("pipeline", dialect, case, batch)
+        for dialect, case, batch in itertools.product(("postgresql", "sqlite"), cases, ("1", "100", "1,000"))
+    }
+    expected |= {("naive ORM", "postgresql", "NEW", "100"), ("naive ORM", "postgresql", "UNCHANGED", "100")}
+    expected |= {("raw unnest", "postgresql", case, "1,000") for case in cases[:3]}
+    expected |= {("raw COPY", "postgresql", case, "10,000") for case in cases[:3]}
+    expected |= {("scale", "postgresql", "NEW into 100", "1,000"), ("scale", "postgresql", "NEW into 1,000", "1,000")}
+    expected |= {("memory", "postgresql", "file load", "1,000")}
+    assert expected <= rows, sorted(expected - rows)
+    peer = {row for row in rows if row[0] == "dlt merge"}
+    assert peer in (
+        {("dlt merge", "postgresql", "not installed", "-")},
+        {
+            ("dlt merge", "postgresql", "NEW", "-"),
+            ("dlt merge", "postgresql", "repeated", "-"),
+            ("dlt merge", "postgresql", "100-record loads", "100"),
+        },
+    ), peer
+    assert "| target" in run.stdout
+    assert "MISSED" in run.stdout or "met" in run.stdout
