@@ -3,7 +3,7 @@
 One code path for every entity; the `Entity` descriptor says what to do. A batch costs a fixed
 number of set-based statements, whatever its size:
 
-1. fetch the stored rows of the batch's ids (one statement);
+1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
 2. resolve lookup ids that the stored rows do not already link (at most one per lookup target);
 3. decide every record in input order, in memory, each against the state the one before left;
 4. upsert the final state of every touched row (one statement);
@@ -120,13 +120,13 @@ async def sync_batch(
     entity = tables.entity
     incoming = [parse_record(entity, raw) for raw in records]
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
+    await store.lock(conn, tables.table, tenant, ids)
     state = await _fetch_state(conn, store, tables, tenant, ids)
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state)
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
     now = dt.datetime.now(dt.timezone.utc)
-    # In key order, so that concurrent batches lock new rows in the same order and cannot deadlock.
-    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in sorted(batch.dirty)])
+    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
     if entity.moodle is not None and batch.deliveries:
         deliveries = [
             {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}

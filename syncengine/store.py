@@ -4,8 +4,10 @@ Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store
 set-based operations (fetch rows by Zoho id, upsert rows, insert rows) and never learns which
 database it talks to.
 
-- PostgreSQL: one `INSERT ... SELECT FROM unnest(...)` per batch, arrays bound as parameters;
-  fetched rows are locked (`FOR UPDATE`, in id order) so concurrent batches cannot interleave.
+- PostgreSQL: one `INSERT ... SELECT FROM unnest(...)` per batch, arrays bound as parameters.
+  A batch first takes a transaction-scoped advisory lock per record id, in sorted order, so that
+  concurrent batches touching the same records queue (and never deadlock) while batches on other
+  records run in parallel; every read after that sees the latest committed state.
 - SQLite: `executemany` of one upsert; write transactions start with `BEGIN IMMEDIATE` so that
   two writers queue instead of failing, and the file runs in WAL mode.
 """
@@ -27,6 +29,9 @@ NATURAL_KEY = ("tenant_id", "zoho_id")
 
 
 class Store(Protocol):
+    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+        """Serialise writers of the same records until the transaction ends."""
+
     async def fetch(
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
@@ -89,6 +94,9 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
 
 class SqliteStore:
+    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
+
     async def fetch(
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
@@ -114,6 +122,11 @@ def _sqlite_upsert(table: sa.Table, columns: tuple[str, ...]) -> Any:
 
 
 class PostgresStore:
+    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+        keys = sorted(f"{table.name}:{tenant}:{zoho_id}" for zoho_id in zoho_ids)
+        if keys:
+            await conn.execute(_ADVISORY_LOCKS, {"keys": keys})
+
     async def fetch(
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
@@ -122,8 +135,6 @@ class PostgresStore:
         query = (
             sa.select(*columns)
             .where(table.c.tenant_id == tenant, table.c.zoho_id == sa.any_(ids))
-            .order_by(table.c.zoho_id)
-            .with_for_update(of=table)
         )
         return (await conn.execute(query)).all()
 
@@ -148,6 +159,12 @@ class PostgresStore:
 
 def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
+
+
+_ADVISORY_LOCKS = sa.text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0))) "
+    "FROM (SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key) AS ordered"
+)
 
 
 @cache
