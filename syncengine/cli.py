@@ -1,9 +1,11 @@
-"""The `syncengine` command: check descriptors, dry-run payloads, migrate the database."""
+"""The `syncengine` command: check descriptors, dry-run payloads, migrate, manage tenants, serve HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from syncengine.config import Settings
+from syncengine.config import ConfigError, Settings
 from syncengine.descriptors import DescriptorError, UnknownEntity, load_catalog
 from syncengine.engine import SchemaError, SyncEngine
 from syncengine.payloads import PayloadError, parse_body
@@ -26,9 +28,12 @@ ENTITIES_OPTION = click.option(
 
 
 def _settings(entities: Path | None) -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        _fail(str(error))
     if entities is not None:
-        settings = Settings(settings.database_url, entities, settings.migrations)
+        settings = dataclasses.replace(settings, entities=entities)
     return settings
 
 
@@ -56,7 +61,9 @@ def check(entities: Path | None) -> None:
         click.echo(f"{count} problem{'s' if count != 1 else ''} in {settings.entities}", err=True)
         sys.exit(1)
     fields = sum(len(entity.fields) for entity in catalog)
-    click.echo(f"{settings.entities}: OK, {len(catalog.entities)} entities, {fields} fields ({', '.join(catalog.entities)})")
+    click.echo(
+        f"{settings.entities}: OK, {len(catalog.entities)} entities, {fields} fields ({', '.join(catalog.entities)})"
+    )
 
 
 @main.command()
@@ -114,7 +121,9 @@ def render_table(report: SyncReport) -> str:
         for name, (old, new) in (result.changes or {}).items():
             lines.append(f"{'':>{id_width + 18}}{name}: {_show(old)} -> {_show(new)}")
     summary = ", ".join(f"{status} {count}" for status, count in report.summary.items() if count)
-    lines.append(f"dry run of {len(report.results)} {report.entity} records, nothing written: {summary or 'no records'}")
+    lines.append(
+        f"dry run of {len(report.results)} {report.entity} records, nothing written: {summary or 'no records'}"
+    )
     return "\n".join(lines)
 
 
@@ -168,3 +177,119 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8000, type=click.IntRange(0, 65535), show_default=True)
+@click.option("--workers", default=1, type=click.IntRange(min=1), show_default=True, help="Worker processes.")
+@ENTITIES_OPTION
+def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
+    """Serve the HTTP API: POST /v1/sync/{entity} for every entity, OpenAPI at /schema.
+
+    On SQLite the migrations are applied first; on PostgreSQL the schema must be current
+    (`syncengine db upgrade`). With no tenant yet, `default` is created and its key printed once.
+    """
+    import uvicorn
+
+    from syncengine import migrate, startup
+
+    settings = _settings(entities)
+    try:
+        catalog = load_catalog(settings.entities)
+        startup.prepare_schema(settings)
+    except DescriptorError as error:
+        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
+    except (migrate.MigrationsNotFound, startup.SchemaBehind) as error:
+        _fail(str(error))
+    key = startup.first_tenant_key(settings)
+    if key is not None:
+        click.echo(startup.first_run_message(catalog, key, host, port))
+    click.echo(
+        f"serving {len(catalog.entities)} entities on http://{host}:{port} ({_safe_url(settings.database_url)})",
+        err=True,
+    )
+    os.environ["SYNCENGINE_ENTITIES"] = str(settings.entities)  # for the workers' app factory
+    uvicorn.run(
+        "syncengine.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # the app logs one JSON line per request
+        log_level="warning",
+    )
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants and their API keys (a key is printed once, on standard output)."""
+
+
+def _tenant_database(entities: Path | None) -> Any:
+    from syncengine import migrate, startup
+    from syncengine.store import open_database
+
+    settings = _settings(entities)
+    try:
+        startup.prepare_schema(settings)
+    except (migrate.MigrationsNotFound, startup.SchemaBehind, DescriptorError) as error:
+        _fail(str(error))
+    return open_database(settings.database_url)
+
+
+def _run_tenant_command(entities: Path | None, command: Any) -> Any:
+    from syncengine.tenants import TenantError
+
+    async def run() -> Any:
+        database = _tenant_database(entities)
+        try:
+            return await command(database)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except TenantError as error:
+        _fail(str(error))
+
+
+@tenant.command("add")
+@click.argument("name")
+@ENTITIES_OPTION
+def tenant_add(name: str, entities: Path | None) -> None:
+    """Create tenant NAME and print its API key (shown only this once)."""
+    from syncengine.tenants import add_tenant
+
+    key = _run_tenant_command(entities, lambda database: add_tenant(database, name))
+    click.echo(f"created tenant '{name}'; its API key (shown only this once):", err=True)
+    click.echo(key)
+
+
+@tenant.command("key")
+@click.argument("name")
+@ENTITIES_OPTION
+def tenant_key(name: str, entities: Path | None) -> None:
+    """Give tenant NAME a new API key and print it; the old key stops working at once."""
+    from syncengine.tenants import rotate_key
+
+    key = _run_tenant_command(entities, lambda database: rotate_key(database, name))
+    click.echo(f"new API key for tenant '{name}' (the old one no longer works; shown only this once):", err=True)
+    click.echo(key)
+
+
+@tenant.command("list")
+@ENTITIES_OPTION
+def tenant_list(entities: Path | None) -> None:
+    """List tenants with when they were created and when their key was issued."""
+    from syncengine.tenants import list_tenants
+
+    tenants = _run_tenant_command(entities, list_tenants)
+    if not tenants:
+        click.echo("no tenants yet: `syncengine tenant add NAME` creates one", err=True)
+        return
+    width = max(len("NAME"), *(len(t.name) for t in tenants))
+    click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  KEY ISSUED")
+    for t in tenants:
+        created, issued = (value.strftime("%Y-%m-%d %H:%M:%SZ") for value in (t.created_at, t.key_created_at))
+        click.echo(f"{t.name:<{width}}  {created:<20}  {issued}")

@@ -1,10 +1,15 @@
 """Configuration, from the environment.
 
-| variable                   | default                              |
-|----------------------------|--------------------------------------|
-| SYNCENGINE_DATABASE_URL    | sqlite:///syncengine.db (in the working directory) |
-| SYNCENGINE_ENTITIES        | ./entities.yaml                      |
-| SYNCENGINE_MIGRATIONS      | the `migrations/` folder beside the entities file |
+| variable                         | default                                            |
+|----------------------------------|----------------------------------------------------|
+| SYNCENGINE_DATABASE_URL          | sqlite:///syncengine.db (in the working directory) |
+| SYNCENGINE_ENTITIES              | ./entities.yaml                                    |
+| SYNCENGINE_MIGRATIONS            | the `migrations/` folder beside the entities file  |
+| SYNCENGINE_MAX_BODY_BYTES        | 10485760 (10 MiB): a larger request body is 413    |
+| SYNCENGINE_MAX_RECORDS           | 5000: a request with more records is 413           |
+| SYNCENGINE_IDEMPOTENCY_TTL       | 3600 seconds: how long an Idempotency-Key replays  |
+| SYNCENGINE_IDEMPOTENCY_WAIT      | 30 seconds: how long a repeat waits for the first request with its key before 409 |
+| SYNCENGINE_LOG_LEVEL             | INFO                                               |
 """
 
 from __future__ import annotations
@@ -17,11 +22,20 @@ from pathlib import Path
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
 
 
+class ConfigError(ValueError):
+    """An environment variable has a value syncengine cannot use."""
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     entities: Path = Path("entities.yaml")
     migrations: Path | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_records: int = 5000
+    idempotency_ttl: float = 3600.0
+    idempotency_wait: float = 30.0
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -30,8 +44,27 @@ class Settings:
             database_url=environ.get("SYNCENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             entities=Path(environ.get("SYNCENGINE_ENTITIES") or "entities.yaml"),
             migrations=Path(migrations) if migrations else None,
+            max_body_bytes=int(_number(environ, "SYNCENGINE_MAX_BODY_BYTES", cls.max_body_bytes, integer=True)),
+            max_records=int(_number(environ, "SYNCENGINE_MAX_RECORDS", cls.max_records, integer=True)),
+            idempotency_ttl=_number(environ, "SYNCENGINE_IDEMPOTENCY_TTL", cls.idempotency_ttl),
+            idempotency_wait=_number(environ, "SYNCENGINE_IDEMPOTENCY_WAIT", cls.idempotency_wait),
+            log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
         )
 
     @property
     def migrations_dir(self) -> Path:
         return self.migrations or self.entities.parent / "migrations"
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        kind = "a positive whole number" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}")
+    return value

@@ -112,3 +112,12 @@ def engine_tables(metadata: sa.MetaData) -> None:
         sa.Index(None, "expires_at"),
         comment="Idempotency-Key claims and the responses they replay, until they expire",
     )
+
+
+_ENGINE_METADATA = sa.MetaData(naming_convention=NAMING_CONVENTION)
+engine_tables(_ENGINE_METADATA)
+
+
+def engine_table(name: str) -> sa.Table:
+    """One fixed table, for code that needs it without loading the descriptors."""
+    return _ENGINE_METADATA.tables[name]

@@ -1,0 +1,442 @@
+"""The HTTP service: a litestar app built from the loaded descriptors.
+
+    app = create_app(Settings.from_env())      # or `syncengine serve`
+
+Routes, all JSON:
+
+- `POST /v1/sync/{entity}`: one route per entity of entities.yaml, each with its own OpenAPI
+  request schema; `?dry_run=true` runs the pipeline and rolls back.
+- `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant.
+- `GET /v1/entities`, `GET /v1/health`, `GET /v1/ready`; OpenAPI at `/schema`.
+
+The tenant comes from the API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`). Errors are
+mapped to HTTP in `errors.py` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+import sqlalchemy as sa
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import Headers
+from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import Message
+
+from syncengine import migrate
+from syncengine.config import Settings
+from syncengine.descriptors import Entity, UnknownEntity
+from syncengine.engine import SyncEngine
+from syncengine.errors import ApiError, error_response, render, to_api_error
+from syncengine.idempotency import IdempotencyKeys, check_key, request_hash
+from syncengine.logs import configure_logging
+from syncengine.openapi import SECURITY, components, sync_operation
+from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
+from syncengine.tenants import Tenant, authenticate
+
+logger = logging.getLogger("syncengine.http")
+JSON = "application/json"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+
+
+@dataclass
+class Service:
+    """What the handlers share: settings, the engine, idempotency keys, the expected schema."""
+
+    settings: Settings
+    engine: SyncEngine
+    keys: IdempotencyKeys
+    head: str | None
+
+
+class SyncService(Litestar):
+    """Litestar, plus a request id and one JSON log line for every HTTP request, even a 404."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers.from_scope(scope)
+        request_id = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        log: dict[str, Any] = {}
+        scope.setdefault("state", {}).update(request_id=request_id, log=log)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_with_id)
+        finally:
+            duration = round((time.perf_counter() - started) * 1000, 1)
+            fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status}
+            logger.info("request", extra={"fields": fields | log | {"duration_ms": duration}})
+
+
+def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar:
+    """The service for `settings`; pass `engine` to share one (it is then not closed here)."""
+    configure_logging(settings.log_level)
+    owned = engine is None
+    engine = engine or SyncEngine.open(settings)
+    try:
+        head = migrate.head(settings)
+    except migrate.MigrationsNotFound:
+        head = None
+    service = Service(
+        settings, engine, IdempotencyKeys(engine.database, settings.idempotency_ttl, settings.idempotency_wait), head
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        purger = asyncio.create_task(_purge_expired_keys(service))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+            if owned:
+                await service.engine.close()
+
+    handlers: list[HTTPRouteHandler] = [health, ready, list_entities, read_record, sync_unknown_entity]
+    handlers += [sync_route(entity, settings) for entity in engine.catalog]
+    return SyncService(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        state=_state(service),
+        exception_handlers={Exception: error_response},
+        request_max_body_size=None,  # read_body enforces the limit, with our message
+        openapi_config=OpenAPIConfig(
+            title="syncengine",
+            version="1",
+            description="Zoho CRM records in, validated and fingerprinted, out to Moodle.",
+            components=components(engine.catalog),
+            use_handler_docstrings=True,
+        ),
+        logging_config=None,
+    )
+
+
+def app_from_env() -> Litestar:
+    """The app factory for `uvicorn --factory` and for `serve --workers N`."""
+    return create_app(Settings.from_env())
+
+
+def _state(service: Service) -> Any:
+    from litestar.datastructures import State
+
+    return State({"service": service})
+
+
+def _service(request: Request[Any, Any, Any]) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+async def _purge_expired_keys(service: Service) -> None:
+    interval = min(service.settings.idempotency_ttl, 300.0)
+    while True:
+        try:
+            removed = await service.keys.purge()
+            if removed:
+                logger.info("purged expired idempotency keys", extra={"fields": {"removed": removed}})
+        except Exception:  # a database blip must not stop the purging for good
+            logger.warning("could not purge expired idempotency keys", exc_info=True)
+        await asyncio.sleep(interval)
+
+
+# Authentication
+
+
+async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
+    """The tenant of the request's API key; `X-Tenant-ID`, if sent, must name that tenant."""
+    key = _presented_key(request)
+    if key is None:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "no API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY' "
+            "(`syncengine tenant add NAME` creates a tenant and its key)",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    tenant = await authenticate(_service(request).engine.database, key)
+    if tenant is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "the API key is not valid: it is unknown or was replaced by `syncengine tenant key NAME`",
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    claimed = request.headers.get("x-tenant-id")
+    if claimed is not None and claimed != tenant.name:
+        raise ApiError(
+            403,
+            "tenant_mismatch",
+            f"X-Tenant-ID does not name the tenant of this API key ('{tenant.name}'); "
+            "send that name or leave the header out",
+        )
+    request.scope["state"]["log"]["tenant"] = tenant.name
+    return tenant
+
+
+def _presented_key(request: Request[Any, Any, Any]) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("x-api-key", "").strip() or None
+
+
+AUTHENTICATED = {"tenant": Provide(authenticated_tenant)}
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(
+        header="Idempotency-Key",
+        required=False,
+        description="Replays the stored response of an earlier request with the same key and body.",
+    ),
+]
+TenantHeader = Annotated[
+    str | None,
+    Parameter(header="X-Tenant-ID", required=False, description="If sent, must name the API key's tenant."),
+]
+DryRun = Annotated[bool, Parameter(query="dry_run", description="Run the whole pipeline, then roll it back.")]
+
+
+# Sync endpoints
+
+
+def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
+    """`POST /v1/sync/{entity.name}`, with the entity's request schema in OpenAPI."""
+
+    async def sync_records(
+        request: Request[Any, Any, Any],
+        tenant: Tenant,
+        dry_run: DryRun = False,
+        idempotency_key: IdempotencyKey = None,
+        x_tenant_id: TenantHeader = None,
+    ) -> Response[bytes]:
+        return await sync_request(request, entity, tenant, dry_run, idempotency_key)
+
+    return post(
+        f"/v1/sync/{entity.name}",
+        name=f"sync_{entity.name}",
+        operation_id=f"sync_{entity.name}",
+        summary=f"Sync {entity.name}",
+        description=(
+            f"Validate, fingerprint and store {entity.name} records (Zoho module {entity.source}) "
+            "for the caller's tenant; the response has one result per record, in input order."
+        ),
+        tags=["sync"],
+        operation_class=sync_operation(entity, settings.max_records),
+        dependencies=AUTHENTICATED,
+        security=SECURITY,
+        status_code=200,
+        media_type=JSON,
+    )(sync_records)
+
+
+@post("/v1/sync/{entity:str}", dependencies=AUTHENTICATED, include_in_schema=False, status_code=200)
+async def sync_unknown_entity(request: Request[Any, Any, Any], entity: str, tenant: Tenant) -> None:
+    """Every entity has its own route; this one only says which entities there are."""
+    _service(request).engine.catalog.entity(entity)  # raises UnknownEntity
+
+
+async def sync_request(
+    request: Request[Any, Any, Any], entity: Entity, tenant: Tenant, dry_run: bool, idempotency_key: str | None
+) -> Response[bytes]:
+    service = _service(request)
+    log = request.scope["state"]["log"]
+    log.update(entity=entity.name, dry_run=dry_run)
+    media_type = _media_type(request)
+    body = await read_body(request, service.settings.max_body_bytes)
+    if idempotency_key is None:
+        return _json(await sync_body(service, entity, tenant, body, media_type, dry_run, log))
+    key = check_key(idempotency_key)
+    endpoint = request.url.path
+    digest = request_hash(media_type, "dry_run" if dry_run else "", body)
+    stored = await service.keys.claim(tenant.name, endpoint, key, digest)
+    if stored is not None:
+        log["idempotent_replay"] = True
+        return _json(stored.body, stored.status_code, {"Idempotent-Replayed": "true"})
+    try:
+        content = await sync_body(service, entity, tenant, body, media_type, dry_run, log)
+    except Exception as exc:
+        error = to_api_error(exc)
+        if error.status_code >= 500:
+            await service.keys.release(tenant.name, endpoint, key)
+            raise
+        log["error"] = error.error
+        content = render(error)
+        await service.keys.complete(tenant.name, endpoint, key, error.status_code, content)
+        return _json(content, error.status_code, error.headers)
+    await service.keys.complete(tenant.name, endpoint, key, 200, content)
+    return _json(content)
+
+
+async def sync_body(
+    service: Service, entity: Entity, tenant: Tenant, body: bytes, media_type: str, dry_run: bool, log: dict[str, Any]
+) -> bytes:
+    """Parse, check the batch size, run the pipeline; the report as JSON bytes."""
+    records = parse_body(body, media_type)
+    log["records"] = len(records)
+    limit = service.settings.max_records
+    if len(records) > limit:
+        raise ApiError(
+            413,
+            "too_many_records",
+            f"{len(records)} records in one request; the limit is {limit} (SYNCENGINE_MAX_RECORDS): "
+            "send them in smaller batches",
+        )
+    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run)
+    log["counts"] = {status: count for status, count in report.summary.items() if count}
+    return msgspec.json.encode(report.to_builtins())
+
+
+def _media_type(request: Request[Any, Any, Any]) -> str:
+    """JSON (also when no Content-Type is sent) or a form; anything else is 415."""
+    content_type = request.headers.get("content-type", JSON)
+    media_type = content_type.split(";")[0].strip().lower() or JSON
+    if (
+        media_type == JSON
+        or media_type == FORM_CONTENT_TYPE
+        or (media_type.startswith("application/") and media_type.endswith("+json"))
+    ):
+        return FORM_CONTENT_TYPE if media_type == FORM_CONTENT_TYPE else JSON
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type '{media_type}' is not accepted: send application/json "
+        f'(one record, an array, or {{"data": [records]}}) or {FORM_CONTENT_TYPE} (one record)',
+    )
+
+
+async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    too_large = ApiError(
+        413,
+        "body_too_large",
+        f"the request body is larger than {limit} bytes (SYNCENGINE_MAX_BODY_BYTES): send smaller batches",
+    )
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(content: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(content, status_code=status_code, media_type=JSON, headers=headers)
+
+
+# Reading
+
+
+@get("/v1/health", tags=["service"], include_in_schema=True)
+async def health() -> dict[str, str]:
+    """Liveness: the process answers. Touches no database."""
+    return {"status": "ok"}
+
+
+@get("/v1/ready", tags=["service"])
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Readiness: the database answers and its schema is at the latest migration."""
+    service = _service(request)
+    database = service.engine.database
+    try:
+        async with database.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        current = await migrate.current(database)
+    except Exception as error:  # any failure to reach the database means "not ready"
+        logger.warning("readiness check failed", extra={"fields": {"error": type(error).__name__}})
+        raise ApiError(503, "database_unavailable", f"the database does not answer: {type(error).__name__}") from None
+    if service.head is not None and current != service.head:
+        raise ApiError(
+            503,
+            "schema_behind",
+            f"the database schema is at {current or 'no revision'}, the code expects {service.head}: "
+            "run `syncengine db upgrade`",
+        )
+    body = {"status": "ready", "database": database.dialect.name, "schema_revision": current}
+    return _json(_encode(body))
+
+
+@get("/v1/entities", tags=["service"])
+async def list_entities(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The loaded descriptors: each entity's endpoint, fields and dependencies, parents first."""
+    entities = [_describe(entity) for entity in _service(request).engine.catalog]
+    return _json(_encode({"entities": entities}))
+
+
+def _describe(entity: Entity) -> dict[str, Any]:
+    fields = []
+    for fld in entity.fields:
+        described: dict[str, Any] = {
+            "name": fld.name,
+            "from": fld.source,
+            "type": fld.type.name,
+            "required": fld.required,
+        }
+        if fld.target:
+            described["entity"] = fld.target
+        if fld.options.choices:
+            described["choices"] = list(fld.options.choices)
+        if fld.options.max_length is not None:
+            described["max_length"] = fld.options.max_length
+        if fld.default is not None:
+            described["default"] = fld.default
+        if fld.description:
+            described["description"] = fld.description
+        fields.append(described)
+    return {
+        "name": entity.name,
+        "singular": entity.singular,
+        "source": entity.source,
+        "description": entity.description,
+        "endpoint": f"/v1/sync/{entity.name}",
+        "id_key": entity.id_key,
+        "version_field": entity.version_field,
+        "requires": list(entity.requires),
+        "lookups": list(dict.fromkeys(f.target for f in entity.lookups if f.target)),
+        "fields": fields,
+    }
+
+
+@get("/v1/{entity:str}/{zoho_id:str}", dependencies=AUTHENTICATED, security=SECURITY, tags=["records"])
+async def read_record(request: Request[Any, Any, Any], entity: str, zoho_id: str, tenant: Tenant) -> Response[bytes]:
+    """A stored record of the caller's tenant: values, fingerprint, timestamps, Moodle sync state."""
+    service = _service(request)
+    request.scope["state"]["log"]["entity"] = entity
+    record = await service.engine.fetch_record(tenant.name, entity, zoho_id)
+    if record is None:
+        singular = service.engine.catalog.entity(entity).singular
+        raise ApiError(404, "record_not_found", f"no {singular} with Zoho id '{zoho_id}' is stored for this tenant")
+    return _json(_encode(record))
+
+
+__all__ = ["UnknownEntity", "app_from_env", "create_app"]

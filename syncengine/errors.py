@@ -1,0 +1,117 @@
+"""The one place where an exception becomes an HTTP error: status, code and a message for people.
+
+Every error body has one shape:
+
+    {"status": "error", "status_code": 404, "error": "unknown_entity",
+     "message": "unknown entity 'studnets' (known: programs, students, ...)"}
+
+Handlers raise; `error_response` answers. Bad input is always a 4xx with the reason; anything
+unexpected is a 500 that names the request id and keeps the details in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from syncengine.descriptors import UnknownEntity
+from syncengine.engine import SchemaError
+from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
+from syncengine.payloads import PayloadError
+
+logger = logging.getLogger("syncengine.http")
+
+
+@dataclass
+class ApiError(Exception):
+    """An error the service answers as such; raised where the problem is found."""
+
+    status_code: int
+    error: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def to_api_error(exc: Exception) -> ApiError:
+    """The HTTP meaning of an exception."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, PayloadError):
+        code = "malformed_json" if str(exc).startswith("malformed JSON") else "invalid_body"
+        return ApiError(400, code, str(exc))
+    if isinstance(exc, UnknownEntity):
+        return ApiError(404, "unknown_entity", str(exc.args[0]))
+    if isinstance(exc, InvalidIdempotencyKey):
+        return ApiError(400, "invalid_idempotency_key", str(exc))
+    if isinstance(exc, IdempotencyKeyReused):
+        return ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body; use a new key for a new request",
+        )
+    if isinstance(exc, IdempotencyKeyInUse):
+        return ApiError(
+            409,
+            "idempotency_key_in_use",
+            "the first request with this Idempotency-Key is still being processed; retry in a few seconds",
+            {"Retry-After": "5"},
+        )
+    if isinstance(exc, SchemaError):
+        return ApiError(503, "schema_missing", str(exc))
+    if isinstance(exc, ValidationException):
+        return ApiError(400, "invalid_request", _validation_message(exc))
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = {k: v for k, v in (exc.headers or {}).items()}
+        return ApiError(exc.status_code, code, _http_message(exc, code), headers)
+    return ApiError(500, "internal_error", "internal error")
+
+
+def render(error: ApiError, request_id: str | None = None) -> bytes:
+    message = error.message
+    if error.status_code >= 500 and request_id:
+        message = f"{message}; the server log has the details under request id {request_id}"
+    body = {"status": "error", "status_code": error.status_code, "error": error.error, "message": message}
+    return msgspec.json.encode(body)
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar's exception handler for every exception."""
+    error = to_api_error(exc)
+    request_id = request.scope.get("state", {}).get("request_id")
+    if error.status_code >= 500:
+        logger.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
+    log = request.scope.get("state", {}).get("log")
+    if isinstance(log, dict):
+        log["error"] = error.error
+    return Response(
+        render(error, request_id),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            where = item.get("key") or item.get("source") or "request"
+            problems.append(f"{where}: {item.get('message', 'invalid')}")
+    return "invalid request: " + ("; ".join(problems) if problems else str(exc.detail))
+
+
+def _http_message(exc: HTTPException, code: str) -> str:
+    if code == "not_found":
+        return "no such endpoint; GET /v1/entities lists the sync endpoints, /schema documents them all"
+    if code == "method_not_allowed":
+        return f"method not allowed here ({exc.detail})"
+    return str(exc.detail)

@@ -1,0 +1,121 @@
+"""Tenants and their API keys: a key is shown once, stored as its SHA-256, compared in constant time.
+
+    >>> key = await add_tenant(database, "school")   # 'sk_...', print it once
+    >>> (await authenticate(database, key)).name
+    'school'
+
+A key carries 256 random bits, so a plain SHA-256 is enough to store it: there is nothing to
+guess, and no slow hash is needed to protect it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncengine.tables import TENANT_LENGTH, engine_table
+
+TENANTS = "syncengine_tenants"
+KEY_PREFIX = "sk_"
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{TENANT_LENGTH - 1}}}$")
+_tenants = engine_table(TENANTS)
+
+
+class TenantError(ValueError):
+    """A tenant command cannot be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    created_at: dt.datetime
+    key_created_at: dt.datetime
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise TenantError(
+            f"tenant name {name!r} must be 1 to {TENANT_LENGTH} letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+async def add_tenant(database: AsyncEngine, name: str) -> str:
+    """Create a tenant; return its API key, which is stored nowhere else."""
+    check_name(name)
+    key, now = new_key(), _now()
+    try:
+        async with database.begin() as conn:
+            await conn.execute(
+                _tenants.insert().values(name=name, key_hash=hash_key(key), created_at=now, key_created_at=now)
+            )
+    except sa.exc.IntegrityError:
+        raise TenantError(
+            f"tenant '{name}' already exists; `syncengine tenant key {name}` gives it a new key"
+        ) from None
+    return key
+
+
+async def rotate_key(database: AsyncEngine, name: str) -> str:
+    """Give a tenant a new API key; the old one stops working at once."""
+    key = new_key()
+    async with database.begin() as conn:
+        result = await conn.execute(
+            _tenants.update().where(_tenants.c.name == name).values(key_hash=hash_key(key), key_created_at=_now())
+        )
+    if result.rowcount != 1:
+        raise TenantError(f"no tenant '{name}'; `syncengine tenant list` shows the tenants")
+    return key
+
+
+async def list_tenants(database: AsyncEngine) -> list[Tenant]:
+    query = sa.select(_tenants.c.name, _tenants.c.created_at, _tenants.c.key_created_at).order_by(_tenants.c.name)
+    async with database.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [Tenant(name, _utc(created), _utc(rotated)) for name, created, rotated in rows]
+
+
+async def authenticate(database: AsyncEngine, key: str) -> Tenant | None:
+    """The tenant whose key this is, or None."""
+    digest = hash_key(key)
+    query = sa.select(_tenants.c.name, _tenants.c.key_hash, _tenants.c.created_at, _tenants.c.key_created_at)
+    async with database.connect() as conn:
+        row = (await conn.execute(query.where(_tenants.c.key_hash == digest))).first()
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return Tenant(row.name, _utc(row.created_at), _utc(row.key_created_at))
+
+
+async def ensure_first_tenant(database: AsyncEngine, name: str = "default") -> str | None:
+    """On a database with no tenant, create `name` and return its key; otherwise None."""
+    async with database.connect() as conn:
+        if (await conn.execute(sa.select(sa.func.count()).select_from(_tenants))).scalar_one():
+            return None
+    try:
+        return await add_tenant(database, name)
+    except TenantError:  # another process created it first
+        return None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
