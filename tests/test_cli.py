@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,19 @@ def test_a_broken_descriptor_stops_dry_run_with_its_problems(database: dict[str,
     assert result.returncode == 1
     assert "the descriptor file has problems; run `syncengine check`" in result.stderr
     assert f"{broken}:2:12: invalid YAML" in result.stderr
+
+
+def test_db_revision_writes_a_migration_for_a_new_entity(tmp_path: Path, project_copy: Callable[[], Path]) -> None:
+    entities = project_copy()
+    env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'rev.db'}", "SYNCENGINE_ENTITIES": str(entities)}
+    assert run("db", "upgrade", env=env).returncode == 0
+    entities.write_text(entities.read_text() + "  rooms:\n    source: Rooms\n    singular: room\n    fields:\n      name: {from: Name, type: string}\n")
+    result = run("db", "revision", "-m", "add rooms", env=env)
+    assert result.returncode == 0, result.stderr
+    written = Path(result.stdout.split()[1].rstrip(";"))
+    assert written.parent == entities.parent / "migrations" / "versions"
+    assert "op.create_table('rooms'" in written.read_text()
+    assert run("db", "upgrade", env=env).returncode == 0
+    record = '{"id": "1", "Name": "Lab 2"}'
+    synced = run("dry-run", "rooms", "-", "--json", env=env, stdin=record)
+    assert json.loads(synced.stdout)["results"] == [{"zoho_room_id": "1", "status": "NEW", "message": "created"}]
