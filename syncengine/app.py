@@ -29,10 +29,10 @@ import msgspec
 import sqlalchemy as sa
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import Headers
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import Message
 
 from syncengine import migrate
@@ -210,17 +210,17 @@ def _presented_key(request: Request[Any, Any, Any]) -> str | None:
 AUTHENTICATED = {"tenant": Provide(authenticated_tenant)}
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         required=False,
         description="Replays the stored response of an earlier request with the same key and body.",
     ),
 ]
 TenantHeader = Annotated[
     str | None,
-    Parameter(header="X-Tenant-ID", required=False, description="If sent, must name the API key's tenant."),
+    HeaderParameter(name="X-Tenant-ID", required=False, description="If sent, must name the API key's tenant."),
 ]
-DryRun = Annotated[bool, Parameter(query="dry_run", description="Run the whole pipeline, then roll it back.")]
+DryRun = Annotated[bool, QueryParameter(name="dry_run", description="Run the whole pipeline, then roll it back.")]
 
 
 # Sync endpoints
@@ -231,7 +231,7 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
 
     async def sync_records(
         request: Request[Any, Any, Any],
-        tenant: Tenant,
+        tenant: NamedDependency[Tenant],
         dry_run: DryRun = False,
         idempotency_key: IdempotencyKey = None,
         x_tenant_id: TenantHeader = None,
@@ -257,13 +257,19 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
 
 
 @post("/v1/sync/{entity:str}", dependencies=AUTHENTICATED, include_in_schema=False, status_code=200)
-async def sync_unknown_entity(request: Request[Any, Any, Any], entity: str, tenant: Tenant) -> None:
+async def sync_unknown_entity(
+    request: Request[Any, Any, Any], entity: FromPath[str], tenant: NamedDependency[Tenant]
+) -> None:
     """Every entity has its own route; this one only says which entities there are."""
     _service(request).engine.catalog.entity(entity)  # raises UnknownEntity
 
 
 async def sync_request(
-    request: Request[Any, Any, Any], entity: Entity, tenant: Tenant, dry_run: bool, idempotency_key: str | None
+    request: Request[Any, Any, Any],
+    entity: Entity,
+    tenant: NamedDependency[Tenant],
+    dry_run: bool,
+    idempotency_key: str | None,
 ) -> Response[bytes]:
     service = _service(request)
     log = request.scope["state"]["log"]
@@ -295,7 +301,13 @@ async def sync_request(
 
 
 async def sync_body(
-    service: Service, entity: Entity, tenant: Tenant, body: bytes, media_type: str, dry_run: bool, log: dict[str, Any]
+    service: Service,
+    entity: Entity,
+    tenant: NamedDependency[Tenant],
+    body: bytes,
+    media_type: str,
+    dry_run: bool,
+    log: dict[str, Any],
 ) -> bytes:
     """Parse, check the batch size, run the pipeline; the report as JSON bytes."""
     records = parse_body(body, media_type)
@@ -428,7 +440,9 @@ def _describe(entity: Entity) -> dict[str, Any]:
 
 
 @get("/v1/{entity:str}/{zoho_id:str}", dependencies=AUTHENTICATED, security=SECURITY, tags=["records"])
-async def read_record(request: Request[Any, Any, Any], entity: str, zoho_id: str, tenant: Tenant) -> Response[bytes]:
+async def read_record(
+    request: Request[Any, Any, Any], entity: FromPath[str], zoho_id: FromPath[str], tenant: NamedDependency[Tenant]
+) -> Response[bytes]:
     """A stored record of the caller's tenant: values, fingerprint, timestamps, Moodle sync state."""
     service = _service(request)
     request.scope["state"]["log"]["entity"] = entity

@@ -12,10 +12,12 @@ unexpected is a 500 that names the request id and keeps the details in the log.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -64,6 +66,14 @@ def to_api_error(exc: Exception) -> ApiError:
             "the first request with this Idempotency-Key is still being processed; retry in a few seconds",
             {"Retry-After": "5"},
         )
+    reason = _unstorable(exc)
+    if reason is not None:
+        return ApiError(
+            400,
+            "unstorable_value",
+            f"a value in this request cannot be stored ({reason}); nothing was written: "
+            "check the records for numbers beyond 64 bits and text with NUL characters",
+        )
     if isinstance(exc, SchemaError):
         return ApiError(503, "schema_missing", str(exc))
     if isinstance(exc, ValidationException):
@@ -98,6 +108,18 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         media_type="application/json",
         headers=error.headers,
     )
+
+
+def _unstorable(exc: Exception) -> str | None:
+    """The reason, when the database (or its driver) refused a value that validation let through."""
+    if isinstance(exc, (OverflowError, UnicodeEncodeError)):
+        return str(exc)
+    if isinstance(exc, sa.exc.DataError) or (
+        isinstance(exc, sa.exc.DBAPIError) and "invalid input for query argument" in str(exc.orig)
+    ):
+        text = str(exc.orig).splitlines()[0]
+        return re.sub(r": \[.*\] \(", " (", text)  # without the values: they are record contents
+    return None
 
 
 def _validation_message(exc: ValidationException) -> str:
