@@ -87,7 +87,7 @@ def to_api_error(exc: Exception) -> ApiError:
 
 def render(error: ApiError, request_id: str | None = None) -> bytes:
     message = error.message
-    if error.status_code >= 500 and request_id:
+    if error.status_code == 500 and request_id:
         message = f"{message}; the server log has the details under request id {request_id}"
     body = {"status": "error", "status_code": error.status_code, "error": error.error, "message": message}
     return msgspec.json.encode(body)
