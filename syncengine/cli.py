@@ -226,23 +226,20 @@ def tenant() -> None:
     """Tenants and their API keys (a key is printed once, on standard output)."""
 
 
-def _tenant_database(entities: Path | None) -> Any:
+def _run_tenant_command(entities: Path | None, command: Any) -> Any:
+    """Bring the schema up (SQLite) or check it (PostgreSQL), then run `command(database)`."""
     from syncengine import migrate, startup
     from syncengine.store import open_database
+    from syncengine.tenants import TenantError
 
     settings = _settings(entities)
     try:
         startup.prepare_schema(settings)
     except (migrate.MigrationsNotFound, startup.SchemaBehind, DescriptorError) as error:
         _fail(str(error))
-    return open_database(settings.database_url)
-
-
-def _run_tenant_command(entities: Path | None, command: Any) -> Any:
-    from syncengine.tenants import TenantError
 
     async def run() -> Any:
-        database = _tenant_database(entities)
+        database = open_database(settings.database_url)
         try:
             return await command(database)
         finally:

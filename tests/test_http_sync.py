@@ -111,9 +111,7 @@ async def test_dry_run_runs_the_pipeline_and_writes_nothing(api: Api) -> None:
 async def test_x_tenant_id_naming_the_keys_tenant_is_accepted(api: Api) -> None:
     response = await api.sync("programs", [program()], headers={"X-Tenant-ID": "school"})
     assert statuses(response) == ["NEW"]
-    with_api_key = await api.http.post(
-        "/v1/sync/programs", json=[program()], headers={"X-API-Key": api.keys["school"]}
-    )
+    with_api_key = await api.http.post("/v1/sync/programs", json=[program()], headers={"X-API-Key": api.keys["school"]})
     assert statuses(with_api_key) == ["UNCHANGED"]
 
 

@@ -1,0 +1,105 @@
+"""`syncengine tenant add|key|list`: a key is printed once, stored only as its hash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from syncengine.cli import main
+from syncengine.store import open_database
+from syncengine.tenants import TenantError, add_tenant, authenticate, check_name, rotate_key
+from tests.conftest import ENTITIES, Databases
+
+
+def run(url: str, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(
+        main, ["tenant", *args, "--entities", str(ENTITIES)], env={"SYNCENGINE_DATABASE_URL": url}
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def stored_hashes(url: str) -> list[str]:
+    database = open_database(url)
+    async with database.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT key_hash FROM syncengine_tenants ORDER BY name"))).scalars().all()
+    await database.dispose()
+    return list(rows)
+
+
+def test_add_key_list_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"  # a fresh file: the command migrates it
+    code, key, message = run(url, "add", "school")
+    assert code == 0, message
+    key = key.strip()
+    assert key.startswith("sk_") and len(key) > 40
+    assert message == "created tenant 'school'; its API key (shown only this once):\n"
+    assert asyncio.run(stored_hashes(url)) == [hashlib.sha256(key.encode()).hexdigest()]
+
+    code, new_key, message = run(url, "key", "school")
+    assert code == 0 and new_key.strip() != key
+    assert asyncio.run(tenant_of(url, key)) is None
+    assert asyncio.run(tenant_of(url, new_key.strip())) == "school"
+
+    run(url, "add", "annex")
+    code, listing, _ = run(url, "list")
+    lines = listing.splitlines()
+    assert lines[0].split() == ["NAME", "CREATED", "KEY", "ISSUED"]
+    assert [line.split()[0] for line in lines[1:]] == ["annex", "school"]
+    assert key not in listing and new_key.strip() not in listing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("add", "school"),
+            "error: tenant 'school' already exists; `syncengine tenant key school` gives it a new key\n",
+        ),
+        (("key", "nobody"), "error: no tenant 'nobody'; `syncengine tenant list` shows the tenants\n"),
+        (
+            ("add", "two words"),
+            "error: tenant name 'two words' must be 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit\n",
+        ),
+    ],
+)
+def test_tenant_command_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    run(url, "add", "school")
+    code, out, err = run(url, *args)
+    assert (code, out, err) == (1, "", message)
+
+
+@pytest.mark.postgres
+def test_postgres_behind_schema_is_refused(databases: Databases) -> None:
+    url = asyncio.run(databases.fresh_url("postgresql"))
+    code, out, err = run(url, "list")
+    assert code == 1 and out == ""
+    assert "run `syncengine db upgrade`" in err
+
+
+async def tenant_of(url: str, key: str) -> str | None:
+    database = open_database(url)
+    tenant = await authenticate(database, key)
+    await database.dispose()
+    return None if tenant is None else tenant.name
+
+
+async def test_keys_are_hashed_and_unique_on_both_databases(
+    databases: Databases, dialect: str, catalog: object
+) -> None:
+    database = await databases.create(dialect, catalog)  # type: ignore[arg-type]
+    first = await add_tenant(database, "a")
+    second = await add_tenant(database, "b")
+    assert first != second
+    rotated = await rotate_key(database, "a")
+    assert (await authenticate(database, rotated)).name == "a"  # type: ignore[union-attr]
+    assert await authenticate(database, first) is None
+    assert await authenticate(database, "") is None
+    with pytest.raises(TenantError):
+        check_name("x" * 65)
