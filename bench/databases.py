@@ -57,11 +57,18 @@ class Databases:
         return self.postgres_url.replace("postgresql+asyncpg://", "postgresql://")
 
     async def connect(self, scenario: str) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn(), server_settings={"search_path": self.schema(scenario)})
+        """A raw asyncpg connection; it plans each statement for its parameters, as the engine does."""
+        settings = {"search_path": self.schema(scenario), "plan_cache_mode": "force_custom_plan"}
+        return await asyncpg.connect(self.dsn(), server_settings=settings)
 
-    async def engine(self, dialect: str, scenario: str, *, seed: records.World | None = None) -> SyncEngine:
-        """A SyncEngine on a fresh database with the tables of the catalog (and, with `seed`, the parents)."""
-        database = await self._database(dialect, scenario)
+    async def engine(
+        self, dialect: str, scenario: str, *, seed: records.World | None = None, settings: dict[str, str] | None = None
+    ) -> SyncEngine:
+        """A SyncEngine on a fresh database with the tables of the catalog (and, with `seed`, the parents).
+
+        `settings` are PostgreSQL server settings for its connections.
+        """
+        database = await self._database(dialect, scenario, settings or {})
         async with database.begin() as conn:
             await conn.run_sync(build_metadata(self.catalog).create_all)
         engine = SyncEngine(self.catalog, database)
@@ -70,7 +77,7 @@ class Databases:
             await seed_parents(engine, seed)
         return engine
 
-    async def _database(self, dialect: str, scenario: str) -> AsyncEngine:
+    async def _database(self, dialect: str, scenario: str, settings: dict[str, str]) -> AsyncEngine:
         if dialect == "sqlite":
             path = self.workdir / f"{scenario}.db"
             for leftover in (path, path.with_suffix(".db-wal"), path.with_suffix(".db-shm")):
@@ -82,7 +89,7 @@ class Databases:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
         finally:
             await conn.close()
-        return open_database(self.postgres_url, connect_args={"server_settings": {"search_path": schema}})
+        return open_database(self.postgres_url, connect_args={"server_settings": {"search_path": schema, **settings}})
 
     def engine_url(self, dialect: str, scenario: str) -> tuple[str, dict[str, Any]]:
         """The URL and options another process needs to open the database `engine()` made."""
