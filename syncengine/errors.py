@@ -114,8 +114,13 @@ def _unstorable(exc: Exception) -> str | None:
     """The reason, when the database (or its driver) refused a value that validation let through."""
     if isinstance(exc, (OverflowError, UnicodeEncodeError)):
         return str(exc)
-    if isinstance(exc, sa.exc.DataError) or (
-        isinstance(exc, sa.exc.DBAPIError) and "invalid input for query argument" in str(exc.orig)
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    if (
+        isinstance(exc, sa.exc.DataError)
+        or sqlstate.startswith("22")
+        or "invalid input for query argument" in str(exc.orig)
     ):
         text = str(exc.orig).splitlines()[0]
         return re.sub(r": \[.*\] \(", " (", text)  # without the values: they are record contents

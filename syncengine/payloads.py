@@ -84,6 +84,10 @@ def parse_body(body: bytes, content_type: str | None = "application/json") -> li
 
 def _notification(document: dict[str, Any]) -> list[Any]:
     operation = str(document["operation"]).lower()
+    for zoho_id in document["ids"]:
+        if not isinstance(zoho_id, (str, int)) or isinstance(zoho_id, bool):
+            item = msgspec.json.encode(zoho_id).decode()[:40]
+            raise PayloadError(f'"ids" must be a list of record ids, got the item {item}')
     if operation == "delete":
         return [{"id": zoho_id, DELETED_KEY: True} for zoho_id in document["ids"]]
     values = {
