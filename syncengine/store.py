@@ -165,13 +165,19 @@ class PostgresStore:
 
     async def _unnest(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], *, upsert: bool) -> None:
         names = tuple(rows[0])
-        arrays = {}
+        params: dict[str, Any] = {}
+        scalars = []
         for i, name in enumerate(names):
             values = [row[name] for row in rows]
             if isinstance(table.c[name].type, sa.JSON):
                 values = [None if value is None else _json_text(value) for value in values]
-            arrays[f"p{i}"] = values
-        await conn.execute(_unnest_statement(table, names, upsert), arrays)
+            # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
+            scalar = len(values) > 1 and values.count(values[0]) == len(values)
+            scalars.append(scalar)
+            params[f"p{i}"] = values[0] if scalar else values
+        if all(scalars):
+            scalars[0], params["p0"] = False, [params["p0"]] * len(rows)
+        await conn.execute(_unnest_statement(table, names, upsert, tuple(scalars)), params)
 
 
 def _json_text(value: Any) -> str:
@@ -185,24 +191,31 @@ _ADVISORY_LOCKS = sa.text(
 
 
 @cache
-def _unnest_statement(table: sa.Table, names: tuple[str, ...], upsert: bool) -> sa.TextClause:
-    """`INSERT INTO t (a, b) SELECT * FROM unnest(CAST(:p0 AS T[]), ...)`: one statement a batch.
+def _unnest_statement(
+    table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...]
+) -> sa.TextClause:
+    """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST(:p2 AS T) FROM unnest(CAST(:p0 AS T[]), ...)`.
 
-    JSON values travel as text and are cast back, since asyncpg has no codec for json[].
+    One statement a batch: a column is an array parameter, or (where `scalars` says so) one
+    value for every row. JSON values travel as text and are cast back, since asyncpg has no
+    codec for json[].
     """
     dialect = postgresql.dialect()
     quote = dialect.identifier_preparer.quote
-    casts, selects = [], []
-    for i, name in enumerate(names):
+    casts, selects, aliases = [], [], []
+    for i, (name, scalar) in enumerate(zip(names, scalars)):
         column_type = table.c[name].type
         sql_type = column_type.compile(dialect=dialect)
         is_json = isinstance(column_type, sa.JSON)
+        if scalar:
+            selects.append(f"CAST(CAST(:p{i} AS TEXT) AS {sql_type})" if is_json else f"CAST(:p{i} AS {sql_type})")
+            continue
         casts.append(f"CAST(:p{i} AS {'TEXT' if is_json else sql_type}[])")
         selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
-    aliases = ", ".join(f"p{i}" for i in range(len(names)))
+        aliases.append(f"p{i}")
     sql = (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
-        f"SELECT {', '.join(selects)} FROM unnest({', '.join(casts)}) AS u({aliases})"
+        f"SELECT {', '.join(selects)} FROM unnest({', '.join(casts)}) AS u({', '.join(aliases)})"
     )
     if upsert:
         updates = [n for n in names if n not in (*NATURAL_KEY, "created_at")]
