@@ -34,6 +34,9 @@ from syncengine.store import Store
 DELETED_KEY = "$deleted"
 ID_KEYS = ("id", "zoho_id")
 _DATETIME = FIELD_TYPES["datetime"]
+_NO_OPTIONS = Options()
+_IDENTITY = FIELD_TYPES["string"].from_db
+_ABSENT = object()
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -82,24 +85,25 @@ def parse_record(entity: Entity, raw: Any) -> Incoming:
         raw_version = raw.get(entity.version_field)
         if not _is_empty(raw_version):
             try:
-                incoming.version = _DATETIME.parse(raw_version, Options())
+                incoming.version = _DATETIME.parse(raw_version, _NO_OPTIONS)
             except ValueError as error:
                 incoming.errors[entity.version_field] = str(error)
     if incoming.delete:
         return incoming
-    for fld in entity.fields:
-        if fld.source not in raw:
+    values = incoming.values
+    for name, source, parse, options in _plan(entity).parsers:
+        value = raw.get(source, _ABSENT)
+        if value is _ABSENT:
             continue
-        value = raw[fld.source]
-        if _is_empty(value):
-            incoming.values[fld.name] = None
+        if value is None or (value.__class__ is str and value in EMPTY_VALUES):
+            values[name] = None
             continue
         try:
-            parsed = fld.parse(value)
+            parsed = parse(value, options)
         except ValueError as error:
-            incoming.errors[fld.source] = str(error)
+            incoming.errors[source] = str(error)
         else:
-            incoming.values[fld.name] = None if parsed == "" or parsed == [] else parsed
+            values[name] = None if parsed == "" or parsed == [] else parsed
     return incoming
 
 
@@ -109,8 +113,44 @@ def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
     Leaving empty fields out means adding a field to a descriptor does not change the
     fingerprint of records that do not have it.
     """
-    canonical = {f.source: values[f.name] for f in entity.fields if values.get(f.name) is not None}
+    canonical = {}
+    for source, name in _plan(entity).sources:
+        value = values.get(name)
+        if value is not None:
+            canonical[source] = value
     return hashlib.sha256(_encode(canonical)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _EntityPlan:
+    """What the per-record loops need of an entity, looked up once instead of per record."""
+
+    parsers: tuple[tuple[str, str, Any, Options], ...]
+    sources: tuple[tuple[str, str], ...]
+    names: tuple[str, ...]
+    required: tuple[str, ...]
+    defaults: tuple[tuple[str, Any], ...]
+    converters: tuple[tuple[str, Any], ...]
+
+
+_PLANS: dict[int, tuple[Entity, _EntityPlan]] = {}
+
+
+def _plan(entity: Entity) -> _EntityPlan:
+    cached = _PLANS.get(id(entity))
+    if cached is not None and cached[0] is entity:
+        return cached[1]
+    fields = entity.fields
+    plan = _EntityPlan(
+        parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields),
+        sources=tuple((f.source, f.name) for f in fields),
+        names=tuple(f.name for f in fields),
+        required=tuple(f.name for f in fields if f.required),
+        defaults=tuple((f.name, f.default) for f in fields if f.default is not None),
+        converters=tuple((f.name, f.type.from_db) for f in fields if f.type.from_db is not _IDENTITY),
+    )
+    _PLANS[id(entity)] = (entity, plan)
+    return plan
 
 
 async def sync_batch(
@@ -147,15 +187,19 @@ async def _fetch_state(
     link_columns = [table.c[lookup_columns(f)[1]] for f in entity.lookups]
     system = [table.c.zoho_id, table.c.fingerprint, table.c.source_version, table.c.deleted_at]
     rows = await store.fetch(conn, [*system, *value_columns, *link_columns], tenant, ids)
-    from_db = [(f.name, f.type.from_db) for f in entity.fields]
+    plan = _plan(entity)
+    names, converters, end = plan.names, plan.converters, 4 + len(plan.names)
     links = [f.name for f in entity.lookups]
     state = {}
     for row in rows:
         zoho_id, fprint, version, deleted_at = row[:4]
-        values = row[4 : 4 + len(from_db)]
+        values = dict(zip(names, row[4:end]))
+        for name, convert in converters:
+            if values[name] is not None:
+                values[name] = convert(values[name])
         state[zoho_id] = Stored(
-            values={name: None if v is None else convert(v) for (name, convert), v in zip(from_db, values)},
-            links=dict(zip(links, row[4 + len(from_db) :])),
+            values=values,
+            links=dict(zip(links, row[end:])),
             fingerprint=fprint,
             version=None if version is None else _DATETIME.from_db(version),
             deleted=deleted_at is not None,
@@ -224,8 +268,7 @@ class _Batch:
         if record.delete:
             return self._delete(record, previous, live)
         values = self._merge(record, live)
-        missing = [f for f in self.entity.fields if f.required and values[f.name] is None]
-        if missing:
+        if any(values[name] is None for name in _plan(self.entity).required):
             return self._invalid(record, live, values)
         links: dict[str, int | None] = {}
         for fld in self.entity.lookups:
@@ -279,11 +322,12 @@ class _Batch:
         return row
 
     def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
-        values = dict(live.values) if live is not None else dict.fromkeys(f.name for f in self.entity.fields)
+        plan = _plan(self.entity)
+        values = dict(live.values) if live is not None else dict.fromkeys(plan.names)
         values.update(record.values)
-        for fld in self.entity.fields:
-            if values[fld.name] is None and fld.default is not None:
-                values[fld.name] = fld.default
+        for name, default in plan.defaults:
+            if values[name] is None:
+                values[name] = default
         return values
 
     def _delete(self, record: Incoming, previous: Stored | None, live: Stored | None) -> RecordResult:
