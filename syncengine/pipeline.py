@@ -193,13 +193,13 @@ async def _fetch_state(
     state = {}
     for row in rows:
         zoho_id, fprint, version, deleted_at = row[:4]
-        values = dict(zip(names, row[4:end]))
+        values = dict(zip(names, row[4:end], strict=True))
         for name, convert in converters:
             if values[name] is not None:
                 values[name] = convert(values[name])
         state[zoho_id] = Stored(
             values=values,
-            links=dict(zip(links, row[end:])),
+            links=dict(zip(links, row[end:], strict=True)),
             fingerprint=fprint,
             version=None if version is None else _DATETIME.from_db(version),
             deleted=deleted_at is not None,
