@@ -31,6 +31,8 @@ COMMIT_EVERY = 100
 class Row:
     """An enrollment row, mapped onto the engine's table."""
 
+    fingerprint: str
+
 
 class Delivery:
     """An outbox row."""
@@ -39,6 +41,7 @@ class Delivery:
 async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: registry) -> Counter[str]:
     entity: Entity = engine.catalog.entity(ENTITY)
     tables = engine.metadata.tables
+    table = tables[ENTITY]
     parent_ids: dict[tuple[str, str], int | None] = {}
     counts: Counter[str] = Counter()
     async with AsyncSession(engine.database, expire_on_commit=False) as session:
@@ -48,24 +51,32 @@ async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: reg
                 counts["INVALID"] += 1
             else:
                 stored = (
-                    await session.execute(sa.select(Row).where(Row.tenant_id == TENANT, Row.zoho_id == incoming.zoho_id))  # type: ignore[attr-defined]
+                    await session.execute(
+                        sa.select(Row).where(table.c.tenant_id == TENANT, table.c.zoho_id == incoming.zoho_id)
+                    )
                 ).scalar_one_or_none()
                 values = {f.name: incoming.values.get(f.name) for f in entity.fields}
                 fprint = fingerprint(entity, values)
-                now = dt.datetime.now(dt.timezone.utc)
+                now = dt.datetime.now(dt.UTC)
                 if stored is not None and stored.fingerprint == fprint:
                     counts["UNCHANGED"] += 1
                 else:
-                    columns: dict[str, Any] = {"fingerprint": fprint, "source_version": incoming.version, "updated_at": now}
+                    columns: dict[str, Any] = {
+                        "fingerprint": fprint,
+                        "source_version": incoming.version,
+                        "updated_at": now,
+                    }
                     for fld in entity.fields:
                         if fld.is_lookup:
                             zoho_column, local_column = lookup_columns(fld)
-                            key = (fld.target, values[fld.name])
+                            key = (str(fld.target), str(values[fld.name]))
                             if key not in parent_ids:
                                 target = tables[fld.target]  # type: ignore[index]
                                 parent_ids[key] = (
                                     await session.execute(
-                                        sa.select(target.c.id).where(target.c.tenant_id == TENANT, target.c.zoho_id == key[1])
+                                        sa.select(target.c.id).where(
+                                            target.c.tenant_id == TENANT, target.c.zoho_id == key[1]
+                                        )
                                     )
                                 ).scalar_one_or_none()
                             columns[zoho_column], columns[local_column] = key[1], parent_ids[key]
@@ -79,7 +90,14 @@ async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: reg
                             setattr(stored, name, value)
                         counts["UPDATED"] += 1
                     session.add(
-                        Delivery(tenant_id=TENANT, entity=ENTITY, zoho_id=incoming.zoho_id, operation="upsert", next_attempt_at=now, created_at=now)  # type: ignore[call-arg]
+                        Delivery(
+                            tenant_id=TENANT,
+                            entity=ENTITY,
+                            zoho_id=incoming.zoho_id,
+                            operation="upsert",
+                            next_attempt_at=now,
+                            created_at=now,
+                        )  # type: ignore[call-arg]
                     )
             if index % COMMIT_EVERY == 0:
                 await session.commit()
@@ -102,7 +120,9 @@ async def run(databases: Databases, sizes: Sizes) -> list[Measurement]:
     mapper = mapped(engine)
     count = sizes.naive
     rows = records.enrollments(sizes.world, count)
-    new = Measurement("naive ORM", "postgresql", "NEW", COMMIT_EVERY, count, note="SELECT + add per record, commit per 100")
+    new = Measurement(
+        "naive ORM", "postgresql", "NEW", COMMIT_EVERY, count, note="SELECT + add per record, commit per 100"
+    )
     unchanged = Measurement("naive ORM", "postgresql", "UNCHANGED", COMMIT_EVERY, count)
     for repeat in range(sizes.repeats):
         log(f"naive ORM: repeat {repeat + 1}/{sizes.repeats}, {count:,} records")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from bench import records
@@ -87,28 +87,38 @@ def map_rows(raws: Iterable[dict[str, Any]], parents: dict[str, dict[str, int]])
             kind = raw.get("Enrollment_Type")
             start = dt.date.fromisoformat(raw["Start_Date"]) if raw.get("Start_Date") else None
             end = dt.date.fromisoformat(raw["End_Date"]) if raw.get("End_Date") else None
-            version = dt.datetime.fromisoformat(raw["Modified_Time"]).astimezone(dt.timezone.utc)
+            version = dt.datetime.fromisoformat(raw["Modified_Time"]).astimezone(dt.UTC)
         except ValueError:
             invalid += 1
             continue
         if student is None or klass is None or (kind is not None and kind not in CHOICES):
             invalid += 1
             continue
-        canonical = {"Enrolled_Students": student, "Classes": klass, "Enrollment_Type": kind, "Start_Date": start, "End_Date": end}
+        canonical = {
+            "Enrolled_Students": student,
+            "Classes": klass,
+            "Enrollment_Type": kind,
+            "Start_Date": start,
+            "End_Date": end,
+        }
         fprint = hashlib.sha256(_encode({k: v for k, v in canonical.items() if v is not None})).hexdigest()
-        rows.append((raw["id"], student, students.get(student), klass, classes.get(klass), kind, start, end, fprint, version))
+        rows.append(
+            (raw["id"], student, students.get(student), klass, classes.get(klass), kind, start, end, fprint, version)
+        )
     return rows, invalid
 
 
 async def load_parents(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
     return {
-        target: dict(await conn.fetch(f"SELECT zoho_id, id FROM {target} WHERE tenant_id = $1 AND deleted_at IS NULL", TENANT))
+        target: dict(
+            await conn.fetch(f"SELECT zoho_id, id FROM {target} WHERE tenant_id = $1 AND deleted_at IS NULL", TENANT)
+        )
         for target in ("students", "classes")
     }
 
 
 def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows)] if rows else [[] for _ in COLUMNS]
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
 
 
 async def unnest_load(conn: asyncpg.Connection, raws: list[dict[str, Any]]) -> dict[str, int]:
@@ -116,7 +126,7 @@ async def unnest_load(conn: asyncpg.Connection, raws: list[dict[str, Any]]) -> d
     parents = await load_parents(conn)
     for chunk in records.batches(raws, UNNEST_BATCH):
         rows, invalid = map_rows(chunk, parents)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         async with conn.transaction():
             written = await conn.fetch(UPSERT, TENANT, *columns_of(rows), now)
         inserted = sum(1 for row in written if row["inserted"])
@@ -132,7 +142,7 @@ async def copy_load(conn: asyncpg.Connection, raws: list[dict[str, Any]]) -> dic
     parents = await load_parents(conn)
     for chunk in records.batches(raws, COPY_BATCH):
         rows, invalid = map_rows(chunk, parents)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         async with conn.transaction():
             stored = dict(await conn.fetch(STORED, TENANT, [row[0] for row in rows]))
             new = [row for row in rows if row[0] not in stored]
@@ -164,7 +174,7 @@ async def run(databases: Databases, sizes: Sizes) -> list[Measurement]:
     tenth = len(range(0, count, 10))
     new = records.enrollments(sizes.world, count)
     updated = records.enrollments(sizes.world, count, updated=0.1)
-    out = []
+    out: list[Measurement] = []
     conn = await databases.connect("limit")
     try:
         for name, loader, batch in (("raw unnest", unnest_load, UNNEST_BATCH), ("raw COPY", copy_load, COPY_BATCH)):

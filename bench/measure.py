@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -101,24 +101,54 @@ def targets(measurements: Iterable[Measurement]) -> list[Target]:
     pg_unchanged = get("pipeline", "postgresql", "UNCHANGED", 1000)
     pg_new_100 = get("pipeline", "postgresql", "NEW", 100)
     return [
-        Target("pipeline PG NEW, batches of 1,000 / naive ORM NEW", ratio(pg_new, get("naive ORM", "postgresql", "NEW", 100)), 40),
-        Target("pipeline PG NEW, batches of 1,000 / raw unnest NEW", ratio(pg_new, get("raw unnest", "postgresql", "NEW", 1000)), 0.5),
+        Target(
+            "pipeline PG NEW, batches of 1,000 / naive ORM NEW",
+            ratio(pg_new, get("naive ORM", "postgresql", "NEW", 100)),
+            40,
+        ),
+        Target(
+            "pipeline PG NEW, batches of 1,000 / raw unnest NEW",
+            ratio(pg_new, get("raw unnest", "postgresql", "NEW", 1000)),
+            0.5,
+        ),
         Target("pipeline PG UNCHANGED / NEW, batches of 1,000", ratio(pg_unchanged, pg_new), 2),
         Target("SQLite pipeline NEW, batches of 1,000", get("pipeline", "sqlite", "NEW", 1000), 15_000, unit="rec/s"),
-        Target(f"scale: NEW into {scale[-1].case[9:]} rows / into {scale[0].case[9:]}", ratio(scale[-1].median, scale[0].median), 0.8)
+        Target(
+            f"scale: NEW into {scale[-1].case[9:]} rows / into {scale[0].case[9:]}",
+            ratio(scale[-1].median, scale[0].median),
+            0.8,
+        )
         if len(scale) > 1
         else Target("scale: NEW into 1,000,000 rows / into 10,000", None, 0.8),
-        Target("memory: peak RSS of the file load", get("memory", "postgresql", "file load", 1000), 300, at_most=True, unit="MB"),
-        Target("pipeline PG NEW, batches of 1,000 / dlt merge, NEW", ratio(pg_new, get("dlt merge", "postgresql", "NEW", None)), 5),
-        Target("pipeline PG UNCHANGED, batches of 1,000 / dlt merge, repeated", ratio(pg_unchanged, get("dlt merge", "postgresql", "repeated", None)), 5),
-        Target("pipeline PG 100-record syncs / dlt 100-record loads", ratio(pg_new_100, get("dlt merge", "postgresql", "100-record loads", 100)), 50),
+        Target(
+            "memory: peak RSS of the file load",
+            get("memory", "postgresql", "file load", 1000),
+            300,
+            at_most=True,
+            unit="MB",
+        ),
+        Target(
+            "pipeline PG NEW, batches of 1,000 / dlt merge, NEW",
+            ratio(pg_new, get("dlt merge", "postgresql", "NEW", None)),
+            5,
+        ),
+        Target(
+            "pipeline PG UNCHANGED, batches of 1,000 / dlt merge, repeated",
+            ratio(pg_unchanged, get("dlt merge", "postgresql", "repeated", None)),
+            5,
+        ),
+        Target(
+            "pipeline PG 100-record syncs / dlt 100-record loads",
+            ratio(pg_new_100, get("dlt merge", "postgresql", "100-record loads", 100)),
+            50,
+        ),
     ]
 
 
 def targets_table(items: Iterable[Target]) -> str:
     rows = []
     for target in items:
-        goal = f"{'<=' if target.at_most else '>='} {_number(target.goal)}{' ' + target.unit if target.unit != 'x' else ' x'}"
+        goal = f"{'<=' if target.at_most else '>='} {_number(target.goal)} {target.unit}"
         measured = "not measured" if target.measured is None else f"{_number(target.measured)} {target.unit}"
         met = {True: "met", False: "MISSED", None: "-"}[target.met]
         rows.append((target.name, measured, goal, met))
@@ -135,12 +165,22 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(len(header))]
-    numeric = {i for i, name in enumerate(header) if name in ("batch", "records", "runs", "median", "min", "max", "measured")}
+def _markdown(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [
+        max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(len(header))
+    ]
+    numeric = {
+        i for i, name in enumerate(header) if name in ("batch", "records", "runs", "median", "min", "max", "measured")
+    }
 
     def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])

@@ -64,7 +64,9 @@ def _run(databases: Databases, sizes: Sizes) -> list[Measurement]:
     note = 'write_disposition="merge", primary_key="id"'
     new = Measurement("dlt merge", "postgresql", "NEW", None, count, note=note)
     repeated = Measurement("dlt merge", "postgresql", "repeated", None, count)
-    small = Measurement("dlt merge", "postgresql", "100-record loads", LOAD_SIZE, LOAD_SIZE, note="seconds per load, as rec/s")
+    small = Measurement(
+        "dlt merge", "postgresql", "100-record loads", LOAD_SIZE, LOAD_SIZE, note="seconds per load, as rec/s"
+    )
     with tempfile.TemporaryDirectory(prefix="dlt-") as workdir:
         for repeat in range(sizes.repeats):
             dataset = databases.schema(f"peer_{repeat}")
@@ -73,6 +75,8 @@ def _run(databases: Databases, sizes: Sizes) -> list[Measurement]:
             repeated.seconds.append(merge_load(databases, dataset, workdir, rows))
             for load in range(sizes.dlt_loads):
                 start = count + (repeat * sizes.dlt_loads + load) * LOAD_SIZE
-                small.seconds.append(merge_load(databases, dataset, workdir, records.enrollments(sizes.world, LOAD_SIZE, start=start)))
+                small.seconds.append(
+                    merge_load(databases, dataset, workdir, records.enrollments(sizes.world, LOAD_SIZE, start=start))
+                )
     small.records = LOAD_SIZE
     return [new, repeated, small]

@@ -59,7 +59,7 @@ def students(world: World) -> list[dict[str, Any]]:
             "id": str(STUDENT_BASE + i),
             "Name": f"STU-{i:06d}",
             "First_Name": "Ayşe",
-            "Last_Name": f"Yılmaz {i}",
+            "Last_Name": f"Yılmaz {i}",  # noqa: RUF001 - a real Turkish name
             "Academic_Email": f"s{i}@school.edu",
             "Email": f"ayse.{i}@example.com",
             "Status": "Active",
@@ -113,7 +113,9 @@ def enrollment(world: World, i: int, *, updated: bool = False, invalid: bool = F
     }
 
 
-def enrollments(world: World, count: int, *, start: int = 0, updated: float = 0.0, invalid: float = 0.0) -> list[dict[str, Any]]:
+def enrollments(
+    world: World, count: int, *, start: int = 0, updated: float = 0.0, invalid: float = 0.0
+) -> list[dict[str, Any]]:
     """`count` enrollments from index `start`; a share of them `updated` or `invalid` (every n-th)."""
     return list(iter_enrollments(world, count, start=start, updated=updated, invalid=invalid))
 

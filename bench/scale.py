@@ -23,7 +23,8 @@ SEED_OFFSET = 100_000_000
 SEED = f"""
 INSERT INTO {ENTITY} (tenant_id, zoho_id, student_zoho_id, student_id, class_zoho_id, class_id,
                       enrollment_type, start_date, end_date, fingerprint, source_version, created_at, updated_at)
-SELECT :tenant, (CAST(:base AS bigint) + g)::text, s.zoho_id, s.id, c.zoho_id, c.id, 'Normal', DATE '2026-02-16', DATE '2026-05-08',
+SELECT :tenant, (CAST(:base AS bigint) + g)::text, s.zoho_id, s.id, c.zoho_id, c.id,
+       'Normal', DATE '2026-02-16', DATE '2026-05-08',
        md5(g::text) || md5((g + 1)::text), now(), now(), now()
 FROM generate_series(:start, :stop - 1) AS g
 JOIN students s ON s.tenant_id = :tenant AND s.zoho_id = (CAST(:student_base AS bigint) + g % :students)::text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from bench.records import World
 
@@ -46,5 +47,5 @@ SMOKE = Sizes(
 )
 
 
-def sized(base: Sizes, **overrides: object) -> Sizes:
+def sized(base: Sizes, **overrides: Any) -> Sizes:
     return replace(base, **{name: value for name, value in overrides.items() if value is not None})
