@@ -204,12 +204,14 @@ async def run(spec: Spec) -> dict[str, Any]:
             queue.put_nowait(None)
         await asyncio.gather(*workers)
 
-    try:
+    async def drive() -> None:
         if spec.mode == "closed":
-            job = asyncio.gather(*(closed_loop(c) for c in connections))
+            await asyncio.gather(*(closed_loop(c) for c in connections))
         else:
-            job = asyncio.ensure_future(open_loop())
-        await asyncio.wait_for(job, spec.max_seconds + spec.grace)
+            await open_loop()
+
+    try:
+        await asyncio.wait_for(drive(), spec.max_seconds + spec.grace)
     except TimeoutError:
         tally.error(TimeoutError(f"answers still missing {spec.grace:.0f} s after the end of the run"))
     finally:
@@ -250,7 +252,7 @@ def main(argv: list[str]) -> int:
         return 2
     spec = Spec(**json.loads(Path(argv[0]).read_text()))
     try:
-        import uvloop  # a cheaper client leaves more of the two cores to the server
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # a cheaper client leaves more of the two cores to the server
 
         runner: Any = uvloop.run
     except ImportError:
