@@ -69,7 +69,11 @@ class HttpSizes:
 
     records: int = 100_000  # per batch run
     batches: tuple[int, ...] = (100, 1_000)
-    connections: int = 16
+    connections: int = 16  # webhooks
+    # Batches: 4 connections already keep one server process busy. More fails on a stock
+    # PostgreSQL: the service takes one advisory lock per record, and 16 concurrent batches of
+    # 1,000 exceed the shared lock table (max_locks_per_transaction 64 x 100 connections).
+    batch_connections: int = 4
     webhooks: int = 10_000  # requests of the max-rate run
     paced_seconds: float = 10.0  # length of the run at half the max rate
     max_seconds: float = 60.0  # a loadgen run stops after this, done or not
@@ -89,6 +93,7 @@ SMOKE_HTTP = HttpSizes(
     warmup=10,
     repeats=1,
     connections=4,
+    batch_connections=2,
     world=SMOKE.world,
 )
 
@@ -187,6 +192,10 @@ async def running(name: str, url: str, sizes: HttpSizes, workdir: Path) -> Async
         server.process = await asyncio.create_subprocess_exec(*argv, env=env, cwd=workdir, stdout=output, stderr=output)
         await _wait_listening(server, workdir / f"{name}.log")
         yield server
+    except Exception:
+        errors = [line for line in (workdir / f"{name}.log").read_text().splitlines() if '"level":"INFO"' not in line]
+        log(f"{name} server log, without the request lines (last 40):\n" + "\n".join(errors[-40:]))
+        raise
     finally:
         if server.process is not None and server.process.returncode is None:
             server.process.terminate()
@@ -235,8 +244,8 @@ class Profiler:
         self.done.add(name)
         self.folder.mkdir(parents=True, exist_ok=True)
         spy = await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(server.process.pid), "--rate", "250", "--format", "raw",
-            "--output", str(self.folder / f"{name}.txt"), "--nonblocking",
+            str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(server.process.pid),
+            "--rate", "250", "--format", "raw", "--output", str(self.folder / f"{name}.txt"), "--nonblocking",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         await asyncio.sleep(0.5)  # let it attach
@@ -327,7 +336,8 @@ async def warm_up(server: Server, sizes: HttpSizes, workdir: Path) -> None:
 async def measure_batches(server: Server, sizes: HttpSizes, workdir: Path, profiler: Profiler) -> list[Measurement]:
     out: list[Measurement] = []
     count = sizes.records
-    note = f"{'syncengine serve' if server.name == 'service' else 'litestar + asyncpg'}, {sizes.connections} conns"
+    conns = sizes.batch_connections
+    note = f"{'syncengine serve' if server.name == 'service' else 'litestar + asyncpg'}, {conns} conns"
     for batch in sizes.batches:
         bodies = encode_batches(records.enrollments(sizes.world, count), batch)
         rows = {case: Measurement(SCENARIO[server.name], "postgresql", case, batch, count, note=note)
@@ -337,7 +347,7 @@ async def measure_batches(server: Server, sizes: HttpSizes, workdir: Path, profi
             await fresh(server)
             for case in ("NEW", "UNCHANGED"):
                 async with profiler.around(server, f"batch{batch}-{case}"):
-                    result = await load(server, bodies, workdir, sizes, connections=sizes.connections)
+                    result = await load(server, bodies, workdir, sizes, connections=conns)
                 expect(server, f"batches of {batch} {case}", result, **{case: count})
                 rows[case].seconds.append(result["seconds"])
         out.extend(rows.values())
@@ -461,7 +471,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", help="comma-separated batch sizes (default 100,1000)")
     parser.add_argument("--webhooks", type=int, help="requests of the max-rate webhook run")
     parser.add_argument("--paced-seconds", type=float, help="length of the webhook run at half the max rate")
-    parser.add_argument("--connections", type=int, help="client connections (default 16)")
+    parser.add_argument("--connections", type=int, help="client connections of the webhook runs (default 16)")
+    parser.add_argument("--batch-connections", type=int, help="client connections of the batch runs (default 4)")
     parser.add_argument("--profile", type=Path, help="py-spy the server in each first run; raw stacks to this folder")
     parser.add_argument("--postgres-url", default=os.environ.get("SYNCENGINE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
@@ -483,6 +494,7 @@ def sizes_from(args: argparse.Namespace) -> HttpSizes:
         "webhooks": args.webhooks,
         "paced_seconds": args.paced_seconds,
         "connections": args.connections,
+        "batch_connections": args.batch_connections,
     }
     return replace(SMOKE_HTTP if args.smoke else FULL, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -44,7 +44,7 @@ from syncengine.idempotency import IdempotencyKeys, check_key, request_hash
 from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
-from syncengine.tenants import Tenant, authenticate
+from syncengine.tenants import KeyCache, Tenant
 
 logger = logging.getLogger("syncengine.http")
 JSON = "application/json"
@@ -60,6 +60,7 @@ class Service:
     engine: SyncEngine
     keys: IdempotencyKeys
     head: str | None
+    api_keys: KeyCache
 
 
 class SyncService(Litestar):
@@ -103,7 +104,11 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
     except migrate.MigrationsNotFound:
         head = None
     service = Service(
-        settings, engine, IdempotencyKeys(engine.database, settings.idempotency_ttl, settings.idempotency_wait), head
+        settings,
+        engine,
+        IdempotencyKeys(engine.database, settings.idempotency_ttl, settings.idempotency_wait),
+        head,
+        KeyCache(engine.database),
     )
 
     @contextlib.asynccontextmanager
@@ -179,7 +184,7 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
             "(`syncengine tenant add NAME` creates a tenant and its key)",
             {"WWW-Authenticate": "Bearer"},
         )
-    tenant = await authenticate(_service(request).engine.database, key)
+    tenant = await _service(request).api_keys.authenticate(key)
     if tenant is None:
         raise ApiError(
             401,

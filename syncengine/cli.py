@@ -267,7 +267,7 @@ def tenant_add(name: str, entities: Path | None) -> None:
 @click.argument("name")
 @ENTITIES_OPTION
 def tenant_key(name: str, entities: Path | None) -> None:
-    """Give tenant NAME a new API key and print it; the old key stops working at once."""
+    """Give tenant NAME a new API key and print it; the old key stops working within a second."""
     from syncengine.tenants import rotate_key
 
     key = _run_tenant_command(entities, lambda database: rotate_key(database, name))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from syncengine.cli import main
 from syncengine.store import open_database
-from syncengine.tenants import TenantError, add_tenant, authenticate, check_name, rotate_key
+from syncengine.tenants import KeyCache, TenantError, add_tenant, authenticate, check_name, hash_key, rotate_key
 from tests.conftest import ENTITIES, Databases
 
 
@@ -103,3 +103,26 @@ async def test_keys_are_hashed_and_unique_on_both_databases(
     assert await authenticate(database, "") is None
     with pytest.raises(TenantError):
         check_name("x" * 65)
+
+
+async def test_key_cache_trusts_a_key_briefly_and_forgets_it_on_rotation(
+    databases: Databases, dialect: str, catalog: object
+) -> None:
+    database = await databases.create(dialect, catalog)  # type: ignore[arg-type]
+    key = await add_tenant(database, "a")
+    keys = KeyCache(database, ttl=0.3)
+    assert (await keys.authenticate(key)).name == "a"  # type: ignore[union-attr]
+    assert await keys.authenticate("sk_unknown") is None
+
+    # Another process replaces the key: this one trusts the old key until its entry expires.
+    async with database.begin() as conn:
+        await conn.execute(sa.text("UPDATE syncengine_tenants SET key_hash = :h"), {"h": hash_key("sk_elsewhere")})
+    assert (await keys.authenticate(key)).name == "a"  # type: ignore[union-attr]
+    await asyncio.sleep(0.35)
+    assert await keys.authenticate(key) is None
+    assert (await keys.authenticate("sk_elsewhere")).name == "a"  # type: ignore[union-attr]
+
+    # A rotation in this process takes effect at once.
+    rotated = await rotate_key(database, "a")
+    assert await keys.authenticate("sk_elsewhere") is None
+    assert (await keys.authenticate(rotated)).name == "a"  # type: ignore[union-attr]
