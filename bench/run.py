@@ -1,6 +1,6 @@
 """`python -m bench`: run the scenarios of issue 4 and print the figures and the targets.
 
-    python -m bench                    # the full run (about 30 minutes on 2 cores)
+    python -m bench                    # the full run (about 40 minutes on 2 cores)
     python -m bench --smoke            # tiny sizes, well under a minute: what CI runs
     python -m bench --only pipeline,limit --records 20000 --repeats 5
 
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import baseline, limit, memory, peer, pipeline, scale
+from bench import baseline, http, limit, memory, peer, pipeline, scale
 from bench.databases import Databases, log
 from bench.measure import Measurement, figures_table, targets, targets_table
 from bench.settings import FULL, SMOKE, Sizes, sized
@@ -33,11 +33,12 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 Scenario = Callable[[Databases, Sizes], Awaitable[list[Measurement]]]
 
-#: Scenarios in the order they run. Items 2 and 3 of issue 4 (HTTP batches through `syncengine
-#: serve`, single-record webhooks against a minimal litestar endpoint) are still to come: each
-#: will be one more `run(databases, sizes)` here, see bench/README.md.
+#: Scenarios in the order they run. `http` is items 2 and 3 of issue 4 (HTTP batches through
+#: `syncengine serve` and single-record webhooks, against a minimal litestar endpoint); it also
+#: runs on its own as `python -m bench.http`.
 SCENARIOS: dict[str, Scenario] = {
     "pipeline": pipeline.run,
+    "http": http.run,
     "baseline": baseline.run,
     "limit": limit.run,
     "scale": scale.run,
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"## Figures ({'smoke run' if args.smoke else 'full run'}, {describe_machine()})\n")
     print(figures_table(measurements))
     print("\n## Targets of issue 4 (ratios of figures from this run)\n")
-    print(targets_table(targets(measurements)))
+    print(targets_table(targets(measurements) + http.targets(measurements)))
     print(f"\ntotal time: {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps([asdict(m) | {"median": m.median} for m in measurements], indent=2))
