@@ -74,7 +74,8 @@ class HttpSizes:
     # PostgreSQL: the service takes one advisory lock per record, and 16 concurrent batches of
     # 1,000 exceed the shared lock table (max_locks_per_transaction 64 x 100 connections).
     batch_connections: int = 4
-    webhooks: int = 10_000  # requests of the max-rate run
+    webhooks: int = 10_000  # requests of the max-rate run, at most
+    webhook_seconds: float = 30.0  # the max-rate run stops after this, done or not
     paced_seconds: float = 10.0  # length of the run at half the max rate
     max_seconds: float = 60.0  # a loadgen run stops after this, done or not
     warmup: int = 200
@@ -90,6 +91,7 @@ SMOKE_HTTP = HttpSizes(
     webhooks=100,
     paced_seconds=0.5,
     max_seconds=10.0,
+    webhook_seconds=10.0,
     warmup=10,
     repeats=1,
     connections=4,
@@ -365,11 +367,15 @@ async def measure_webhooks(server: Server, sizes: HttpSizes, workdir: Path, prof
     p99s: list[float] = []
     offered: list[float] = []
     closed_p99: list[float] = []
+    completed: list[int] = []
     for repeat in range(sizes.repeats):
         log(f"{name}: repeat {repeat + 1}/{sizes.repeats}, {count:,} requests, then paced at half the max rate")
         await fresh(server)
         async with profiler.around(server, "webhooks-max"):
-            result = await load(server, bodies, workdir, sizes, connections=sizes.connections)
+            result = await load(
+                server, bodies, workdir, sizes, connections=sizes.connections, max_seconds=sizes.webhook_seconds
+            )
+        completed.append(result["completed"])
         expect(server, "webhooks", result, NEW=result["completed"])
         rates.append(result["completed"] / result["seconds"])
         closed_p99.append(result["latency_ms"]["p99"])
@@ -383,9 +389,11 @@ async def measure_webhooks(server: Server, sizes: HttpSizes, workdir: Path, prof
         p99s.append(result["latency_ms"]["p99"])
     await fresh(server)
     runs = len(rates)
-    # Every run sends the same requests; seconds are what `count` requests took at each run's rate.
+    # A run ends after `webhooks` requests or `webhook_seconds`: the row shows the fewest requests
+    # a run completed, and the seconds they took at each run's rate.
+    done = min(completed)
     maximum = Measurement(
-        name, "postgresql", "max req/s", 1, count, seconds=[count / r for r in rates], unit="req/s",
+        name, "postgresql", "max req/s", 1, done, seconds=[done / r for r in rates], unit="req/s",
         note=f"{sizes.connections} conns, closed loop; p99 {statistics.median(closed_p99):.1f} ms",
     )  # fmt: skip
     paced_note = f"open loop at {statistics.median(offered):,.0f} req/s (half the max), {sizes.paced_seconds:g} s"
@@ -470,6 +478,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, help="records per batch run")
     parser.add_argument("--batches", help="comma-separated batch sizes (default 100,1000)")
     parser.add_argument("--webhooks", type=int, help="requests of the max-rate webhook run")
+    parser.add_argument("--webhook-seconds", type=float, help="longest max-rate webhook run (default 30)")
     parser.add_argument("--paced-seconds", type=float, help="length of the webhook run at half the max rate")
     parser.add_argument("--connections", type=int, help="client connections of the webhook runs (default 16)")
     parser.add_argument("--batch-connections", type=int, help="client connections of the batch runs (default 4)")
@@ -493,6 +502,7 @@ def sizes_from(args: argparse.Namespace) -> HttpSizes:
         "batches": tuple(int(b) for b in _split(args.batches)) if args.batches else None,
         "webhooks": args.webhooks,
         "paced_seconds": args.paced_seconds,
+        "webhook_seconds": args.webhook_seconds,
         "connections": args.connections,
         "batch_connections": args.batch_connections,
     }
