@@ -147,19 +147,8 @@ class PostgresStore:
     async def fetch(
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
-        # One unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
-        # `zoho_id = ANY(:ids)` let the planner scan the tenant's whole index range when the
-        # statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
-        table = columns[0].table
-        ids = sa.func.unnest(sa.bindparam("ids", list(zoho_ids), type_=postgresql.ARRAY(sa.String)))
-        wanted = ids.table_valued("zoho_id").render_derived(name="wanted")
-        row = (
-            sa.select(*columns)
-            .where(table.c.tenant_id == tenant, table.c.zoho_id == wanted.c.zoho_id)
-            .limit(1)
-            .lateral("stored")
-        )
-        return (await conn.execute(sa.select(*row.c).select_from(wanted).join(row, sa.true()))).all()
+        query = _fetch_statement(tuple(columns))
+        return (await conn.execute(query, {"tenant": tenant, "ids": list(zoho_ids)})).all()
 
     async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -194,6 +183,26 @@ _ADVISORY_LOCKS = sa.text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0))) "
     "FROM (SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key) AS ordered"
 )
+
+
+@cache
+def _fetch_statement(columns: tuple[sa.Column[Any], ...]) -> sa.Select[Any]:
+    """`columns` of the rows of tenant `:tenant` whose zoho_id is in `:ids`; built once per column set.
+
+    One unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
+    `zoho_id = ANY(:ids)` let the planner scan the tenant's whole index range when the
+    statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
+    """
+    table = columns[0].table
+    ids = sa.func.unnest(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+    wanted = ids.table_valued("zoho_id").render_derived(name="wanted")
+    row = (
+        sa.select(*columns)
+        .where(table.c.tenant_id == sa.bindparam("tenant", type_=sa.String), table.c.zoho_id == wanted.c.zoho_id)
+        .limit(1)
+        .lateral("stored")
+    )
+    return sa.select(*row.c).select_from(wanted).join(row, sa.true())
 
 
 @cache
