@@ -198,7 +198,8 @@ def _fetch_statement(columns: tuple[sa.Column[Any], ...]) -> sa.Select[Any]:
     wanted = ids.table_valued("zoho_id").render_derived(name="wanted")
     row = (
         sa.select(*columns)
-        .where(table.c.tenant_id == sa.bindparam("tenant", type_=sa.String), table.c.zoho_id == wanted.c.zoho_id)
+        .where(table.c.tenant_id == sa.bindparam("tenant", type_=sa.String))
+        .where(table.c.zoho_id == wanted.c.zoho_id)
         .limit(1)
         .lateral("stored")
     )
