@@ -22,6 +22,9 @@ import sqlalchemy as sa
 #: Values that mean "empty" wherever they appear: Zoho's picklist placeholder and empty form fields.
 EMPTY_VALUES = ("", "-None-")
 
+#: Zoho ids are 18-19 digits; ids and lookups longer than this are refused, not cut.
+ID_LENGTH = 64
+INTEGER_RANGE = (-(2**63), 2**63 - 1)
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 4
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -59,6 +62,8 @@ def _text(raw: Any, options: Options) -> str:
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise ValueError(f"expected text, got {_kind(raw)}")
     value = raw if isinstance(raw, str) else str(raw)
+    if "\x00" in value:
+        raise ValueError("contains a NUL character, which cannot be stored")
     for transform in options.transforms:
         value = transform(value)
     if options.max_length is not None and len(value) > options.max_length:
@@ -87,12 +92,17 @@ def _integer(raw: Any, options: Options) -> int:
     if isinstance(raw, bool):
         raise ValueError("expected an integer, got a boolean")
     if isinstance(raw, int):
-        return _bounded(raw, options)
-    if isinstance(raw, float) and raw.is_integer():
-        return _bounded(int(raw), options)
-    if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
-        return _bounded(int(raw), options)
-    raise ValueError(f"expected an integer, got {_kind(raw)}")
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+        value = int(raw)
+    else:
+        raise ValueError(f"expected an integer, got {_kind(raw)}")
+    if not INTEGER_RANGE[0] <= value <= INTEGER_RANGE[1]:
+        raise ValueError(f"{value} is out of range (a 64-bit integer)")
+    result: int = _bounded(value, options)
+    return result
 
 
 def _decimal(raw: Any, options: Options) -> Decimal:
@@ -148,7 +158,7 @@ def _datetime(raw: Any, options: Options) -> dt.datetime:
         else:
             if value.tzinfo is None:
                 raise ValueError(f"{raw!r} has no UTC offset; send it as 2026-02-10T09:15:42+03:00")
-            return _bounded(value.astimezone(dt.timezone.utc), options)
+            return _bounded(value.astimezone(dt.UTC), options)
     raise ValueError(f"expected a date-time as ISO 8601 with an offset, got {_kind(raw)}")
 
 
@@ -178,12 +188,21 @@ def _lookup(raw: Any, options: Options) -> str:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f'expected a record id or {{"id": ...}}, got {_kind(raw)}')
-    return value.strip()
+    return check_id(value.strip())
+
+
+def check_id(value: str) -> str:
+    """A Zoho record id we can store, or a ValueError saying why not."""
+    if len(value) > ID_LENGTH:
+        raise ValueError(f"a record id is at most {ID_LENGTH} characters; this one has {len(value)}")
+    if "\x00" in value:
+        raise ValueError("a record id cannot contain a NUL character")
+    return value
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back naive; they were stored in UTC."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 def _decimal_from_db(value: Any) -> Decimal:
@@ -306,7 +325,7 @@ FIELD_TYPES: dict[str, FieldType] = {
             "lookup",
             frozenset({"entity"}),
             _lookup,
-            lambda o: sa.String(64),
+            lambda o: sa.String(ID_LENGTH),
             lambda o: {
                 "oneOf": [
                     {"type": "string"},

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from syncengine.descriptors import Entity, Field, lookup_columns
-from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options
+from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options, check_id
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Store
 
@@ -81,6 +81,11 @@ def parse_record(entity: Entity, raw: Any) -> Incoming:
     incoming = Incoming(_zoho_id(raw), {}, delete=raw.get(DELETED_KEY) is True)
     if incoming.zoho_id is None:
         incoming.errors["id"] = "missing: every record needs its Zoho record id in 'id'"
+    else:
+        try:
+            check_id(incoming.zoho_id)
+        except ValueError as error:
+            incoming.zoho_id, incoming.errors["id"] = None, str(error)
     if entity.version_field is not None:
         raw_version = raw.get(entity.version_field)
         if not _is_empty(raw_version):
@@ -165,7 +170,7 @@ async def sync_batch(
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state)
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
     if entity.moodle is not None and batch.deliveries:
         deliveries = [
@@ -354,10 +359,12 @@ class _Batch:
         if self.entity.version_field in record.errors:
             errors.append(FieldError(self.entity.version_field, record.errors[self.entity.version_field]))  # type: ignore[index, arg-type]
         count = f"{len(errors)} field error{'s' if len(errors) != 1 else ''}"
-        return RecordResult(record.zoho_id, "INVALID", f"{count}: {'; '.join(f'{e.field} {e.message}' for e in errors)}", errors=errors)
+        details = "; ".join(f"{e.field} {e.message}" for e in errors)
+        return RecordResult(record.zoho_id, "INVALID", f"{count}: {details}", errors=errors)
 
 
 def _zoho_id(raw: dict[str, Any]) -> str | None:
+    """The record's id as sent (checked by `parse_record`), or None when it has none."""
     for key in ID_KEYS:
         value = raw.get(key)
         if isinstance(value, int) and not isinstance(value, bool):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from syncengine.descriptors import Catalog, Entity, lookup_columns
+from syncengine.fieldtypes import ID_LENGTH
 
 #: Constraint names that are the same on every database, so migrations can name them.
 NAMING_CONVENTION = {
@@ -27,7 +28,7 @@ NAMING_CONVENTION = {
 RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 TENANT_LENGTH = 64
-ZOHO_ID_LENGTH = 64
+ZOHO_ID_LENGTH = ID_LENGTH
 IDEMPOTENCY_KEY_LENGTH = 255
 
 

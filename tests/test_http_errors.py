@@ -116,14 +116,6 @@ CASES = [
         "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
         id="bad-idempotency-key",
     ),
-    pytest.param(
-        "/v1/sync/programs",
-        {"json": [program(MoodleID=2**70)]},
-        400,
-        "unstorable_value",
-        None,
-        id="integer-beyond-64-bits",
-    ),
 ]
 
 

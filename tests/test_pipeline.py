@@ -353,3 +353,27 @@ async def test_concurrent_batches_with_overlapping_ids_leave_one_row_each(engine
     assert all(set(statuses(report)) <= {"NEW", "UPDATED", "UNCHANGED"} for report in reports)
     touched = {record["id"] for batch in batches for record in batch}
     assert await count_rows(engine.database, "students", "school") == len(touched)
+
+
+async def test_values_a_database_cannot_hold_are_invalid_not_cut(engine: SyncEngine) -> None:
+    long_id = "9" * 65
+    report = await engine.sync(
+        "school",
+        "programs",
+        [
+            program(long_id),
+            program("1001", MoodleID=2**63),
+            program("1002", Product_Name="A\x00B"),
+            program("1003"),
+        ],
+    )
+    assert statuses(report) == ["INVALID", "INVALID", "INVALID", "NEW"]
+    assert [r["errors"] for r in report.to_builtins()["results"][:3]] == [
+        [{"field": "id", "message": "a record id is at most 64 characters; this one has 65"}],
+        [{"field": "MoodleID", "message": "9223372036854775808 is out of range (a 64-bit integer)"}],
+        [{"field": "Product_Name", "message": "contains a NUL character, which cannot be stored"}],
+    ]
+    lookup = await engine.sync("school", "students", [student("3001", Program={"id": "1" * 70})])
+    assert lookup.to_builtins()["results"][0]["errors"] == [
+        {"field": "Program", "message": "a record id is at most 64 characters; this one has 70"}
+    ]
