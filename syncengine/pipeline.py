@@ -275,6 +275,13 @@ class _Batch:
         values = self._merge(record, live)
         if any(values[name] is None for name in _plan(self.entity).required):
             return self._invalid(record, live, values)
+        fprint = fingerprint(self.entity, values)
+        version = _newest(record.version, previous.version if previous else None)
+        if live is not None and fprint == live.fingerprint:
+            if version != live.version:
+                live.version = version
+                self.dirty[record.zoho_id] = None
+            return RecordResult(record.zoho_id, "UNCHANGED", "no change")
         links: dict[str, int | None] = {}
         for fld in self.entity.lookups:
             zoho_id = values[fld.name]
@@ -288,13 +295,6 @@ class _Batch:
                     f"sync that {singular} first, then send this record again",
                     reason=f"{singular}_not_synced_yet",
                 )
-        fprint = fingerprint(self.entity, values)
-        version = _newest(record.version, previous.version if previous else None)
-        if live is not None and fprint == live.fingerprint:
-            if version != live.version:
-                live.version = version
-                self.dirty[record.zoho_id] = None
-            return RecordResult(record.zoho_id, "UNCHANGED", "no change")
         self.state[record.zoho_id] = Stored(values, links, fprint, version, deleted=False)
         self.dirty[record.zoho_id] = None
         self.deliveries[record.zoho_id] = "upsert"
@@ -328,8 +328,11 @@ class _Batch:
 
     def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
         plan = _plan(self.entity)
-        values = dict(live.values) if live is not None else dict.fromkeys(plan.names)
-        values.update(record.values)
+        if len(record.values) == len(plan.names):  # a whole record: nothing stored to keep
+            values = dict(record.values)
+        else:
+            values = dict(live.values) if live is not None else dict.fromkeys(plan.names)
+            values.update(record.values)
         for name, default in plan.defaults:
             if values[name] is None:
                 values[name] = default
