@@ -6,8 +6,8 @@ number of set-based statements, whatever its size:
 1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
 2. resolve lookup ids that the stored rows do not already link (at most one per lookup target);
 3. decide every record in input order, in memory, each against the state the one before left;
-4. upsert the final state of every touched row (one statement);
-5. queue a delivery for each changed row of an entity that lands in Moodle (one statement).
+4. upsert the final state of every touched row, and queue a delivery for each changed row of an
+   entity that lands in Moodle (one statement on PostgreSQL, two on SQLite).
 
 Records are patches: a field absent from a record keeps its stored value; a field sent as null
 (or "", or Zoho's "-None-") is cleared, or set to its default.
@@ -171,14 +171,13 @@ async def sync_batch(
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
     now = dt.datetime.now(dt.UTC)
-    await store.upsert(conn, tables.table, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
-    if entity.moodle is not None and batch.deliveries:
-        deliveries = [
-            {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}
-            | {"next_attempt_at": now, "created_at": now}
-            for zoho_id, operation in batch.deliveries.items()
-        ]
-        await store.insert(conn, tables.outbox, deliveries)
+    rows = [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty]
+    deliveries = [
+        {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}
+        | {"next_attempt_at": now, "created_at": now}
+        for zoho_id, operation in (batch.deliveries.items() if entity.moodle is not None else ())
+    ]
+    await store.write(conn, tables.table, rows, tables.outbox, deliveries)
     return SyncReport(entity.name, entity.id_key, results)
 
 

@@ -1,10 +1,11 @@
 """The store: opening databases, and the few statements whose SQL differs by dialect.
 
 Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for three
-set-based operations (fetch rows by Zoho id, upsert rows, insert rows) and never learns which
-database it talks to.
+set-based operations (lock ids, fetch rows by Zoho id, write a batch's rows and its outbox rows)
+and never learns which database it talks to.
 
-- PostgreSQL: one `INSERT ... SELECT FROM unnest(...)` per batch, arrays bound as parameters.
+- PostgreSQL: one statement writes a batch, `WITH written AS (INSERT ... SELECT FROM unnest(...)
+  ON CONFLICT ...) INSERT INTO outbox ... SELECT FROM unnest(...)`, arrays bound as parameters.
   A batch first takes a transaction-scoped advisory lock per record id, in sorted order, so that
   concurrent batches touching the same records queue (and never deadlock) while batches on other
   records run in parallel; every read after that sees the latest committed state.
@@ -37,11 +38,16 @@ class Store(Protocol):
     ) -> Sequence[sa.Row[Any]]:
         """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`."""
 
-    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        """Insert rows, or update every given column (but `created_at`) where the natural key exists."""
-
-    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        """Insert rows."""
+    async def write(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        queue: sa.Table,
+        queued: list[dict[str, Any]],
+    ) -> None:
+        """Upsert `rows` into `table` (every given column but `created_at` is updated where the
+        natural key exists) and insert `queued` into `queue`."""
 
 
 def database_url(url: str) -> str:
@@ -122,13 +128,18 @@ class SqliteStore:
         query = sa.select(*columns).where(table.c.tenant_id == tenant, table.c.zoho_id.in_(sa.select(ids.c.value)))
         return (await conn.execute(query)).all()
 
-    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    async def write(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        queue: sa.Table,
+        queued: list[dict[str, Any]],
+    ) -> None:
         if rows:
             await conn.execute(_sqlite_upsert(table, tuple(rows[0])), rows)
-
-    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await conn.execute(table.insert(), rows)
+        if queued:
+            await conn.execute(queue.insert(), queued)
 
 
 @cache
@@ -150,29 +161,45 @@ class PostgresStore:
         query = _fetch_statement(tuple(columns))
         return (await conn.execute(query, {"tenant": tenant, "ids": list(zoho_ids)})).all()
 
-    async def upsert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self._unnest(conn, table, rows, upsert=True)
+    async def write(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        queue: sa.Table,
+        queued: list[dict[str, Any]],
+    ) -> None:
+        """One statement: `WITH written AS (INSERT ... ON CONFLICT ...) INSERT INTO queue ...`."""
+        parts, params = [], {}
+        for target, items, prefix, upsert in ((table, rows, "p", True), (queue, queued, "q", False)):
+            if items:
+                sql, values = _unnest_insert(target, items, prefix, upsert=upsert)
+                parts.append(sql)
+                params.update(values)
+        if len(parts) == 2:
+            parts = [f"WITH written AS ({parts[0]}) {parts[1]}"]
+        if parts:
+            await conn.execute(sa.text(parts[0]), params)
 
-    async def insert(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self._unnest(conn, table, rows, upsert=False)
 
-    async def _unnest(self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], *, upsert: bool) -> None:
-        names = tuple(rows[0])
-        params: dict[str, Any] = {}
-        scalars = []
-        for i, name in enumerate(names):
-            values = [row[name] for row in rows]
-            if isinstance(table.c[name].type, sa.JSON):
-                values = [None if value is None else _json_text(value) for value in values]
-            # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
-            scalar = len(values) > 1 and values.count(values[0]) == len(values)
-            scalars.append(scalar)
-            params[f"p{i}"] = values[0] if scalar else values
-        if all(scalars):
-            scalars[0], params["p0"] = False, [params["p0"]] * len(rows)
-        await conn.execute(_unnest_statement(table, names, upsert, tuple(scalars)), params)
+def _unnest_insert(
+    table: sa.Table, rows: list[dict[str, Any]], prefix: str, *, upsert: bool
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and the parameters that insert (or upsert) `rows` from arrays."""
+    names = tuple(rows[0])
+    params: dict[str, Any] = {}
+    scalars = []
+    for i, name in enumerate(names):
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type, sa.JSON):
+            values = [None if value is None else _json_text(value) for value in values]
+        # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
+        scalar = len(values) > 1 and values.count(values[0]) == len(values)
+        scalars.append(scalar)
+        params[f"{prefix}{i}"] = values[0] if scalar else values
+    if all(scalars):
+        scalars[0], params[f"{prefix}0"] = False, [params[f"{prefix}0"]] * len(rows)
+    return _unnest_sql(table, names, upsert, tuple(scalars), prefix), params
 
 
 def _json_text(value: Any) -> str:
@@ -207,9 +234,7 @@ def _fetch_statement(columns: tuple[sa.Column[Any], ...]) -> sa.Select[Any]:
 
 
 @cache
-def _unnest_statement(
-    table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...]
-) -> sa.TextClause:
+def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...], prefix: str) -> str:
     """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST(:p2 AS T) FROM unnest(CAST(:p0 AS T[]), ...)`.
 
     One statement a batch: a column is an array parameter, or (where `scalars` says so) one
@@ -224,9 +249,10 @@ def _unnest_statement(
         sql_type = column_type.compile(dialect=dialect)
         is_json = isinstance(column_type, sa.JSON)
         if scalar:
-            selects.append(f"CAST(CAST(:p{i} AS TEXT) AS {sql_type})" if is_json else f"CAST(:p{i} AS {sql_type})")
+            param = f":{prefix}{i}"
+            selects.append(f"CAST(CAST({param} AS TEXT) AS {sql_type})" if is_json else f"CAST({param} AS {sql_type})")
             continue
-        casts.append(f"CAST(:p{i} AS {'TEXT' if is_json else sql_type}[])")
+        casts.append(f"CAST(:{prefix}{i} AS {'TEXT' if is_json else sql_type}[])")
         selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
         aliases.append(f"p{i}")
     sql = (
@@ -238,4 +264,4 @@ def _unnest_statement(
         sql += f" ON CONFLICT ({', '.join(NATURAL_KEY)}) DO UPDATE SET " + ", ".join(
             f"{quote(n)} = EXCLUDED.{quote(n)}" for n in updates
         )
-    return sa.text(sql)
+    return sql
