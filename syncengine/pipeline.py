@@ -4,7 +4,7 @@ One code path for every entity; the `Entity` descriptor says what to do. A batch
 number of set-based statements, whatever its size:
 
 1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
-2. resolve lookup ids that the stored rows do not already link (at most one per lookup target);
+2. resolve lookup ids that the stored rows do not already link (one statement for every target);
 3. decide every record in input order, in memory, each against the state the one before left;
 4. upsert the final state of every touched row, and queue a delivery for each changed row of an
    entity that lands in Moodle (one statement on PostgreSQL, two on SQLite).
@@ -235,13 +235,10 @@ async def _resolve_lookups(
             zoho_id = record.values.get(fld.name)
             if zoho_id is not None and zoho_id not in resolved[fld.target]:  # type: ignore[index]
                 wanted[fld.target].add(zoho_id)  # type: ignore[index]
-    for target, zoho_ids in wanted.items():
-        if zoho_ids:
-            target_table = tables.targets[target]
-            columns = [target_table.c.zoho_id, target_table.c.id, target_table.c.deleted_at]
-            for zoho_id, local_id, deleted_at in await store.fetch(conn, columns, tenant, zoho_ids):
-                if deleted_at is None:
-                    resolved[target][zoho_id] = local_id
+    if any(wanted.values()):
+        query = {target: (tables.targets[target], zoho_ids) for target, zoho_ids in wanted.items()}
+        for target, found in (await store.resolve(conn, query, tenant)).items():
+            resolved[target].update(found)
     return resolved
 
 

@@ -15,7 +15,7 @@ and never learns which database it talks to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, Protocol
 
@@ -37,6 +37,11 @@ class Store(Protocol):
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
         """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`."""
+
+    async def resolve(
+        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+    ) -> dict[str, dict[str, int]]:
+        """Local ids of live rows, for each of several tables at once: {name: {zoho_id: id}}."""
 
     async def write(
         self,
@@ -117,6 +122,15 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
 
 class SqliteStore:
+    async def resolve(
+        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+    ) -> dict[str, dict[str, int]]:
+        def ids(index: int, zoho_ids: set[str]) -> Any:
+            values = msgspec.json.encode(sorted(zoho_ids)).decode()
+            return sa.select(sa.func.json_each(sa.bindparam(f"ids{index}", values)).table_valued("value").c.value)
+
+        return await _resolve(conn, wanted, tenant, ids)
+
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
 
@@ -150,6 +164,16 @@ def _sqlite_upsert(table: sa.Table, columns: tuple[str, ...]) -> Any:
 
 
 class PostgresStore:
+    async def resolve(
+        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+    ) -> dict[str, dict[str, int]]:
+        def ids(index: int, zoho_ids: set[str]) -> Any:
+            return sa.select(
+                sa.func.unnest(sa.bindparam(f"ids{index}", list(zoho_ids), type_=postgresql.ARRAY(sa.String)))
+            )
+
+        return await _resolve(conn, wanted, tenant, ids)
+
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         keys = sorted(f"{table.name}:{tenant}:{zoho_id}" for zoho_id in zoho_ids)
         if keys:
@@ -200,6 +224,28 @@ def _unnest_insert(
     if all(scalars):
         scalars[0], params[f"{prefix}0"] = False, [params[f"{prefix}0"]] * len(rows)
     return _unnest_sql(table, names, upsert, tuple(scalars), prefix), params
+
+
+async def _resolve(
+    conn: AsyncConnection,
+    wanted: dict[str, tuple[sa.Table, set[str]]],
+    tenant: str,
+    ids: Callable[[int, set[str]], Any],
+) -> dict[str, dict[str, int]]:
+    """One `UNION ALL` over the tables, each part limited to its ids by the dialect's `ids`."""
+    parts = [
+        sa.select(sa.literal(index).label("part"), table.c.zoho_id, table.c.id).where(
+            table.c.tenant_id == tenant, table.c.deleted_at.is_(None), table.c.zoho_id.in_(ids(index, zoho_ids))
+        )
+        for index, (table, zoho_ids) in enumerate(wanted.values())
+        if zoho_ids
+    ]
+    resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
+    if parts:
+        names = list(wanted)
+        for part, zoho_id, local_id in await conn.execute(sa.union_all(*parts)):
+            resolved[names[part]][zoho_id] = local_id
+    return resolved
 
 
 def _json_text(value: Any) -> str:
