@@ -4,7 +4,7 @@
     >>> catalog.entity("enrollments").requires
     ('students', 'classes')
 
-`check()` never stops at the first problem: it walks the whole file against the Structs of
+Checking never stops at the first problem: it walks the whole file against the Structs of
 `spec.py` and reports each problem as `FILE:LINE:COL: path: message`.
 """
 
