@@ -125,11 +125,14 @@ class SqliteStore:
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
-        def ids(index: int, zoho_ids: set[str]) -> Any:
+        def part(index: int, table: sa.Table, zoho_ids: set[str]) -> sa.Select[Any]:
             values = msgspec.json.encode(sorted(zoho_ids)).decode()
-            return sa.select(sa.func.json_each(sa.bindparam(f"ids{index}", values)).table_valued("value").c.value)
+            ids = sa.select(sa.func.json_each(sa.bindparam(f"ids{index}", values)).table_valued("value").c.value)
+            return sa.select(sa.literal(index).label("part"), table.c.zoho_id, table.c.id).where(
+                table.c.tenant_id == tenant, table.c.deleted_at.is_(None), table.c.zoho_id.in_(ids)
+            )
 
-        return await _resolve(conn, wanted, tenant, ids)
+        return await _resolve(conn, wanted, part)
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
@@ -167,12 +170,23 @@ class PostgresStore:
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
-        def ids(index: int, zoho_ids: set[str]) -> Any:
-            return sa.select(
-                sa.func.unnest(sa.bindparam(f"ids{index}", list(zoho_ids), type_=postgresql.ARRAY(sa.String)))
+        def part(index: int, table: sa.Table, zoho_ids: set[str]) -> sa.Select[Any]:
+            """One unique-index probe per id, as in `_fetch_statement`: never a scan of the table."""
+            ids = sa.bindparam(f"ids{index}", list(zoho_ids), type_=postgresql.ARRAY(sa.String))
+            wanted = sa.func.unnest(ids).table_valued("zoho_id").render_derived(name=f"wanted{index}")
+            row = (
+                sa.select(table.c.zoho_id, table.c.id)
+                .where(table.c.tenant_id == tenant, table.c.zoho_id == wanted.c.zoho_id, table.c.deleted_at.is_(None))
+                .limit(1)
+                .lateral(f"found{index}")
+            )
+            return (
+                sa.select(sa.literal(index).label("part"), row.c.zoho_id, row.c.id)
+                .select_from(wanted)
+                .join(row, sa.true())
             )
 
-        return await _resolve(conn, wanted, tenant, ids)
+        return await _resolve(conn, wanted, part)
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         keys = sorted(f"{table.name}:{tenant}:{zoho_id}" for zoho_id in zoho_ids)
@@ -229,22 +243,15 @@ def _unnest_insert(
 async def _resolve(
     conn: AsyncConnection,
     wanted: dict[str, tuple[sa.Table, set[str]]],
-    tenant: str,
-    ids: Callable[[int, set[str]], Any],
+    part: Callable[[int, sa.Table, set[str]], sa.Select[Any]],
 ) -> dict[str, dict[str, int]]:
-    """One `UNION ALL` over the tables, each part limited to its ids by the dialect's `ids`."""
-    parts = [
-        sa.select(sa.literal(index).label("part"), table.c.zoho_id, table.c.id).where(
-            table.c.tenant_id == tenant, table.c.deleted_at.is_(None), table.c.zoho_id.in_(ids(index, zoho_ids))
-        )
-        for index, (table, zoho_ids) in enumerate(wanted.values())
-        if zoho_ids
-    ]
+    """One `UNION ALL` of the dialect's `part` (part number, zoho_id, id) for each table."""
+    parts = [part(index, table, zoho_ids) for index, (table, zoho_ids) in enumerate(wanted.values()) if zoho_ids]
     resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
     if parts:
         names = list(wanted)
-        for part, zoho_id, local_id in await conn.execute(sa.union_all(*parts)):
-            resolved[names[part]][zoho_id] = local_id
+        for index, zoho_id, local_id in await conn.execute(sa.union_all(*parts)):
+            resolved[names[index]][zoho_id] = local_id
     return resolved
 
 
