@@ -6,15 +6,18 @@ and never learns which database it talks to.
 
 - PostgreSQL: one statement writes a batch, `WITH written AS (INSERT ... SELECT FROM unnest(...)
   ON CONFLICT ...) INSERT INTO outbox ... SELECT FROM unnest(...)`, arrays bound as parameters.
-  A batch first takes a transaction-scoped advisory lock per record id, in sorted order, so that
-  concurrent batches touching the same records queue (and never deadlock) while batches on other
-  records run in parallel; every read after that sees the latest committed state.
+  A batch first takes transaction-scoped advisory locks, in sorted order, on the buckets its ids
+  hash to (at most `LOCK_BUCKETS` per table and tenant, so a large batch cannot exhaust the
+  server's lock table), so that concurrent batches touching the same records queue (and never
+  deadlock) while small batches on other records mostly run in parallel; every read after that
+  sees the latest committed state.
 - SQLite: `executemany` of one upsert; write transactions start with `BEGIN IMMEDIATE` so that
   two writers queue instead of failing, and the file runs in WAL mode.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, Protocol
@@ -25,6 +28,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+#: Advisory locks per table and tenant: PostgreSQL's lock table holds 64 per connection by default.
+LOCK_BUCKETS = 32
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
 
@@ -189,7 +194,8 @@ class PostgresStore:
         return await _resolve(conn, wanted, part)
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        keys = sorted(f"{table.name}:{tenant}:{zoho_id}" for zoho_id in zoho_ids)
+        buckets = {zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS for zoho_id in zoho_ids}
+        keys = sorted(f"{table.name}:{tenant}:{bucket}" for bucket in buckets)
         if keys:
             await conn.execute(_ADVISORY_LOCKS, {"keys": keys})
 

@@ -378,3 +378,10 @@ async def test_values_a_database_cannot_hold_are_invalid_not_cut(engine: SyncEng
     assert lookup.to_builtins()["results"][0]["errors"] == [
         {"field": "Program", "message": "a record id is at most 64 characters; this one has 70"}
     ]
+
+
+async def test_concurrent_large_batches_do_not_exhaust_locks(engine: SyncEngine) -> None:
+    """Four concurrent batches of 5,000 (the HTTP limit) on one table and tenant."""
+    batches = [[student(str(100_000 + n * 5_000 + i)) for i in range(5_000)] for n in range(4)]
+    reports = await asyncio.gather(*(engine.sync("school", "students", batch) for batch in batches))
+    assert [report.summary["NEW"] for report in reports] == [5_000] * 4
