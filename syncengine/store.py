@@ -130,14 +130,7 @@ class SqliteStore:
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
-        def part(index: int, table: sa.Table, zoho_ids: set[str]) -> sa.Select[Any]:
-            values = msgspec.json.encode(sorted(zoho_ids)).decode()
-            ids = sa.select(sa.func.json_each(sa.bindparam(f"ids{index}", values)).table_valued("value").c.value)
-            return sa.select(sa.literal(index).label("part"), table.c.zoho_id, table.c.id).where(
-                table.c.tenant_id == tenant, table.c.deleted_at.is_(None), table.c.zoho_id.in_(ids)
-            )
-
-        return await _resolve(conn, wanted, part)
+        return await _resolve(conn, wanted, tenant, _sqlite_resolve_statement, lambda ids: _json_text(sorted(ids)))
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
@@ -175,23 +168,7 @@ class PostgresStore:
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
-        def part(index: int, table: sa.Table, zoho_ids: set[str]) -> sa.Select[Any]:
-            """One unique-index probe per id, as in `_fetch_statement`: never a scan of the table."""
-            ids = sa.bindparam(f"ids{index}", list(zoho_ids), type_=postgresql.ARRAY(sa.String))
-            wanted = sa.func.unnest(ids).table_valued("zoho_id").render_derived(name=f"wanted{index}")
-            row = (
-                sa.select(table.c.zoho_id, table.c.id)
-                .where(table.c.tenant_id == tenant, table.c.zoho_id == wanted.c.zoho_id, table.c.deleted_at.is_(None))
-                .limit(1)
-                .lateral(f"found{index}")
-            )
-            return (
-                sa.select(sa.literal(index).label("part"), row.c.zoho_id, row.c.id)
-                .select_from(wanted)
-                .join(row, sa.true())
-            )
-
-        return await _resolve(conn, wanted, part)
+        return await _resolve(conn, wanted, tenant, _postgres_resolve_statement, list)
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         buckets = {zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS for zoho_id in zoho_ids}
@@ -249,16 +226,52 @@ def _unnest_insert(
 async def _resolve(
     conn: AsyncConnection,
     wanted: dict[str, tuple[sa.Table, set[str]]],
-    part: Callable[[int, sa.Table, set[str]], sa.Select[Any]],
+    tenant: str,
+    statement: Callable[[tuple[sa.Table, ...]], sa.CompoundSelect[Any]],
+    encode_ids: Callable[[set[str]], Any],
 ) -> dict[str, dict[str, int]]:
-    """One `UNION ALL` of the dialect's `part` (part number, zoho_id, id) for each table."""
-    parts = [part(index, table, zoho_ids) for index, (table, zoho_ids) in enumerate(wanted.values()) if zoho_ids]
+    """One `UNION ALL` (part number, zoho_id, id) over the tables that have ids to resolve."""
     resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
-    if parts:
-        names = list(wanted)
-        for index, zoho_id, local_id in await conn.execute(sa.union_all(*parts)):
-            resolved[names[index]][zoho_id] = local_id
+    present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
+    if present:
+        params = {"tenant": tenant} | {f"ids{i}": encode_ids(ids) for i, (_, _, ids) in enumerate(present)}
+        for index, zoho_id, local_id in await conn.execute(statement(tuple(t for _, t, _ in present)), params):
+            resolved[present[index][0]][zoho_id] = local_id
     return resolved
+
+
+@cache
+def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect[Any]:
+    tenant = sa.bindparam("tenant", type_=sa.String)
+    parts = []
+    for index, table in enumerate(tables):
+        ids = sa.select(sa.func.json_each(sa.bindparam(f"ids{index}", type_=sa.String)).table_valued("value").c.value)
+        parts.append(
+            sa.select(sa.literal(index).label("part"), table.c.zoho_id, table.c.id).where(
+                table.c.tenant_id == tenant, table.c.deleted_at.is_(None), table.c.zoho_id.in_(ids)
+            )
+        )
+    return sa.union_all(*parts)
+
+
+@cache
+def _postgres_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect[Any]:
+    """One unique-index probe per id (LATERAL ... LIMIT 1), as in `_fetch_statement`: never a scan."""
+    tenant = sa.bindparam("tenant", type_=sa.String)
+    parts = []
+    for index, table in enumerate(tables):
+        ids = sa.bindparam(f"ids{index}", type_=postgresql.ARRAY(sa.String))
+        wanted = sa.func.unnest(ids).table_valued("zoho_id").render_derived(name=f"wanted{index}")
+        row = (
+            sa.select(table.c.zoho_id, table.c.id)
+            .where(table.c.tenant_id == tenant, table.c.zoho_id == wanted.c.zoho_id, table.c.deleted_at.is_(None))
+            .limit(1)
+            .lateral(f"found{index}")
+        )
+        parts.append(
+            sa.select(sa.literal(index).label("part"), row.c.zoho_id, row.c.id).select_from(wanted).join(row, sa.true())
+        )
+    return sa.union_all(*parts)
 
 
 def _json_text(value: Any) -> str:
