@@ -23,7 +23,7 @@ from syncengine.tables import build_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTITIES = ROOT / "entities.yaml"
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "zoho"
+FIXTURES = ROOT / "tests" / "fixtures" / "zoho"  # copies of ../shared/fixtures/zoho, so a clone tests alone
 POSTGRES_URL = os.environ.get("SYNCENGINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 DIALECTS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
