@@ -1,8 +1,7 @@
 """Entity descriptors: load `entities.yaml`, report every problem with its place, build the catalog.
 
-    >>> catalog = load_catalog("entities.yaml")
-    >>> catalog.entity("enrollments").requires
-    ('students', 'classes')
+    catalog = load_catalog("entities.yaml")
+    catalog.entity(name).requires   # the entities its required lookups point to, parents first
 
 Checking never stops at the first problem: it walks the whole file against the Structs of
 `spec.py` and reports each problem as `FILE:LINE:COL: path: message`.

@@ -1,7 +1,7 @@
 """The Python API that the HTTP service and the CLI share.
 
 engine = SyncEngine.open(Settings.from_env())
-report = await engine.sync("default", "students", records, dry_run=True)
+report = await engine.sync("default", entity_name, records, dry_run=True)
 print(report.summary)
 await engine.close()
 """

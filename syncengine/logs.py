@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line on standard error.
 
     {"time": "2026-11-26T13:50:01.123Z", "level": "INFO", "logger": "syncengine.http",
-     "message": "request", "request_id": "5f0c...", "tenant": "school", "entity": "students",
+     "message": "request", "request_id": "5f0c...", "tenant": "school", "entity": "<entity>",
      "status": 200, "records": 2, "counts": {"NEW": 2}, "duration_ms": 12.4}
 
 Fields come from `extra={"fields": {...}}`. Record contents and keys are never passed in.

@@ -1,7 +1,6 @@
 """OpenAPI for the generated endpoints: each entity's request schema, derived from its descriptor.
 
-    >>> record_schema(catalog.entity("students"))["required"]
-    ['id', 'First_Name', 'Last_Name', 'Academic_Email']
+    record_schema(entity)["required"]   # "id" and the Zoho names of the entity's required fields
 
 Litestar builds the rest of the document from the handlers; the request bodies come from here,
 since the sync handlers read their bodies themselves (a record, a list, Zoho's envelope or a form).

@@ -1,8 +1,6 @@
 """SQL tables, derived from the descriptors, plus the engine's own fixed tables.
 
-    >>> metadata = build_metadata(load_catalog("entities.yaml"))
-    >>> sorted(metadata.tables)[:3]
-    ['classes', 'enrollments', 'grades']
+    metadata = build_metadata(load_catalog("entities.yaml"))   # a table per entity, and syncengine_*
 
 Alembic's `migrations/env.py` uses `build_metadata` as its target, so a descriptor change turns
 into a generated migration.
