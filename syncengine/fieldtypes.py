@@ -15,9 +15,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+
+T = TypeVar("T")
 
 #: Values that mean "empty" wherever they appear: Zoho's picklist placeholder and empty form fields.
 EMPTY_VALUES = ("", "-None-")
@@ -80,7 +82,7 @@ def _email(raw: Any, options: Options) -> str:
     return value
 
 
-def _bounded(value: Any, options: Options) -> Any:
+def _bounded(value: T, options: Options) -> T:
     if options.min is not None and value < options.min:
         raise ValueError(f"{_render(value)} is less than the minimum {_render(options.min)}")
     if options.max is not None and value > options.max:
@@ -101,8 +103,7 @@ def _integer(raw: Any, options: Options) -> int:
         raise ValueError(f"expected an integer, got {_kind(raw)}")
     if not INTEGER_RANGE[0] <= value <= INTEGER_RANGE[1]:
         raise ValueError(f"{value} is out of range (a 64-bit integer)")
-    result: int = _bounded(value, options)
-    return result
+    return _bounded(value, options)
 
 
 def _decimal(raw: Any, options: Options) -> Decimal:

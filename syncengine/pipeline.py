@@ -195,7 +195,8 @@ async def _fetch_state(
     names, converters, end = plan.names, plan.converters, 4 + len(plan.names)
     links = [f.name for f in entity.lookups]
     state = {}
-    for row in rows:
+    for stored_row in rows:
+        row: tuple[Any, ...] = tuple(stored_row)
         zoho_id, fprint, version, deleted_at = row[:4]
         values = dict(zip(names, row[4:end], strict=True))
         for name, convert in converters:
@@ -356,7 +357,7 @@ class _Batch:
             elif fld.required and values is not None and values[fld.name] is None:
                 errors.append(FieldError(fld.source, "is required"))
         if self.entity.version_field in record.errors:
-            errors.append(FieldError(self.entity.version_field, record.errors[self.entity.version_field]))  # type: ignore[index, arg-type]
+            errors.append(FieldError(self.entity.version_field, record.errors[self.entity.version_field]))
         count = f"{len(errors)} field error{'s' if len(errors) != 1 else ''}"
         details = "; ".join(f"{e.field} {e.message}" for e in errors)
         return RecordResult(record.zoho_id, "INVALID", f"{count}: {details}", errors=errors)

@@ -180,7 +180,8 @@ class PostgresStore:
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
         query = _fetch_statement(tuple(columns))
-        return (await conn.execute(query, {"tenant": tenant, "ids": list(zoho_ids)})).all()
+        rows: Sequence[sa.Row[Any]] = (await conn.execute(query, {"tenant": tenant, "ids": list(zoho_ids)})).all()
+        return rows
 
     async def write(
         self,
@@ -313,7 +314,7 @@ def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: 
     value for every row. JSON values travel as text and are cast back, since asyncpg has no
     codec for json[].
     """
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     casts, selects, aliases = [], [], []
     for i, (name, scalar) in enumerate(zip(names, scalars, strict=True)):
