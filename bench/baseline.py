@@ -68,7 +68,7 @@ async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: reg
                     }
                     for fld in entity.fields:
                         if fld.is_lookup:
-                            zoho_column, local_column = lookup_columns(fld)
+                            zoho_column, local_column = lookup_columns(fld.name)
                             key = (str(fld.target), str(values[fld.name]))
                             if key not in parent_ids:
                                 target = tables[fld.target]  # type: ignore[index]

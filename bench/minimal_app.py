@@ -25,21 +25,10 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 from litestar import Litestar, Request, Response, post
 
+from bench.limit import COLUMNS, TYPES  # the same enrollment columns as the raw limit
+
 ENTITY = "enrollments"
 OUTBOX = "syncengine_outbox"
-COLUMNS = (
-    "zoho_id",
-    "student_zoho_id",
-    "student_id",
-    "class_zoho_id",
-    "class_id",
-    "enrollment_type",
-    "start_date",
-    "end_date",
-    "fingerprint",
-    "source_version",
-)
-TYPES = ("varchar", "varchar", "bigint", "varchar", "bigint", "varchar", "date", "date", "varchar", "timestamptz")
 UPSERT = f"""
 WITH up AS (
     INSERT INTO {ENTITY} AS t (tenant_id, {", ".join(COLUMNS)}, created_at, updated_at)

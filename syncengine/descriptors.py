@@ -78,6 +78,11 @@ class Field:
     def is_lookup(self) -> bool:
         return self.target is not None
 
+    @property
+    def value_column(self) -> str:
+        """The column holding the field's value (a lookup's: the referenced Zoho id)."""
+        return lookup_columns(self.name)[0] if self.is_lookup else self.name
+
     def parse(self, raw: Any) -> Any:
         return self.type.parse(raw, self.options)
 
@@ -417,12 +422,12 @@ def _options(spec: FieldSpec, *, compile_pattern: bool) -> Options:
 
 
 def _columns_of(name: str, spec: FieldSpec) -> tuple[str, ...]:
-    return (f"{name}_zoho_id", f"{name}_id") if spec.type == "lookup" else (name,)
+    return lookup_columns(name) if spec.type == "lookup" else (name,)
 
 
-def lookup_columns(field: Field) -> tuple[str, str]:
-    """The two columns of a lookup: the referenced Zoho id and the local row id."""
-    return f"{field.name}_zoho_id", f"{field.name}_id"
+def lookup_columns(name: str) -> tuple[str, str]:
+    """The two columns of lookup field `name`: the referenced Zoho id and the local row id."""
+    return f"{name}_zoho_id", f"{name}_id"
 
 
 def _valid_parts(raw: Any, struct: type[S]) -> dict[str, S]:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
-from syncengine.descriptors import Catalog, load_catalog, lookup_columns
+from syncengine.descriptors import Catalog, load_catalog
 from syncengine.pipeline import EntityTables, sync_batch
 from syncengine.report import SyncReport
 from syncengine.store import open_database, store_for
@@ -79,7 +79,7 @@ class SyncEngine:
         """
         described = self.catalog.entity(entity)
         table, outbox = self.metadata.tables[described.name], self.metadata.tables[OUTBOX]
-        fields = [(f, table.c[lookup_columns(f)[0] if f.is_lookup else f.name]) for f in described.fields]
+        fields = [(f, table.c[f.value_column]) for f in described.fields]
         system = ("fingerprint", "source_version", "moodle_id", "created_at", "updated_at", "deleted_at")
         query = sa.select(*(column for _, column in fields), *(table.c[name] for name in system)).where(
             table.c.tenant_id == tenant, table.c.zoho_id == zoho_id

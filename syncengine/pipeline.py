@@ -25,7 +25,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from syncengine.descriptors import Entity, Field, lookup_columns
+from syncengine.descriptors import Entity, lookup_columns
 from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options, check_id
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Store
@@ -187,8 +187,8 @@ async def _fetch_state(
     if not ids:
         return {}
     entity, table = tables.entity, tables.table
-    value_columns = [table.c[_value_column(f)] for f in entity.fields]
-    link_columns = [table.c[lookup_columns(f)[1]] for f in entity.lookups]
+    value_columns = [table.c[f.value_column] for f in entity.fields]
+    link_columns = [table.c[lookup_columns(f.name)[1]] for f in entity.lookups]
     system = [table.c.zoho_id, table.c.fingerprint, table.c.source_version, table.c.deleted_at]
     rows = await store.fetch(conn, [*system, *value_columns, *link_columns], tenant, ids)
     plan = _plan(entity)
@@ -311,7 +311,7 @@ class _Batch:
         row: dict[str, Any] = {"tenant_id": tenant, "zoho_id": zoho_id}
         for fld in self.entity.fields:
             if fld.is_lookup:
-                zoho_column, local_column = lookup_columns(fld)
+                zoho_column, local_column = lookup_columns(fld.name)
                 row[zoho_column] = stored.values[fld.name]
                 row[local_column] = stored.links[fld.name]
             else:
@@ -386,7 +386,3 @@ def _newest(incoming: dt.datetime | None, stored: dt.datetime | None) -> dt.date
     if incoming is None or stored is None:
         return incoming or stored
     return max(incoming, stored)
-
-
-def _value_column(fld: Field) -> str:
-    return lookup_columns(fld)[0] if fld.is_lookup else fld.name

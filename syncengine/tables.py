@@ -44,7 +44,7 @@ def entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
     columns: list[sa.Column[object]] = []
     for field in entity.fields:
         if field.is_lookup:
-            zoho_column, local_column = lookup_columns(field)
+            zoho_column, local_column = lookup_columns(field.name)
             columns.append(sa.Column(zoho_column, field.type.column(field.options), comment=field.source))
             columns.append(sa.Column(local_column, RowId, comment=f"local id in {field.target}"))
         else:
