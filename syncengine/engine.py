@@ -4,12 +4,25 @@ engine = SyncEngine.open(Settings.from_env())
 report = await engine.sync("default", entity_name, records, dry_run=True)
 print(report.summary)
 await engine.close()
+
+Concurrent syncs of one tenant's entity share transactions (group commit). While a batch of a
+(tenant, entity) runs, further calls wait; when it ends, every call waiting then (up to
+`GROUP_RECORDS` records) runs as the next batch: one lock, fetch, resolve and write, and one
+COMMIT, for what would have been many. Calls are applied in the order they arrived, each gets
+the results of its own records, exactly as if the calls had run one after another, and a call
+never waits for a timer: with nothing running it starts at once. Should a shared transaction
+fail, each of its calls is run again on its own, so one call's failure is never another's.
+Dry runs always run alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +36,8 @@ from syncengine.store import open_database, store_for
 from syncengine.tables import TENANT_LENGTH, build_metadata
 
 OUTBOX = "syncengine_outbox"
+#: The most records of waiting calls that are joined into one batch (a larger call runs alone).
+GROUP_RECORDS = 1000
 
 
 class SchemaError(RuntimeError):
@@ -37,6 +52,7 @@ class SyncEngine:
         self.database = database
         self.metadata = build_metadata(catalog)
         self.store = store_for(database)
+        self._lanes: dict[tuple[str, str], _Lane] = {}
         tables = self.metadata.tables
         self._tables = {
             entity.name: EntityTables(
@@ -54,23 +70,96 @@ class SyncEngine:
         return cls(load_catalog(settings.entities), open_database(settings.database_url, **database_options))
 
     async def sync(self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False) -> SyncReport:
-        """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back."""
+        """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back.
+
+        The transaction may be shared with concurrent calls for the same tenant and entity
+        (see the module's docstring); the report holds this call's records only.
+        """
         tables = self._tables.get(entity) or self._tables[self.catalog.entity(entity).name]
         if not tenant or len(tenant) > TENANT_LENGTH:
             raise ValueError(f"a tenant name is 1 to {TENANT_LENGTH} characters, got {tenant!r}")
+        batch = list(records)
+        if dry_run:
+            (report,) = await self._transaction(tables, tenant, [batch], dry_run=True)
+            return report
+        lane = self._lanes.setdefault((tenant, tables.entity.name), _Lane())
+        if not lane.busy:
+            lane.busy = True
+            try:
+                (report,) = await self._transaction(tables, tenant, [batch])
+            finally:
+                lane.busy = False
+                self._start_waiting(lane, tables, tenant)
+            return report
+        call = _Call(batch, asyncio.get_running_loop().create_future())
+        lane.waiting.append(call)
+        return await call.report
+
+    def _start_waiting(self, lane: _Lane, tables: EntityTables, tenant: str) -> None:
+        """Run the calls that waited, in arrival order, as the lane's next batch."""
+        while lane.waiting and not lane.busy:
+            group: list[_Call] = []
+            size = 0
+            while lane.waiting and (not group or size + len(lane.waiting[0].records) <= GROUP_RECORDS):
+                call = lane.waiting.popleft()
+                if not call.report.done():  # a caller that gave up is not synced
+                    group.append(call)
+                    size += len(call.records)
+            if group:
+                lane.busy = True
+                lane.tasks.add(task := asyncio.create_task(self._run_group(lane, tables, tenant, group)))
+                task.add_done_callback(lane.tasks.discard)
+
+    async def _run_group(self, lane: _Lane, tables: EntityTables, tenant: str, group: list[_Call]) -> None:
+        try:
+            try:
+                reports = await self._transaction(tables, tenant, [call.records for call in group])
+            except Exception as error:
+                if len(group) == 1:
+                    _settle(group[0], error=error)
+                    return
+                for call in group:  # on their own, so that one call's failure is not another's
+                    try:
+                        (report,) = await self._transaction(tables, tenant, [call.records])
+                    except Exception as alone:
+                        _settle(call, error=alone)
+                    else:
+                        _settle(call, report)
+            else:
+                for call, report in zip(group, reports, strict=True):
+                    _settle(call, report)
+        except BaseException:
+            for call in group:
+                _settle(call, error=RuntimeError("the service stopped before this batch was synced; send it again"))
+            raise
+        finally:
+            lane.busy = False
+            self._start_waiting(lane, tables, tenant)
+
+    async def _transaction(
+        self, tables: EntityTables, tenant: str, batches: list[list[Any]], *, dry_run: bool = False
+    ) -> list[SyncReport]:
+        """One transaction over `batches`, in order; one report per batch."""
+        entity = tables.entity
         try:
             async with self.database.connect() as conn, conn.begin() as transaction:
-                report = await sync_batch(conn, self.store, tables, tenant, records)
+                report = await sync_batch(conn, self.store, tables, tenant, itertools.chain.from_iterable(batches))
                 if dry_run:
                     await transaction.rollback()
         except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:
             if _is_missing_table(error):
                 raise SchemaError(
-                    f"the database has no table for '{entity}': run `syncengine db upgrade` first"
+                    f"the database has no table for '{entity.name}': run `syncengine db upgrade` first"
                 ) from None
             raise
-        report.dry_run = dry_run
-        return report
+        if len(batches) == 1:
+            report.dry_run = dry_run
+            return [report]
+        reports, start = [], 0
+        for batch in batches:
+            reports.append(SyncReport(report.entity, report.id_key, report.results[start : start + len(batch)]))
+            start += len(batch)
+        return reports
 
     async def fetch_record(self, tenant: str, entity: str, zoho_id: str) -> dict[str, Any] | None:
         """One stored record of a tenant, with its fingerprint, timestamps and Moodle delivery state.
@@ -118,7 +207,36 @@ class SyncEngine:
         }
 
     async def close(self) -> None:
+        """Finish the batches already started, then close the database's connections."""
+        running = [task for lane in self._lanes.values() for task in lane.tasks]
+        await asyncio.gather(*running, return_exceptions=True)
         await self.database.dispose()
+
+
+@dataclass(slots=True)
+class _Call:
+    """A call waiting for its lane's running batch to end."""
+
+    records: list[Any]
+    report: asyncio.Future[SyncReport]
+
+
+@dataclass(slots=True)
+class _Lane:
+    """Whether a batch of one (tenant, entity) is running, and the calls waiting for it to end."""
+
+    busy: bool = False
+    waiting: deque[_Call] = field(default_factory=deque)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _settle(call: _Call, report: SyncReport | None = None, *, error: BaseException | None = None) -> None:
+    if call.report.done():  # the caller gave up waiting
+        return
+    if error is not None:
+        call.report.set_exception(error)
+    else:
+        call.report.set_result(report)  # type: ignore[arg-type]
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
