@@ -140,16 +140,14 @@ class SyncEngine:
         self, tables: EntityTables, tenant: str, batches: list[list[Any]], *, dry_run: bool = False
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch."""
-        entity = tables.entity
+        records = itertools.chain.from_iterable(batches)
         try:
-            async with self.database.connect() as conn, conn.begin() as transaction:
-                report = await sync_batch(conn, self.store, tables, tenant, itertools.chain.from_iterable(batches))
-                if dry_run:
-                    await transaction.rollback()
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:
+            async with self.store.transaction(self.database, rollback=dry_run) as conn:
+                report = await sync_batch(conn, self.store, tables, tenant, records)
+        except Exception as error:
             if _is_missing_table(error):
                 raise SchemaError(
-                    f"the database has no table for '{entity.name}': run `syncengine db upgrade` first"
+                    f"the database has no table for '{tables.entity.name}': run `syncengine db upgrade` first"
                 ) from None
             raise
         if len(batches) == 1:
@@ -244,6 +242,11 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
-def _is_missing_table(error: sa.exc.DBAPIError) -> bool:
+def _is_missing_table(error: Exception) -> bool:
+    """SQLite's error through SQLAlchemy, or PostgreSQL's straight from asyncpg (SQLSTATE 42P01)."""
+    if getattr(error, "sqlstate", None) == "42P01":
+        return True
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
     text = str(error.orig).lower()
     return "no such table" in text or ("relation" in text and "does not exist" in text)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import sqlalchemy as sa
 from litestar import Request, Response
@@ -114,15 +115,19 @@ def _unstorable(exc: Exception) -> str | None:
     """The reason, when the database (or its driver) refused a value that validation let through."""
     if isinstance(exc, (OverflowError, UnicodeEncodeError)):
         return str(exc)
-    if not isinstance(exc, sa.exc.DBAPIError):
+    if isinstance(exc, sa.exc.DBAPIError):  # SQLite, and SQLAlchemy's own statements
+        orig: BaseException = exc.orig
+    elif isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):  # the PostgreSQL store's
+        orig = exc
+    else:
         return None
-    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    sqlstate = str(getattr(orig, "sqlstate", None) or "")
     if (
-        isinstance(exc, sa.exc.DataError)
+        isinstance(exc, (sa.exc.DataError, asyncpg.DataError))
         or sqlstate.startswith("22")
-        or "invalid input for query argument" in str(exc.orig)
+        or "invalid input for query argument" in str(orig)
     ):
-        text = str(exc.orig).splitlines()[0]
+        text = str(orig).splitlines()[0]
         return re.sub(r": \[.*\] \(", " (", text)  # without the values: they are record contents
     return None
 

@@ -317,9 +317,7 @@ FIELD_TYPES: dict[str, FieldType] = {
             frozenset({"choices"}),
             _multichoice,
             lambda o: sa.JSON(),
-            lambda o: {
-                "oneOf": [{"type": "array", "items": {"enum": list(o.choices)}}, {"type": "string"}]
-            },
+            lambda o: {"oneOf": [{"type": "array", "items": {"enum": list(o.choices)}}, {"type": "string"}]},
             from_db=list,
         ),
         FieldType(

@@ -23,7 +23,6 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from syncengine.descriptors import Entity, lookup_columns
 from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options, check_id
@@ -158,10 +157,8 @@ def _plan(entity: Entity) -> _EntityPlan:
     return plan
 
 
-async def sync_batch(
-    conn: AsyncConnection, store: Store, tables: EntityTables, tenant: str, records: Iterable[Any]
-) -> SyncReport:
-    """Run the pipeline on one batch inside the caller's transaction."""
+async def sync_batch(conn: Any, store: Store, tables: EntityTables, tenant: str, records: Iterable[Any]) -> SyncReport:
+    """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`)."""
     entity = tables.entity
     incoming = [parse_record(entity, raw) for raw in records]
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
@@ -181,9 +178,7 @@ async def sync_batch(
     return SyncReport(entity.name, entity.id_key, results)
 
 
-async def _fetch_state(
-    conn: AsyncConnection, store: Store, tables: EntityTables, tenant: str, ids: set[str]
-) -> dict[str, Stored]:
+async def _fetch_state(conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]) -> dict[str, Stored]:
     if not ids:
         return {}
     entity, table = tables.entity, tables.table
@@ -213,7 +208,7 @@ async def _fetch_state(
 
 
 async def _resolve_lookups(
-    conn: AsyncConnection,
+    conn: Any,
     store: Store,
     tables: EntityTables,
     tenant: str,

@@ -1,11 +1,14 @@
 """The store: opening databases, and the few statements whose SQL differs by dialect.
 
-Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for three
-set-based operations (lock ids, fetch rows by Zoho id, write a batch's rows and its outbox rows)
-and never learns which database it talks to.
+Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for a
+transaction and four set-based operations in it (lock ids, fetch rows by Zoho id, resolve
+lookup ids, write a batch's rows and its outbox rows) and never learns which database it talks to.
 
-- PostgreSQL: one statement writes a batch, `WITH written AS (INSERT ... SELECT FROM unnest(...)
-  ON CONFLICT ...) INSERT INTO outbox ... SELECT FROM unnest(...)`, arrays bound as parameters.
+- PostgreSQL: the statements run on the pooled connection's asyncpg connection, in a
+  transaction of asyncpg's, each prepared once per connection (asyncpg's statement cache).
+  SQLAlchemy's execute path cost 0.15-0.3 ms of CPU a statement, as much as a small batch's own
+  work. One statement writes a batch, `WITH written AS (INSERT ... SELECT FROM unnest(...) ON
+  CONFLICT ...) INSERT INTO outbox ... SELECT FROM unnest(...)`, arrays bound as parameters.
   A batch first takes transaction-scoped advisory locks, in sorted order, on the buckets its ids
   hash to (at most `LOCK_BUCKETS` per table and tenant, so a large batch cannot exhaust the
   server's lock table), so that concurrent batches touching the same records queue (and never
@@ -17,8 +20,9 @@ and never learns which database it talks to.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
 from typing import Any, Protocol
 
@@ -35,22 +39,29 @@ NATURAL_KEY = ("tenant_id", "zoho_id")
 
 
 class Store(Protocol):
-    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+    """A dialect's statements; `conn` is what `transaction` yields, the store's own handle."""
+
+    def transaction(
+        self, database: AsyncEngine, *, rollback: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A connection in a transaction, committed at the end (rolled back with `rollback`)."""
+
+    async def lock(self, conn: Any, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         """Serialise writers of the same records until the transaction ends."""
 
     async def fetch(
-        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
-    ) -> Sequence[sa.Row[Any]]:
+        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+    ) -> Sequence[Sequence[Any]]:
         """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`."""
 
     async def resolve(
-        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+        self, conn: Any, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
         """Local ids of live rows, for each of several tables at once: {name: {zoho_id: id}}."""
 
     async def write(
         self,
-        conn: AsyncConnection,
+        conn: Any,
         table: sa.Table,
         rows: list[dict[str, Any]],
         queue: sa.Table,
@@ -127,10 +138,12 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
 
 class SqliteStore:
-    async def resolve(
-        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
-    ) -> dict[str, dict[str, int]]:
-        return await _resolve(conn, wanted, tenant, _sqlite_resolve_statement, lambda ids: _json_text(sorted(ids)))
+    @contextlib.asynccontextmanager
+    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[AsyncConnection]:
+        async with database.connect() as conn, conn.begin() as transaction:
+            yield conn
+            if rollback:
+                await transaction.rollback()
 
     async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
@@ -139,9 +152,22 @@ class SqliteStore:
         self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[sa.Row[Any]]:
         table = columns[0].table
-        ids = sa.func.json_each(msgspec.json.encode(list(zoho_ids)).decode()).table_valued("value")
+        ids = sa.func.json_each(_json_text(list(zoho_ids))).table_valued("value")
         query = sa.select(*columns).where(table.c.tenant_id == tenant, table.c.zoho_id.in_(sa.select(ids.c.value)))
         return (await conn.execute(query)).all()
+
+    async def resolve(
+        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+    ) -> dict[str, dict[str, int]]:
+        """One `UNION ALL` of (part number, zoho_id, id) over the tables that have ids to resolve."""
+        resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
+        present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
+        if present:
+            params = {"tenant": tenant} | {f"ids{i}": _json_text(sorted(ids)) for i, (_, _, ids) in enumerate(present)}
+            statement = _sqlite_resolve_statement(tuple(table for _, table, _ in present))
+            for index, zoho_id, local_id in await conn.execute(statement, params):
+                resolved[present[index][0]][zoho_id] = local_id
+        return resolved
 
     async def write(
         self,
@@ -164,83 +190,6 @@ def _sqlite_upsert(table: sa.Table, columns: tuple[str, ...]) -> Any:
     return statement.on_conflict_do_update(index_elements=list(NATURAL_KEY), set_=updates)
 
 
-class PostgresStore:
-    async def resolve(
-        self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
-    ) -> dict[str, dict[str, int]]:
-        return await _resolve(conn, wanted, tenant, _postgres_resolve_statement, list)
-
-    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        buckets = {zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS for zoho_id in zoho_ids}
-        keys = sorted(f"{table.name}:{tenant}:{bucket}" for bucket in buckets)
-        if keys:
-            await conn.execute(_ADVISORY_LOCKS, {"keys": keys})
-
-    async def fetch(
-        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
-    ) -> Sequence[sa.Row[Any]]:
-        query = _fetch_statement(tuple(columns))
-        rows: Sequence[sa.Row[Any]] = (await conn.execute(query, {"tenant": tenant, "ids": list(zoho_ids)})).all()
-        return rows
-
-    async def write(
-        self,
-        conn: AsyncConnection,
-        table: sa.Table,
-        rows: list[dict[str, Any]],
-        queue: sa.Table,
-        queued: list[dict[str, Any]],
-    ) -> None:
-        """One statement: `WITH written AS (INSERT ... ON CONFLICT ...) INSERT INTO queue ...`."""
-        parts, params = [], {}
-        for target, items, prefix, upsert in ((table, rows, "p", True), (queue, queued, "q", False)):
-            if items:
-                sql, values = _unnest_insert(target, items, prefix, upsert=upsert)
-                parts.append(sql)
-                params.update(values)
-        if len(parts) == 2:
-            parts = [f"WITH written AS ({parts[0]}) {parts[1]}"]
-        if parts:
-            await conn.execute(sa.text(parts[0]), params)
-
-
-def _unnest_insert(
-    table: sa.Table, rows: list[dict[str, Any]], prefix: str, *, upsert: bool
-) -> tuple[str, dict[str, Any]]:
-    """The SQL and the parameters that insert (or upsert) `rows` from arrays."""
-    names = tuple(rows[0])
-    params: dict[str, Any] = {}
-    scalars = []
-    for i, name in enumerate(names):
-        values = [row[name] for row in rows]
-        if isinstance(table.c[name].type, sa.JSON):
-            values = [None if value is None else _json_text(value) for value in values]
-        # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
-        scalar = len(values) > 1 and values.count(values[0]) == len(values)
-        scalars.append(scalar)
-        params[f"{prefix}{i}"] = values[0] if scalar else values
-    if all(scalars):
-        scalars[0], params[f"{prefix}0"] = False, [params[f"{prefix}0"]] * len(rows)
-    return _unnest_sql(table, names, upsert, tuple(scalars), prefix), params
-
-
-async def _resolve(
-    conn: AsyncConnection,
-    wanted: dict[str, tuple[sa.Table, set[str]]],
-    tenant: str,
-    statement: Callable[[tuple[sa.Table, ...]], sa.CompoundSelect[Any]],
-    encode_ids: Callable[[set[str]], Any],
-) -> dict[str, dict[str, int]]:
-    """One `UNION ALL` (part number, zoho_id, id) over the tables that have ids to resolve."""
-    resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
-    present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
-    if present:
-        params = {"tenant": tenant} | {f"ids{i}": encode_ids(ids) for i, (_, _, ids) in enumerate(present)}
-        for index, zoho_id, local_id in await conn.execute(statement(tuple(t for _, t, _ in present)), params):
-            resolved[present[index][0]][zoho_id] = local_id
-    return resolved
-
-
 @cache
 def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect[Any]:
     tenant = sa.bindparam("tenant", type_=sa.String)
@@ -255,86 +204,160 @@ def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect
     return sa.union_all(*parts)
 
 
-@cache
-def _postgres_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect[Any]:
-    """One unique-index probe per id (LATERAL ... LIMIT 1), as in `_fetch_statement`: never a scan."""
-    tenant = sa.bindparam("tenant", type_=sa.String)
-    parts = []
-    for index, table in enumerate(tables):
-        ids = sa.bindparam(f"ids{index}", type_=postgresql.ARRAY(sa.String))
-        wanted = sa.func.unnest(ids).table_valued("zoho_id").render_derived(name=f"wanted{index}")
-        row = (
-            sa.select(table.c.zoho_id, table.c.id)
-            .where(table.c.tenant_id == tenant, table.c.zoho_id == wanted.c.zoho_id, table.c.deleted_at.is_(None))
-            .limit(1)
-            .lateral(f"found{index}")
-        )
-        parts.append(
-            sa.select(sa.literal(index).label("part"), row.c.zoho_id, row.c.id).select_from(wanted).join(row, sa.true())
-        )
-    return sa.union_all(*parts)
+class PostgresStore:
+    @contextlib.asynccontextmanager
+    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[Any]:
+        """The pooled connection's asyncpg connection, in a transaction of asyncpg's.
+
+        SQLAlchemy sees no statement on it, so it has no transaction of its own to end. A
+        connection that broke is invalidated, so that the pool does not hand it out again.
+        """
+        async with database.connect() as lent:
+            conn = (await lent.get_raw_connection()).driver_connection
+            assert conn is not None, "the pool lent a closed connection"
+            transaction = conn.transaction()
+            try:
+                await transaction.start()
+                try:
+                    yield conn
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                await (transaction.rollback() if rollback else transaction.commit())
+            except BaseException:
+                if conn.is_closed():
+                    await lent.invalidate()
+                raise
+
+    async def lock(self, conn: Any, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+        buckets = {zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS for zoho_id in zoho_ids}
+        keys = sorted(f"{table.name}:{tenant}:{bucket}" for bucket in buckets)
+        if keys:
+            await conn.fetchval(_ADVISORY_LOCKS, keys)
+
+    async def fetch(
+        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+    ) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns)), tenant, list(zoho_ids))
+        return rows
+
+    async def resolve(
+        self, conn: Any, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+    ) -> dict[str, dict[str, int]]:
+        """One `UNION ALL` of (part number, zoho_id, id) over the tables that have ids to resolve."""
+        resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
+        present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
+        if present:
+            sql = _resolve_sql(tuple(table.name for _, table, _ in present))
+            for index, zoho_id, local_id in await conn.fetch(sql, tenant, *(list(ids) for _, _, ids in present)):
+                resolved[present[index][0]][zoho_id] = local_id
+        return resolved
+
+    async def write(
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        queue: sa.Table,
+        queued: list[dict[str, Any]],
+    ) -> None:
+        """One statement: `WITH written AS (INSERT ... ON CONFLICT ...) INSERT INTO queue ...`."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for target, items, upsert in ((table, rows, True), (queue, queued, False)):
+            if items:
+                parts.append(_unnest_insert(target, items, params, upsert=upsert))
+        if len(parts) == 2:
+            parts = [f"WITH written AS ({parts[0]}) {parts[1]}"]
+        if parts:
+            await conn.execute(parts[0], *params)
 
 
-def _json_text(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-_ADVISORY_LOCKS = sa.text(
+_ADVISORY_LOCKS = (
     "SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0))) "
-    "FROM (SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key) AS ordered"
+    "FROM (SELECT key FROM unnest(CAST($1 AS TEXT[])) AS key ORDER BY key) AS ordered"
 )
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_quote = _DIALECT.identifier_preparer.quote
 
 
 @cache
-def _fetch_statement(columns: tuple[sa.Column[Any], ...]) -> sa.Select[Any]:
-    """`columns` of the rows of tenant `:tenant` whose zoho_id is in `:ids`; built once per column set.
+def _fetch_sql(columns: tuple[sa.Column[Any], ...]) -> str:
+    """`columns` of tenant `$1`'s rows whose zoho_id is in `$2`; built once per column set.
 
     One unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
-    `zoho_id = ANY(:ids)` let the planner scan the tenant's whole index range when the
+    `zoho_id = ANY($2)` let the planner scan the tenant's whole index range when the
     statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
     """
-    table = columns[0].table
-    ids = sa.func.unnest(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
-    wanted = ids.table_valued("zoho_id").render_derived(name="wanted")
-    row = (
-        sa.select(*columns)
-        .where(table.c.tenant_id == sa.bindparam("tenant", type_=sa.String))
-        .where(table.c.zoho_id == wanted.c.zoho_id)
-        .limit(1)
-        .lateral("stored")
+    names = ", ".join(f"t.{_quote(column.name)}" for column in columns)
+    return (
+        "SELECT stored.* FROM unnest(CAST($2 AS TEXT[])) AS wanted(zoho_id) "
+        f"CROSS JOIN LATERAL (SELECT {names} FROM {_quote(columns[0].table.name)} AS t "
+        "WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1) AS stored"
     )
-    return sa.select(*row.c).select_from(wanted).join(row, sa.true())
 
 
 @cache
-def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...], prefix: str) -> str:
-    """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST(:p2 AS T) FROM unnest(CAST(:p0 AS T[]), ...)`.
+def _resolve_sql(tables: tuple[str, ...]) -> str:
+    """One unique-index probe per id, as in `_fetch_sql`. `$1` is the tenant; `$2`, `$3`... the
+    ids wanted of each table, in order."""
+    return " UNION ALL ".join(
+        f"SELECT {index} AS part, found.zoho_id, found.id FROM unnest(CAST(${index + 2} AS TEXT[])) AS wanted(zoho_id) "
+        f"CROSS JOIN LATERAL (SELECT t.zoho_id, t.id FROM {_quote(table)} AS t WHERE t.tenant_id = $1 "
+        "AND t.zoho_id = wanted.zoho_id AND t.deleted_at IS NULL LIMIT 1) AS found"
+        for index, table in enumerate(tables)
+    )
 
-    One statement a batch: a column is an array parameter, or (where `scalars` says so) one
-    value for every row. JSON values travel as text and are cast back, since asyncpg has no
-    codec for json[].
+
+def _unnest_insert(table: sa.Table, rows: list[dict[str, Any]], params: list[Any], *, upsert: bool) -> str:
+    """The SQL that inserts (or upserts) `rows` from arrays; their values are appended to `params`."""
+    names = tuple(rows[0])
+    start = len(params) + 1
+    scalars = []
+    for name in names:
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type, sa.JSON):
+            values = [None if value is None else _json_text(value) for value in values]
+        # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
+        scalar = len(values) > 1 and values.count(values[0]) == len(values)
+        scalars.append(scalar)
+        params.append(values[0] if scalar else values)
+    if all(scalars):
+        scalars[0], params[start - 1] = False, [params[start - 1]] * len(rows)
+    return _unnest_sql(table, names, upsert, tuple(scalars), start)
+
+
+@cache
+def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...], start: int) -> str:
+    """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST($3 AS T) FROM unnest(CAST($1 AS T[]), ...)`.
+
+    One statement a batch: a column is an array parameter (numbered from `start`), or (where
+    `scalars` says so) one value for every row. JSON values travel as text and are cast back,
+    since asyncpg has no codec for json[].
     """
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    quote = dialect.identifier_preparer.quote
     casts, selects, aliases = [], [], []
     for i, (name, scalar) in enumerate(zip(names, scalars, strict=True)):
         column_type = table.c[name].type
-        sql_type = column_type.compile(dialect=dialect)
+        sql_type = column_type.compile(dialect=_DIALECT)
         is_json = isinstance(column_type, sa.JSON)
+        param = f"${start + i}"
         if scalar:
-            param = f":{prefix}{i}"
             selects.append(f"CAST(CAST({param} AS TEXT) AS {sql_type})" if is_json else f"CAST({param} AS {sql_type})")
             continue
-        casts.append(f"CAST(:{prefix}{i} AS {'TEXT' if is_json else sql_type}[])")
+        casts.append(f"CAST({param} AS {'TEXT' if is_json else sql_type}[])")
         selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
         aliases.append(f"p{i}")
     sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+        f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
         f"SELECT {', '.join(selects)} FROM unnest({', '.join(casts)}) AS u({', '.join(aliases)})"
     )
     if upsert:
         updates = [n for n in names if n not in (*NATURAL_KEY, "created_at")]
         sql += f" ON CONFLICT ({', '.join(NATURAL_KEY)}) DO UPDATE SET " + ", ".join(
-            f"{quote(n)} = EXCLUDED.{quote(n)}" for n in updates
+            f"{_quote(n)} = EXCLUDED.{_quote(n)}" for n in updates
         )
     return sql
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
