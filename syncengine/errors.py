@@ -116,7 +116,7 @@ def _unstorable(exc: Exception) -> str | None:
     if isinstance(exc, (OverflowError, UnicodeEncodeError)):
         return str(exc)
     if isinstance(exc, sa.exc.DBAPIError):  # SQLite, and SQLAlchemy's own statements
-        orig: BaseException = exc.orig
+        orig: BaseException | None = exc.orig
     elif isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):  # the PostgreSQL store's
         orig = exc
     else:

@@ -16,6 +16,7 @@ Records are patches: a field absent from a record keeps its stored value; a fiel
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -71,9 +72,21 @@ class EntityTables:
     targets: dict[str, sa.Table]
     singulars: dict[str, str]
 
+    @functools.cached_property
+    def fetch_columns(self) -> tuple[sa.Column[Any], ...]:
+        """What the pipeline reads of a stored row: its state, its values, then its lookups' local ids."""
+        table = self.table
+        system = (table.c.zoho_id, table.c.fingerprint, table.c.source_version, table.c.deleted_at)
+        values = tuple(table.c[f.value_column] for f in self.entity.fields)
+        return system + values + tuple(table.c[lookup_columns(f.name)[1]] for f in self.entity.lookups)
+
 
 def parse_record(entity: Entity, raw: Any) -> Incoming:
     """Validate one raw Zoho record against its descriptor, collecting every field error."""
+    return _parse(entity, _plan(entity), raw)
+
+
+def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else "null" if raw is None else type(raw).__name__
         return Incoming(None, {}, errors={"(record)": f"expected a JSON object, got {kind}"})
@@ -95,7 +108,7 @@ def parse_record(entity: Entity, raw: Any) -> Incoming:
     if incoming.delete:
         return incoming
     values = incoming.values
-    for name, source, parse, options in _plan(entity).parsers:
+    for name, source, parse, options in plan.parsers:
         value = raw.get(source, _ABSENT)
         if value is _ABSENT:
             continue
@@ -117,8 +130,12 @@ def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
     Leaving empty fields out means adding a field to a descriptor does not change the
     fingerprint of records that do not have it.
     """
+    return _fingerprint(_plan(entity), values)
+
+
+def _fingerprint(plan: _EntityPlan, values: dict[str, Any]) -> str:
     canonical = {}
-    for source, name in _plan(entity).sources:
+    for source, name in plan.sources:
         value = values.get(name)
         if value is not None:
             canonical[source] = value
@@ -135,6 +152,8 @@ class _EntityPlan:
     required: tuple[str, ...]
     defaults: tuple[tuple[str, Any], ...]
     converters: tuple[tuple[str, Any], ...]
+    #: How a row is laid out: (field name, value column, local-id column of a lookup or None).
+    columns: tuple[tuple[str, str, str | None], ...]
 
 
 _PLANS: dict[int, tuple[Entity, _EntityPlan]] = {}
@@ -152,6 +171,7 @@ def _plan(entity: Entity) -> _EntityPlan:
         required=tuple(f.name for f in fields if f.required),
         defaults=tuple((f.name, f.default) for f in fields if f.default is not None),
         converters=tuple((f.name, f.type.from_db) for f in fields if f.type.from_db is not _IDENTITY),
+        columns=tuple((f.name, *lookup_columns(f.name)) if f.is_lookup else (f.name, f.name, None) for f in fields),
     )
     _PLANS[id(entity)] = (entity, plan)
     return plan
@@ -160,7 +180,8 @@ def _plan(entity: Entity) -> _EntityPlan:
 async def sync_batch(conn: Any, store: Store, tables: EntityTables, tenant: str, records: Iterable[Any]) -> SyncReport:
     """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`)."""
     entity = tables.entity
-    incoming = [parse_record(entity, raw) for raw in records]
+    plan = _plan(entity)
+    incoming = [_parse(entity, plan, raw) for raw in records]
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
     await store.lock(conn, tables.table, tenant, ids)
     state = await _fetch_state(conn, store, tables, tenant, ids)
@@ -181,11 +202,8 @@ async def sync_batch(conn: Any, store: Store, tables: EntityTables, tenant: str,
 async def _fetch_state(conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]) -> dict[str, Stored]:
     if not ids:
         return {}
-    entity, table = tables.entity, tables.table
-    value_columns = [table.c[f.value_column] for f in entity.fields]
-    link_columns = [table.c[lookup_columns(f.name)[1]] for f in entity.lookups]
-    system = [table.c.zoho_id, table.c.fingerprint, table.c.source_version, table.c.deleted_at]
-    rows = await store.fetch(conn, [*system, *value_columns, *link_columns], tenant, ids)
+    entity = tables.entity
+    rows = await store.fetch(conn, tables.fetch_columns, tenant, ids)
     plan = _plan(entity)
     names, converters, end = plan.names, plan.converters, 4 + len(plan.names)
     links = [f.name for f in entity.lookups]
@@ -243,6 +261,7 @@ class _Batch:
 
     def __init__(self, tables: EntityTables, state: dict[str, Stored], resolved: dict[str, dict[str, int]]) -> None:
         self.entity = tables.entity
+        self.plan = _plan(tables.entity)
         self.singulars = tables.singulars
         self.state = state
         self.resolved = resolved
@@ -265,9 +284,9 @@ class _Batch:
         if record.delete:
             return self._delete(record, previous, live)
         values = self._merge(record, live)
-        if any(values[name] is None for name in _plan(self.entity).required):
+        if any(values[name] is None for name in self.plan.required):
             return self._invalid(record, live, values)
-        fprint = fingerprint(self.entity, values)
+        fprint = _fingerprint(self.plan, values)
         version = _newest(record.version, previous.version if previous else None)
         if live is not None and fprint == live.fingerprint:
             if version != live.version:
@@ -304,13 +323,11 @@ class _Batch:
         """The final state of a touched row, as its table's columns."""
         stored = self.state[zoho_id]
         row: dict[str, Any] = {"tenant_id": tenant, "zoho_id": zoho_id}
-        for fld in self.entity.fields:
-            if fld.is_lookup:
-                zoho_column, local_column = lookup_columns(fld.name)
-                row[zoho_column] = stored.values[fld.name]
-                row[local_column] = stored.links[fld.name]
-            else:
-                row[fld.name] = stored.values[fld.name]
+        values, links = stored.values, stored.links
+        for name, value_column, local_column in self.plan.columns:
+            row[value_column] = values[name]
+            if local_column is not None:
+                row[local_column] = links[name]
         row["fingerprint"] = stored.fingerprint
         row["source_version"] = stored.version
         row["created_at"] = now
@@ -319,7 +336,7 @@ class _Batch:
         return row
 
     def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
-        plan = _plan(self.entity)
+        plan = self.plan
         if len(record.values) == len(plan.names):  # a whole record: nothing stored to keep
             values = dict(record.values)
         else:
