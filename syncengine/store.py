@@ -21,9 +21,10 @@ lookup ids, write a batch's rows and its outbox rows) and never learns which dat
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from functools import cache
 from typing import Any, Protocol
 
 import msgspec
@@ -183,14 +184,14 @@ class SqliteStore:
             await conn.execute(queue.insert(), queued)
 
 
-@cache
+@functools.cache
 def _sqlite_upsert(table: sa.Table, columns: tuple[str, ...]) -> Any:
     statement = sqlite_insert(table)
     updates = {name: statement.excluded[name] for name in columns if name not in (*NATURAL_KEY, "created_at")}
     return statement.on_conflict_do_update(index_elements=list(NATURAL_KEY), set_=updates)
 
 
-@cache
+@functools.cache
 def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect[Any]:
     tenant = sa.bindparam("tenant", type_=sa.String)
     parts = []
@@ -206,48 +207,65 @@ def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect
 
 class PostgresStore:
     @contextlib.asynccontextmanager
-    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[Any]:
-        """The pooled connection's asyncpg connection, in a transaction of asyncpg's.
+    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[_Session]:
+        """The pooled connection's asyncpg connection, with a transaction of our own on it.
 
-        SQLAlchemy sees no statement on it, so it has no transaction of its own to end. A
-        connection that broke is invalidated, so that the pool does not hand it out again.
+        BEGIN travels with the batch's first statement (with the locks, in one round trip), and
+        a batch that runs no statement sends neither BEGIN nor COMMIT. SQLAlchemy sees no
+        statement on the connection, so it has no transaction of its own to end. A connection
+        that broke is invalidated, so that the pool does not hand it out again.
         """
         async with database.connect() as lent:
             conn = (await lent.get_raw_connection()).driver_connection
             assert conn is not None, "the pool lent a closed connection"
-            transaction = conn.transaction()
+            session = _Session(conn)
             try:
-                await transaction.start()
                 try:
-                    yield conn
+                    yield session
                 except BaseException:
-                    await transaction.rollback()
+                    if session.begun:
+                        await conn.execute("ROLLBACK")
                     raise
-                await (transaction.rollback() if rollback else transaction.commit())
+                if session.begun:
+                    await conn.execute("ROLLBACK" if rollback else "COMMIT")
             except BaseException:
                 if conn.is_closed():
                     await lent.invalidate()
                 raise
 
-    async def lock(self, conn: Any, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        buckets = {zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS for zoho_id in zoho_ids}
-        keys = sorted(f"{table.name}:{tenant}:{bucket}" for bucket in buckets)
-        if keys:
-            await conn.fetchval(_ADVISORY_LOCKS, keys)
+    async def lock(self, session: _Session, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
+        """One advisory lock per bucket the ids hash to, taken in sorted order; with BEGIN, if not sent yet."""
+        keys = _lock_keys(table.name, tenant)
+        wanted = sorted({keys[zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS] for zoho_id in zoho_ids})
+        if not wanted:
+            return
+        # The keys are integers computed here, so writing them into the SQL is safe.
+        sql = (
+            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(CAST(ARRAY["
+            + ",".join(map(str, wanted))
+            + "] AS BIGINT[])) AS key ORDER BY key) AS ordered"
+        )
+        if session.begun:
+            await session.conn.execute(sql)
+        else:
+            session.begun = True  # set first: should the lock fail, the transaction still needs a ROLLBACK
+            await session.conn.execute("BEGIN; " + sql)
 
     async def fetch(
-        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+        self, session: _Session, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[Sequence[Any]]:
+        conn = await session.begin()
         rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns)), tenant, list(zoho_ids))
         return rows
 
     async def resolve(
-        self, conn: Any, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+        self, session: _Session, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
         """One `UNION ALL` of (part number, zoho_id, id) over the tables that have ids to resolve."""
         resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
         present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
         if present:
+            conn = await session.begin()
             sql = _resolve_sql(tuple(table.name for _, table, _ in present))
             for index, zoho_id, local_id in await conn.fetch(sql, tenant, *(list(ids) for _, _, ids in present)):
                 resolved[present[index][0]][zoho_id] = local_id
@@ -255,7 +273,7 @@ class PostgresStore:
 
     async def write(
         self,
-        conn: Any,
+        session: _Session,
         table: sa.Table,
         rows: list[dict[str, Any]],
         queue: sa.Table,
@@ -270,18 +288,40 @@ class PostgresStore:
         if len(parts) == 2:
             parts = [f"WITH written AS ({parts[0]}) {parts[1]}"]
         if parts:
-            await conn.execute(parts[0], *params)
+            await (await session.begin()).execute(parts[0], *params)
 
 
-_ADVISORY_LOCKS = (
-    "SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0))) "
-    "FROM (SELECT key FROM unnest(CAST($1 AS TEXT[])) AS key ORDER BY key) AS ordered"
-)
+class _Session:
+    """An asyncpg connection, and whether this batch's BEGIN has been sent on it."""
+
+    __slots__ = ("begun", "conn")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.begun = False
+
+    async def begin(self) -> Any:
+        """The connection, in the batch's transaction."""
+        if not self.begun:
+            self.begun = True
+            await self.conn.execute("BEGIN")
+        return self.conn
+
+
+@functools.lru_cache(maxsize=4096)
+def _lock_keys(table: str, tenant: str) -> tuple[int, ...]:
+    """The advisory lock keys of a table's and tenant's buckets: 64-bit hashes of `table:tenant:bucket`."""
+    return tuple(
+        int.from_bytes(hashlib.blake2b(f"{table}:{tenant}:{bucket}".encode(), digest_size=8).digest(), signed=True)
+        for bucket in range(LOCK_BUCKETS)
+    )
+
+
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _DIALECT.identifier_preparer.quote
 
 
-@cache
+@functools.cache
 def _fetch_sql(columns: tuple[sa.Column[Any], ...]) -> str:
     """`columns` of tenant `$1`'s rows whose zoho_id is in `$2`; built once per column set.
 
@@ -297,7 +337,7 @@ def _fetch_sql(columns: tuple[sa.Column[Any], ...]) -> str:
     )
 
 
-@cache
+@functools.cache
 def _resolve_sql(tables: tuple[str, ...]) -> str:
     """One unique-index probe per id, as in `_fetch_sql`. `$1` is the tenant; `$2`, `$3`... the
     ids wanted of each table, in order."""
@@ -327,7 +367,7 @@ def _unnest_insert(table: sa.Table, rows: list[dict[str, Any]], params: list[Any
     return _unnest_sql(table, names, upsert, tuple(scalars), start)
 
 
-@cache
+@functools.cache
 def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...], start: int) -> str:
     """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST($3 AS T) FROM unnest(CAST($1 AS T[]), ...)`.
 

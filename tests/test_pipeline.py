@@ -324,6 +324,7 @@ async def watch_statements(engine: SyncEngine) -> list[str]:
     control = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "SAVEPOINT", "RELEASE")
 
     def count(statement: str) -> None:
+        statement = statement.removeprefix("BEGIN; ")  # PostgreSQL's locks travel with the BEGIN
         if not statement.lstrip().upper().startswith(control):
             statements.append(statement)
 
