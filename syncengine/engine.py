@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, load_catalog
-from syncengine.pipeline import EntityTables, sync_batch
+from syncengine.pipeline import LOOKUP_CACHE_SECONDS, EntityTables, LookupCache, sync_batch
 from syncengine.report import SyncReport
 from syncengine.store import open_database, store_for
 from syncengine.tables import TENANT_LENGTH, build_metadata
@@ -47,12 +47,15 @@ class SchemaError(RuntimeError):
 class SyncEngine:
     """The pipeline bound to a catalog and a database."""
 
-    def __init__(self, catalog: Catalog, database: AsyncEngine) -> None:
+    def __init__(
+        self, catalog: Catalog, database: AsyncEngine, *, lookup_cache_seconds: float = LOOKUP_CACHE_SECONDS
+    ) -> None:
         self.catalog = catalog
         self.database = database
         self.metadata = build_metadata(catalog)
         self.store = store_for(database)
         self._lanes: dict[tuple[str, str], _Lane] = {}
+        self.lookups = LookupCache(lookup_cache_seconds)
         tables = self.metadata.tables
         self._tables = {
             entity.name: EntityTables(
@@ -143,7 +146,7 @@ class SyncEngine:
         records = itertools.chain.from_iterable(batches)
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
-                report = await sync_batch(conn, self.store, tables, tenant, records)
+                report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups)
         except Exception as error:
             if _is_missing_table(error):
                 raise SchemaError(

@@ -4,7 +4,8 @@ One code path for every entity; the `Entity` descriptor says what to do. A batch
 number of set-based statements, whatever its size:
 
 1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
-2. resolve lookup ids that the stored rows do not already link (one statement for every target);
+2. resolve lookup ids that the stored rows do not already link, and that were not seen live in
+   the last seconds (one statement for every target);
 3. decide every record in input order, in memory, each against the state the one before left;
 4. upsert the final state of every touched row, and queue a delivery for each changed row of an
    entity that lands in Moodle (one statement on PostgreSQL, two on SQLite).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,8 @@ _DATETIME = FIELD_TYPES["datetime"]
 _NO_OPTIONS = Options()
 _IDENTITY = FIELD_TYPES["string"].from_db
 _ABSENT = object()
+#: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
+LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -177,7 +181,42 @@ def _plan(entity: Entity) -> _EntityPlan:
     return plan
 
 
-async def sync_batch(conn: Any, store: Store, tables: EntityTables, tenant: str, records: Iterable[Any]) -> SyncReport:
+class LookupCache:
+    """Local ids of live lookup targets, per tenant and target entity, remembered for `ttl` seconds.
+
+    A batch of new children whose parents were seen in the last seconds then resolves its
+    lookups without a statement. Only ids found live are remembered: a parent that is not
+    synced yet is asked for every time, so it counts as soon as it lands. This process forgets
+    an entity's ids whenever it deletes one of its records; a delete made by another process is
+    seen at the latest `ttl` seconds later (until then a new child may link to the deleted row,
+    as a stored child already does).
+    """
+
+    def __init__(self, ttl: float = LOOKUP_CACHE_SECONDS, limit: int = 200_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._blocks: dict[tuple[str, str], tuple[float, dict[str, int]]] = {}
+
+    def ids(self, tenant: str, target: str) -> dict[str, int]:
+        """The remembered {zoho_id: local id} of one tenant's target; the caller may add to it."""
+        now = time.monotonic()
+        block = self._blocks.get((tenant, target))
+        if block is None or block[0] <= now or len(block[1]) > self.limit:
+            block = self._blocks[(tenant, target)] = (now + self.ttl, {})
+        return block[1]
+
+    def forget(self, tenant: str, target: str) -> None:
+        self._blocks.pop((tenant, target), None)
+
+
+async def sync_batch(
+    conn: Any,
+    store: Store,
+    tables: EntityTables,
+    tenant: str,
+    records: Iterable[Any],
+    lookups: LookupCache | None = None,
+) -> SyncReport:
     """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`)."""
     entity = tables.entity
     plan = _plan(entity)
@@ -185,9 +224,11 @@ async def sync_batch(conn: Any, store: Store, tables: EntityTables, tenant: str,
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
     await store.lock(conn, tables.table, tenant, ids)
     state = await _fetch_state(conn, store, tables, tenant, ids)
-    resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state)
+    resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state, lookups)
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
+    if lookups is not None and "delete" in batch.deliveries.values():
+        lookups.forget(tenant, entity.name)
     now = dt.datetime.now(dt.UTC)
     rows = [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty]
     deliveries = [
@@ -232,11 +273,14 @@ async def _resolve_lookups(
     tenant: str,
     incoming: Sequence[Incoming],
     state: dict[str, Stored],
+    lookups: LookupCache | None,
 ) -> dict[str, dict[str, int]]:
     """Local row ids of the lookup targets, per target entity: {target: {zoho_id: id}}.
 
-    Links the stored rows already hold are reused, so an unchanged batch queries nothing here.
+    Links the stored rows already hold are reused, so an unchanged batch queries nothing here;
+    so are the ids `lookups` remembers.
     """
+    remembered = {target: lookups.ids(tenant, target) if lookups else {} for target in tables.targets}
     resolved: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
     wanted: dict[str, set[str]] = {target: set() for target in tables.targets}
     for stored in state.values():
@@ -247,12 +291,18 @@ async def _resolve_lookups(
     for record in incoming:
         for fld in tables.entity.lookups:
             zoho_id = record.values.get(fld.name)
-            if zoho_id is not None and zoho_id not in resolved[fld.target]:  # type: ignore[index]
+            if zoho_id is None or zoho_id in resolved[fld.target]:  # type: ignore[index]
+                continue
+            local_id = remembered[fld.target].get(zoho_id)  # type: ignore[index]
+            if local_id is not None:
+                resolved[fld.target][zoho_id] = local_id  # type: ignore[index]
+            else:
                 wanted[fld.target].add(zoho_id)  # type: ignore[index]
     if any(wanted.values()):
         query = {target: (tables.targets[target], zoho_ids) for target, zoho_ids in wanted.items()}
         for target, found in (await store.resolve(conn, query, tenant)).items():
             resolved[target].update(found)
+            remembered[target].update(found)
     return resolved
 
 

@@ -355,16 +355,49 @@ async def test_statement_count_does_not_grow_with_the_batch(engine: SyncEngine) 
         assert report.summary["NEW"] == size
         return len(statements)
 
-    await run(1, 9_000)  # opens a connection, and the driver asks the server a few things
+    # The first run opens a connection (the driver asks the server a few things) and resolves
+    # the student and the class, which the engine then remembers for a few seconds.
+    assert await run(1, 9_000) >= 4
     small, large = await run(3, 10_000), await run(2_000, 20_000)
-    # PostgreSQL: lock the ids, fetch stored rows, resolve students and classes, write rows and deliveries.
-    # SQLite: no lock (BEGIN IMMEDIATE), the same reads, then the rows and the deliveries in two statements.
+    # PostgreSQL: lock the ids, fetch stored rows, write rows and deliveries.
+    # SQLite: no lock (BEGIN IMMEDIATE), the same read, then the rows and the deliveries in two statements.
     locks = 1 if engine.database.dialect.name == "postgresql" else 0
-    assert small == large == 4
+    assert small == large == 3
     statements.clear()
     unchanged = await engine.sync("school", "enrollments", [enrollment(str(20_000 + i)) for i in range(2_000)])
     assert unchanged.summary["UNCHANGED"] == 2_000
     assert len(statements) == 1 + locks  # only the fetch: known lookups are not looked up again
+
+
+async def test_lookups_seen_live_are_remembered_for_a_few_seconds(engine: SyncEngine) -> None:
+    await seed(engine)
+    await engine.sync("school", "students", [student("3002")])
+    statements = await watch_statements(engine)
+    resolves = lambda: sum(" AS part" in s for s in statements)  # noqa: E731  (the lookup statement)
+
+    assert statuses(await engine.sync("school", "enrollments", [enrollment("5001")])) == ["NEW"]
+    assert resolves() == 1  # the first time, the student and the class are looked up
+    assert statuses(await engine.sync("school", "enrollments", [enrollment("5002")])) == ["NEW"]
+    assert resolves() == 1  # then remembered
+    # A parent deleted by this process is forgotten at once: its children wait for it again.
+    assert statuses(await engine.sync("school", "students", [{"id": "3001", "$deleted": True}])) == ["DELETED"]
+    report = await engine.sync("school", "enrollments", [enrollment("5003")])
+    assert (statuses(report), report.results[0].reason) == (["SKIPPED"], "student_not_synced_yet")
+    assert resolves() == 2
+    # A parent that was not synced yet is asked for every time, so it counts as soon as it lands.
+    assert statuses(await engine.sync("school", "enrollments", [enrollment("5004", student_id="3003")])) == ["SKIPPED"]
+    await engine.sync("school", "students", [student("3003")])
+    assert statuses(await engine.sync("school", "enrollments", [enrollment("5004", student_id="3003")])) == ["NEW"]
+
+
+async def test_remembered_lookups_expire(engine: SyncEngine) -> None:
+    forgetful = SyncEngine(engine.catalog, engine.database, lookup_cache_seconds=0.05)
+    await seed(forgetful)
+    statements = await watch_statements(forgetful)
+    await forgetful.sync("school", "enrollments", [enrollment("5001")])
+    await asyncio.sleep(0.1)
+    await forgetful.sync("school", "enrollments", [enrollment("5002")])
+    assert sum(" AS part" in s for s in statements) == 2  # the lookup statement, each time
 
 
 async def test_concurrent_batches_with_overlapping_ids_leave_one_row_each(engine: SyncEngine) -> None:
