@@ -55,15 +55,56 @@ class Incoming:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
 class Stored:
-    """A row's state: what the database holds, then what the batch has made of it."""
+    """A row's state: what the database holds, then what the batch has made of it.
 
-    values: dict[str, Any]
-    links: dict[str, int | None]
-    fingerprint: str
-    version: dt.datetime | None
-    deleted: bool
+    A fetched row's values are read out of it only when a decision needs them: an unchanged
+    record is decided on the fingerprint alone, so an UNCHANGED batch builds no value dicts.
+    """
+
+    __slots__ = ("_links", "_row", "_values", "deleted", "fingerprint", "plan", "version")
+
+    def __init__(
+        self,
+        values: dict[str, Any] | None,
+        links: dict[str, int | None] | None,
+        fingerprint: str,
+        version: dt.datetime | None,
+        deleted: bool,
+        *,
+        row: Sequence[Any] = (),
+        plan: _EntityPlan | None = None,
+    ) -> None:
+        self._values, self._links, self._row, self.plan = values, links, row, plan
+        self.fingerprint, self.version, self.deleted = fingerprint, version, deleted
+
+    @property
+    def values(self) -> dict[str, Any]:
+        if self._values is None:
+            plan = self.plan
+            assert plan is not None
+            values = dict(zip(plan.names, self._row[4 : 4 + len(plan.names)], strict=True))
+            for name, convert in plan.converters:
+                if values[name] is not None:
+                    values[name] = convert(values[name])
+            self._values = values
+        return self._values
+
+    @property
+    def links(self) -> dict[str, int | None]:
+        if self._links is None:
+            plan = self.plan
+            assert plan is not None
+            self._links = dict(zip(plan.links, self._row[4 + len(plan.names) :], strict=True))
+        return self._links
+
+    def known_links(self) -> Iterable[tuple[str, Any, int | None]]:
+        """(lookup field, target's zoho id, its local id) of each lookup, without building the values."""
+        plan = self.plan
+        if self._values is None and plan is not None:
+            row = self._row
+            return ((name, row[value], row[link]) for name, value, link in plan.link_positions)
+        return ((name, self.values[name], self.links[name]) for name in (plan.links if plan else self.links))
 
 
 @dataclass(frozen=True)
@@ -158,6 +199,9 @@ class _EntityPlan:
     converters: tuple[tuple[str, Any], ...]
     #: How a row is laid out: (field name, value column, local-id column of a lookup or None).
     columns: tuple[tuple[str, str, str | None], ...]
+    #: The lookup fields, and where a fetched row holds each one's zoho id and local id.
+    links: tuple[str, ...]
+    link_positions: tuple[tuple[str, int, int], ...]
 
 
 _PLANS: dict[int, tuple[Entity, _EntityPlan]] = {}
@@ -176,6 +220,8 @@ def _plan(entity: Entity) -> _EntityPlan:
         defaults=tuple((f.name, f.default) for f in fields if f.default is not None),
         converters=tuple((f.name, f.type.from_db) for f in fields if f.type.from_db is not _IDENTITY),
         columns=tuple((f.name, *lookup_columns(f.name)) if f.is_lookup else (f.name, f.name, None) for f in fields),
+        links=tuple(f.name for f in entity.lookups),
+        link_positions=tuple((f.name, 4 + fields.index(f), 4 + len(fields) + i) for i, f in enumerate(entity.lookups)),
     )
     _PLANS[id(entity)] = (entity, plan)
     return plan
@@ -243,26 +289,14 @@ async def sync_batch(
 async def _fetch_state(conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]) -> dict[str, Stored]:
     if not ids:
         return {}
-    entity = tables.entity
     rows = await store.fetch(conn, tables.fetch_columns, tenant, ids)
-    plan = _plan(entity)
-    names, converters, end = plan.names, plan.converters, 4 + len(plan.names)
-    links = [f.name for f in entity.lookups]
+    plan = _plan(tables.entity)
+    from_db = _DATETIME.from_db
     state = {}
-    for stored_row in rows:
-        row: tuple[Any, ...] = tuple(stored_row)
-        zoho_id, fprint, version, deleted_at = row[:4]
-        values = dict(zip(names, row[4:end], strict=True))
-        for name, convert in converters:
-            if values[name] is not None:
-                values[name] = convert(values[name])
-        state[zoho_id] = Stored(
-            values=values,
-            links=dict(zip(links, row[end:], strict=True)),
-            fingerprint=fprint,
-            version=None if version is None else _DATETIME.from_db(version),
-            deleted=deleted_at is not None,
-        )
+    for row in rows:
+        zoho_id, fprint, version, deleted_at = row[0], row[1], row[2], row[3]
+        version = None if version is None else from_db(version)
+        state[zoho_id] = Stored(None, None, fprint, version, deleted_at is not None, row=row, plan=plan)
     return state
 
 
@@ -283,11 +317,11 @@ async def _resolve_lookups(
     remembered = {target: lookups.ids(tenant, target) if lookups else {} for target in tables.targets}
     resolved: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
     wanted: dict[str, set[str]] = {target: set() for target in tables.targets}
+    targets = {fld.name: fld.target for fld in tables.entity.lookups}
     for stored in state.values():
-        for fld in tables.entity.lookups:
-            zoho_id, local_id = stored.values[fld.name], stored.links[fld.name]
+        for name, zoho_id, local_id in stored.known_links():
             if zoho_id is not None and local_id is not None:
-                resolved[fld.target][zoho_id] = local_id  # type: ignore[index]
+                resolved[targets[name]][zoho_id] = local_id  # type: ignore[index]
     for record in incoming:
         for fld in tables.entity.lookups:
             zoho_id = record.values.get(fld.name)
