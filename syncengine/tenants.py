@@ -14,6 +14,7 @@ eleven a single-record webhook made).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -131,6 +132,7 @@ class KeyCache:
         self.database = database
         self.ttl = ttl
         self._valid: dict[str, tuple[float, Tenant]] = {}
+        self._asking: dict[str, asyncio.Future[Tenant | None]] = {}  # questions in flight
         self._rotations = _rotations
 
     async def authenticate(self, key: str) -> Tenant | None:
@@ -142,7 +144,17 @@ class KeyCache:
         cached = self._valid.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        asking = self._asking.get(digest)
+        if asking is None:  # one question per key at a time, however many requests wait for it
+            asking = self._asking[digest] = asyncio.ensure_future(self._ask(digest))
+            asking.add_done_callback(
+                lambda done: (self._asking.pop(digest, None), done.cancelled() or done.exception())
+            )
+        return await asyncio.shield(asking)
+
+    async def _ask(self, digest: str) -> Tenant | None:
         tenant = await _tenant_of(self.database, digest)
+        now = time.monotonic()
         if tenant is None:
             self._valid.pop(digest, None)
         else:

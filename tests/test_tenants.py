@@ -126,3 +126,36 @@ async def test_key_cache_trusts_a_key_briefly_and_forgets_it_on_rotation(
     rotated = await rotate_key(database, "a")
     assert await keys.authenticate("sk_elsewhere") is None
     assert (await keys.authenticate(rotated)).name == "a"  # type: ignore[union-attr]
+
+
+async def test_key_cache_asks_once_for_many_concurrent_requests(
+    databases: Databases, dialect: str, catalog: object
+) -> None:
+    database = await databases.create(dialect, catalog)  # type: ignore[arg-type]
+    key = await add_tenant(database, "a")
+    asked: list[str] = []
+    sa.event.listen(
+        database.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: asked.append(statement) if "syncengine_tenants" in statement else None,
+    )
+    keys = KeyCache(database)
+    tenants = await asyncio.gather(*(keys.authenticate(key) for _ in range(20)))
+    assert {tenant.name for tenant in tenants if tenant is not None} == {"a"} and None not in tenants
+    assert len(asked) == 1
+    # Unknown keys are asked about once per burst too, and are not remembered.
+    assert await asyncio.gather(*(keys.authenticate("sk_unknown") for _ in range(5))) == [None] * 5
+    assert len(asked) == 2
+    assert await keys.authenticate("sk_unknown") is None
+    assert len(asked) == 3
+
+
+async def test_a_caller_giving_up_does_not_fail_the_others(databases: Databases, dialect: str, catalog: object) -> None:
+    database = await databases.create(dialect, catalog)  # type: ignore[arg-type]
+    key = await add_tenant(database, "a")
+    keys = KeyCache(database)
+    first = asyncio.ensure_future(keys.authenticate(key))
+    others = [asyncio.ensure_future(keys.authenticate(key)) for _ in range(3)]
+    await asyncio.sleep(0)
+    first.cancel()
+    assert [tenant.name for tenant in await asyncio.gather(*others)] == ["a"] * 3  # type: ignore[union-attr]
