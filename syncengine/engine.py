@@ -5,14 +5,17 @@ report = await engine.sync("default", entity_name, records, dry_run=True)
 print(report.summary)
 await engine.close()
 
-Concurrent syncs of one tenant's entity share transactions (group commit). While a batch of a
-(tenant, entity) runs, further calls wait; when it ends, every call waiting then (up to
-`GROUP_RECORDS` records) runs as the next batch: one lock, fetch, resolve and write, and one
-COMMIT, for what would have been many. Calls are applied in the order they arrived, each gets
-the results of its own records, exactly as if the calls had run one after another, and a call
-never waits for a timer: with nothing running it starts at once. Should a shared transaction
-fail, each of its calls is run again on its own, so one call's failure is never another's.
-Dry runs always run alone.
+Concurrent syncs of one tenant's entity share transactions (group commit). Calls of a (tenant,
+entity) form a lane: a call that finds its lane free starts at once; otherwise it waits, and the
+calls waiting (up to `GROUP_RECORDS` records) run together as the lane's next batch: one lock,
+fetch, resolve and write, and one COMMIT, for what would have been many. On PostgreSQL the next
+batch starts as soon as the one before has written (the store's `lane_depth` says how many may
+be in flight), so that its Python overlaps the COMMIT; the one before still holds its locks
+then, so a batch touching the same records waits for it to commit. Calls are applied in the
+order they arrived, each getting the results of its own records, exactly as if the calls had
+run one after another. No call waits for a timer. Should a shared transaction fail, each of its
+calls is run again on its own, so one call's failure is never another's (those retries may land
+after the batch that followed). Dry runs always run alone.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import datetime as dt
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +88,15 @@ class SyncEngine:
         if dry_run:
             (report,) = await self._transaction(tables, tenant, [batch], dry_run=True)
             return report
-        lane = self._lanes.setdefault((tenant, tables.entity.name), _Lane())
-        if not lane.busy:
-            lane.busy = True
+        lane = self._lanes.get((tenant, tables.entity.name))
+        if lane is None:
+            lane = self._lanes[(tenant, tables.entity.name)] = _Lane((tables, tenant), self.store.lane_depth)
+        if lane.may_start() and not lane.waiting:
+            token = lane.start()
             try:
-                (report,) = await self._transaction(tables, tenant, [batch])
+                (report,) = await self._transaction(tables, tenant, [batch], on_written=self._opener(lane, token))
             finally:
-                lane.busy = False
+                lane.finish(token)
                 self._start_waiting(lane, tables, tenant)
             return report
         call = _Call(batch, asyncio.get_running_loop().create_future())
@@ -100,7 +105,7 @@ class SyncEngine:
 
     def _start_waiting(self, lane: _Lane, tables: EntityTables, tenant: str) -> None:
         """Run the calls that waited, in arrival order, as the lane's next batch."""
-        while lane.waiting and not lane.busy:
+        while lane.waiting and lane.may_start():
             group: list[_Call] = []
             size = 0
             while lane.waiting and (not group or size + len(lane.waiting[0].records) <= GROUP_RECORDS):
@@ -109,14 +114,28 @@ class SyncEngine:
                     group.append(call)
                     size += len(call.records)
             if group:
-                lane.busy = True
-                lane.tasks.add(task := asyncio.create_task(self._run_group(lane, tables, tenant, group)))
+                token = lane.start()
+                run = self._run_group(lane, token, tables, tenant, group)
+                lane.tasks.add(task := asyncio.create_task(run))
                 task.add_done_callback(lane.tasks.discard)
 
-    async def _run_group(self, lane: _Lane, tables: EntityTables, tenant: str, group: list[_Call]) -> None:
+    def _opener(self, lane: _Lane, token: object) -> Callable[[], None]:
+        """What a batch calls once it has written: the lane may start its next batch."""
+
+        def written() -> None:
+            if lane.opening is token:
+                lane.opening = None
+                self._start_waiting(lane, *lane.context)
+
+        return written
+
+    async def _run_group(
+        self, lane: _Lane, token: object, tables: EntityTables, tenant: str, group: list[_Call]
+    ) -> None:
         try:
             try:
-                reports = await self._transaction(tables, tenant, [call.records for call in group])
+                batches = [call.records for call in group]
+                reports = await self._transaction(tables, tenant, batches, on_written=self._opener(lane, token))
             except Exception as error:
                 if len(group) == 1:
                     _settle(group[0], error=error)
@@ -136,17 +155,23 @@ class SyncEngine:
                 _settle(call, error=RuntimeError("the service stopped before this batch was synced; send it again"))
             raise
         finally:
-            lane.busy = False
+            lane.finish(token)
             self._start_waiting(lane, tables, tenant)
 
     async def _transaction(
-        self, tables: EntityTables, tenant: str, batches: list[list[Any]], *, dry_run: bool = False
+        self,
+        tables: EntityTables,
+        tenant: str,
+        batches: list[list[Any]],
+        *,
+        dry_run: bool = False,
+        on_written: Callable[[], None] | None = None,
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch."""
         records = itertools.chain.from_iterable(batches)
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
-                report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups)
+                report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups, on_written)
         except Exception as error:
             if _is_missing_table(error):
                 raise SchemaError(
@@ -224,11 +249,28 @@ class _Call:
 
 @dataclass(slots=True)
 class _Lane:
-    """Whether a batch of one (tenant, entity) is running, and the calls waiting for it to end."""
+    """The batches of one (tenant, entity) in flight, and the calls waiting to run."""
 
-    busy: bool = False
+    context: tuple[EntityTables, str]
+    depth: int
+    running: int = 0
+    #: The batch started last, until it has written: the next may not start before.
+    opening: object | None = None
     waiting: deque[_Call] = field(default_factory=deque)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def may_start(self) -> bool:
+        return self.opening is None and self.running < self.depth
+
+    def start(self) -> object:
+        self.running += 1
+        self.opening = token = object()
+        return token
+
+    def finish(self, token: object) -> None:
+        self.running -= 1
+        if self.opening is token:
+            self.opening = None
 
 
 def _settle(call: _Call, report: SyncReport | None = None, *, error: BaseException | None = None) -> None:

@@ -20,7 +20,7 @@ import datetime as dt
 import functools
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,8 +262,14 @@ async def sync_batch(
     tenant: str,
     records: Iterable[Any],
     lookups: LookupCache | None = None,
+    on_written: Callable[[], None] | None = None,
 ) -> SyncReport:
-    """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`)."""
+    """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`).
+
+    `on_written` is called once the batch has written, with only the COMMIT to come; it still
+    holds its locks, so a batch started from then on that touches the same records waits for
+    this one to commit.
+    """
     entity = tables.entity
     plan = _plan(entity)
     incoming = [_parse(entity, plan, raw) for raw in records]
@@ -283,6 +289,8 @@ async def sync_batch(
         for zoho_id, operation in (batch.deliveries.items() if entity.moodle is not None else ())
     ]
     await store.write(conn, tables.table, rows, tables.outbox, deliveries)
+    if on_written is not None:
+        on_written()
     return SyncReport(entity.name, entity.id_key, results)
 
 

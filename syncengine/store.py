@@ -42,6 +42,9 @@ NATURAL_KEY = ("tenant_id", "zoho_id")
 class Store(Protocol):
     """A dialect's statements; `conn` is what `transaction` yields, the store's own handle."""
 
+    #: Batches of one tenant's entity worth having in flight at once (see engine.py's lanes).
+    lane_depth: int
+
     def transaction(
         self, database: AsyncEngine, *, rollback: bool = False
     ) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -139,6 +142,9 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
 
 class SqliteStore:
+    #: One: a second writer would only poll for the file's lock (SQLite's busy handler sleeps).
+    lane_depth = 1
+
     @contextlib.asynccontextmanager
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[AsyncConnection]:
         async with database.connect() as conn, conn.begin() as transaction:
@@ -206,6 +212,9 @@ def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect
 
 
 class PostgresStore:
+    #: Two: the next batch's Python runs while this one's COMMIT waits for the server's disk.
+    lane_depth = 2
+
     @contextlib.asynccontextmanager
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[_Session]:
         """The pooled connection's asyncpg connection, with a transaction of our own on it.
