@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from syncengine.descriptors import Entity, lookup_columns
 from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options, check_id
 from syncengine.report import FieldError, RecordResult, SyncReport
-from syncengine.store import Store
+from syncengine.store import Rows, Store
 
 #: A record carrying `"$deleted": true` is a deletion in the source (see payloads.py).
 DELETED_KEY = "$deleted"
@@ -39,6 +39,8 @@ _DATETIME = FIELD_TYPES["datetime"]
 _NO_OPTIONS = Options()
 _IDENTITY = FIELD_TYPES["string"].from_db
 _ABSENT = object()
+#: The columns of an outbox row, in the order `sync_batch` gives their values.
+OUTBOX_COLUMNS = ("tenant_id", "entity", "zoho_id", "operation", "next_attempt_at", "created_at")
 #: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
 LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder(order="sorted").encode
@@ -199,6 +201,8 @@ class _EntityPlan:
     converters: tuple[tuple[str, Any], ...]
     #: How a row is laid out: (field name, value column, local-id column of a lookup or None).
     columns: tuple[tuple[str, str, str | None], ...]
+    #: The columns of a written row, in the order `_Batch.row` gives its values.
+    row_names: tuple[str, ...]
     #: The lookup fields, and where a fetched row holds each one's zoho id and local id.
     links: tuple[str, ...]
     link_positions: tuple[tuple[str, int, int], ...]
@@ -220,6 +224,12 @@ def _plan(entity: Entity) -> _EntityPlan:
         defaults=tuple((f.name, f.default) for f in fields if f.default is not None),
         converters=tuple((f.name, f.type.from_db) for f in fields if f.type.from_db is not _IDENTITY),
         columns=tuple((f.name, *lookup_columns(f.name)) if f.is_lookup else (f.name, f.name, None) for f in fields),
+        row_names=(
+            "tenant_id",
+            "zoho_id",
+            *(name for f in fields for name in (lookup_columns(f.name) if f.is_lookup else (f.name,))),
+            *("fingerprint", "source_version", "created_at", "updated_at", "deleted_at"),
+        ),
         links=tuple(f.name for f in entity.lookups),
         link_positions=tuple((f.name, 4 + fields.index(f), 4 + len(fields) + i) for i, f in enumerate(entity.lookups)),
     )
@@ -282,13 +292,16 @@ async def sync_batch(
     if lookups is not None and "delete" in batch.deliveries.values():
         lookups.forget(tenant, entity.name)
     now = dt.datetime.now(dt.UTC)
-    rows = [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty]
-    deliveries = [
-        {"tenant_id": tenant, "entity": entity.name, "zoho_id": zoho_id, "operation": operation}
-        | {"next_attempt_at": now, "created_at": now}
-        for zoho_id, operation in (batch.deliveries.items() if entity.moodle is not None else ())
-    ]
-    await store.write(conn, tables.table, rows, tables.outbox, deliveries)
+    rows = Rows(tables.table, plan.row_names, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
+    deliveries = Rows(
+        tables.outbox,
+        OUTBOX_COLUMNS,
+        [
+            (tenant, entity.name, zoho_id, operation, now, now)
+            for zoho_id, operation in (batch.deliveries.items() if entity.moodle is not None else ())
+        ],
+    )
+    await store.write(conn, rows, deliveries)
     if on_written is not None:
         on_written()
     return SyncReport(entity.name, entity.id_key, results)
@@ -411,21 +424,17 @@ class _Batch:
         }
         return RecordResult(record.zoho_id, "UPDATED", f"updated {', '.join(changes)}", changes=changes)
 
-    def row(self, tenant: str, zoho_id: str, now: dt.datetime) -> dict[str, Any]:
-        """The final state of a touched row, as its table's columns."""
+    def row(self, tenant: str, zoho_id: str, now: dt.datetime) -> tuple[Any, ...]:
+        """The final state of a touched row, in the order of the plan's `row_names`."""
         stored = self.state[zoho_id]
-        row: dict[str, Any] = {"tenant_id": tenant, "zoho_id": zoho_id}
+        row: list[Any] = [tenant, zoho_id]
         values, links = stored.values, stored.links
-        for name, value_column, local_column in self.plan.columns:
-            row[value_column] = values[name]
+        for name, _, local_column in self.plan.columns:
+            row.append(values[name])
             if local_column is not None:
-                row[local_column] = links[name]
-        row["fingerprint"] = stored.fingerprint
-        row["source_version"] = stored.version
-        row["created_at"] = now
-        row["updated_at"] = now
-        row["deleted_at"] = now if stored.deleted else None
-        return row
+                row.append(links[name])
+        row += (stored.fingerprint, stored.version, now, now, now if stored.deleted else None)
+        return tuple(row)
 
     def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
         plan = self.plan

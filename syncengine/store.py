@@ -25,6 +25,7 @@ import functools
 import hashlib
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -63,16 +64,18 @@ class Store(Protocol):
     ) -> dict[str, dict[str, int]]:
         """Local ids of live rows, for each of several tables at once: {name: {zoho_id: id}}."""
 
-    async def write(
-        self,
-        conn: Any,
-        table: sa.Table,
-        rows: list[dict[str, Any]],
-        queue: sa.Table,
-        queued: list[dict[str, Any]],
-    ) -> None:
-        """Upsert `rows` into `table` (every given column but `created_at` is updated where the
-        natural key exists) and insert `queued` into `queue`."""
+    async def write(self, conn: Any, rows: Rows, queued: Rows) -> None:
+        """Upsert `rows` (every given column but `created_at` is updated where the natural key
+        exists) and insert `queued` (the outbox rows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows for one table: its column names, and one tuple of values per row in that order."""
+
+    table: sa.Table
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
 
 
 def database_url(url: str) -> str:
@@ -176,18 +179,13 @@ class SqliteStore:
                 resolved[present[index][0]][zoho_id] = local_id
         return resolved
 
-    async def write(
-        self,
-        conn: AsyncConnection,
-        table: sa.Table,
-        rows: list[dict[str, Any]],
-        queue: sa.Table,
-        queued: list[dict[str, Any]],
-    ) -> None:
-        if rows:
-            await conn.execute(_sqlite_upsert(table, tuple(rows[0])), rows)
-        if queued:
-            await conn.execute(queue.insert(), queued)
+    async def write(self, conn: AsyncConnection, rows: Rows, queued: Rows) -> None:
+        if rows.values:
+            params = [dict(zip(rows.names, row, strict=True)) for row in rows.values]
+            await conn.execute(_sqlite_upsert(rows.table, rows.names), params)
+        if queued.values:
+            params = [dict(zip(queued.names, row, strict=True)) for row in queued.values]
+            await conn.execute(queued.table.insert(), params)
 
 
 @functools.cache
@@ -280,20 +278,13 @@ class PostgresStore:
                 resolved[present[index][0]][zoho_id] = local_id
         return resolved
 
-    async def write(
-        self,
-        session: _Session,
-        table: sa.Table,
-        rows: list[dict[str, Any]],
-        queue: sa.Table,
-        queued: list[dict[str, Any]],
-    ) -> None:
-        """One statement: `WITH written AS (INSERT ... ON CONFLICT ...) INSERT INTO queue ...`."""
+    async def write(self, session: _Session, rows: Rows, queued: Rows) -> None:
+        """One statement: `WITH written AS (INSERT ... ON CONFLICT ...) INSERT INTO outbox ...`."""
         parts: list[str] = []
         params: list[Any] = []
-        for target, items, upsert in ((table, rows, True), (queue, queued, False)):
-            if items:
-                parts.append(_unnest_insert(target, items, params, upsert=upsert))
+        for items, upsert in ((rows, True), (queued, False)):
+            if items.values:
+                parts.append(_unnest_insert(items, params, upsert=upsert))
         if len(parts) == 2:
             parts = [f"WITH written AS ({parts[0]}) {parts[1]}"]
         if parts:
@@ -358,22 +349,27 @@ def _resolve_sql(tables: tuple[str, ...]) -> str:
     )
 
 
-def _unnest_insert(table: sa.Table, rows: list[dict[str, Any]], params: list[Any], *, upsert: bool) -> str:
+def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
     """The SQL that inserts (or upserts) `rows` from arrays; their values are appended to `params`."""
-    names = tuple(rows[0])
     start = len(params) + 1
     scalars = []
-    for name in names:
-        values = [row[name] for row in rows]
-        if isinstance(table.c[name].type, sa.JSON):
+    json_columns = _json_columns(rows.table)
+    for name, column in zip(rows.names, zip(*rows.values, strict=True), strict=True):
+        values = list(column)
+        if name in json_columns:
             values = [None if value is None else _json_text(value) for value in values]
         # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
         scalar = len(values) > 1 and values.count(values[0]) == len(values)
         scalars.append(scalar)
         params.append(values[0] if scalar else values)
     if all(scalars):
-        scalars[0], params[start - 1] = False, [params[start - 1]] * len(rows)
-    return _unnest_sql(table, names, upsert, tuple(scalars), start)
+        scalars[0], params[start - 1] = False, [params[start - 1]] * len(rows.values)
+    return _unnest_sql(rows.table, rows.names, upsert, tuple(scalars), start)
+
+
+@functools.cache
+def _json_columns(table: sa.Table) -> frozenset[str]:
+    return frozenset(column.name for column in table.columns if isinstance(column.type, sa.JSON))
 
 
 @functools.cache
