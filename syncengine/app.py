@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import time
@@ -113,6 +114,10 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # What is loaded by now (modules, the app, the catalog) lives as long as the process:
+        # out of the garbage collector's view, full collections walk only what requests make.
+        gc.collect()
+        gc.freeze()
         purger = asyncio.create_task(_purge_expired_keys(service))
         try:
             yield

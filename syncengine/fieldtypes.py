@@ -187,9 +187,10 @@ def _lookup(raw: Any, options: Options) -> str:
     value = raw.get("id") if isinstance(raw, dict) else raw
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.strip():
+    value = value.strip() if isinstance(value, str) else None
+    if not value:
         raise ValueError(f'expected a record id or {{"id": ...}}, got {_kind(raw)}')
-    return check_id(value.strip())
+    return check_id(value)
 
 
 def check_id(value: str) -> str:

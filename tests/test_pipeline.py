@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from typing import Any
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 
 from syncengine.engine import SyncEngine
+from syncengine.pipeline import fingerprint, parse_record
 from syncengine.report import SyncReport
 from tests.conftest import count_rows
 from tests.records import class_, enrollment, program, student, teacher
@@ -441,3 +444,19 @@ async def test_concurrent_large_batches_do_not_exhaust_locks(engine: SyncEngine)
     batches = [[student(str(100_000 + n * 5_000 + i)) for i in range(5_000)] for n in range(4)]
     reports = await asyncio.gather(*(engine.sync("school", "students", batch) for batch in batches))
     assert [report.summary["NEW"] for report in reports] == [5_000] * 4
+
+
+def test_the_fingerprint_is_sha256_of_the_sorted_json_of_non_empty_values_by_zoho_name(catalog: Any) -> None:
+    """Stored fingerprints outlive releases: this definition must never change by accident."""
+    entity = catalog.entity("students")
+    record = parse_record(entity, student("3001", Phone_Number="-None-", Birth_Date="2001-04-12"))
+    assert not record.errors
+    values = {f.name: record.values.get(f.name) for f in entity.fields}
+    by_zoho_name = {f.source: values[f.name] for f in entity.fields if values[f.name] is not None}
+    expected = hashlib.sha256(msgspec.json.encode(by_zoho_name, order="sorted")).hexdigest()
+    assert fingerprint(entity, values) == expected
+    assert list(by_zoho_name) != sorted(by_zoho_name)  # the descriptor's order is not the sorted one
+    # One value of it, written out, so that an encoder change shows too.
+    assert fingerprint(entity, {f.name: None for f in entity.fields} | {"first_name": "Ayşe"}) == (
+        hashlib.sha256('{"First_Name":"Ayşe"}'.encode()).hexdigest()
+    )
