@@ -13,9 +13,11 @@ batch starts as soon as the one before has written (the store's `lane_depth` say
 be in flight), so that its Python overlaps the COMMIT; the one before still holds its locks
 then, so a batch touching the same records waits for it to commit. Calls are applied in the
 order they arrived, each getting the results of its own records, exactly as if the calls had
-run one after another. No call waits for a timer. Should a shared transaction fail, each of its
-calls is run again on its own, so one call's failure is never another's (those retries may land
-after the batch that followed). Dry runs always run alone.
+run one after another. No call waits for a timer. A call's records are parsed and validated as
+it arrives, before it waits: that needs no database, so it overlaps the batch in flight. Should
+a shared transaction fail, each of its calls is run again on its own, so one call's failure is
+never another's (those retries may land after the batch that followed). Dry runs always run
+alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, load_catalog
-from syncengine.pipeline import LOOKUP_CACHE_SECONDS, EntityTables, LookupCache, sync_batch
+from syncengine.pipeline import LOOKUP_CACHE_SECONDS, EntityTables, Incoming, LookupCache, parse_records, sync_batch
 from syncengine.report import SyncReport
 from syncengine.store import open_database, store_for
 from syncengine.tables import TENANT_LENGTH, build_metadata
@@ -84,7 +86,7 @@ class SyncEngine:
         tables = self._tables.get(entity) or self._tables[self.catalog.entity(entity).name]
         if not tenant or len(tenant) > TENANT_LENGTH:
             raise ValueError(f"a tenant name is 1 to {TENANT_LENGTH} characters, got {tenant!r}")
-        batch = list(records)
+        batch = parse_records(tables.entity, records)
         if dry_run:
             (report,) = await self._transaction(tables, tenant, [batch], dry_run=True)
             return report
@@ -162,13 +164,13 @@ class SyncEngine:
         self,
         tables: EntityTables,
         tenant: str,
-        batches: list[list[Any]],
+        batches: list[list[Incoming]],
         *,
         dry_run: bool = False,
         on_written: Callable[[], None] | None = None,
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch."""
-        records = itertools.chain.from_iterable(batches)
+        records = batches[0] if len(batches) == 1 else list(itertools.chain.from_iterable(batches))
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
                 report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups, on_written)
@@ -243,7 +245,7 @@ class SyncEngine:
 class _Call:
     """A call waiting for its lane's running batch to end."""
 
-    records: list[Any]
+    records: list[Incoming]
     report: asyncio.Future[SyncReport]
 
 

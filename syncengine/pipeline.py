@@ -133,6 +133,12 @@ def parse_record(entity: Entity, raw: Any) -> Incoming:
     return _parse(entity, _plan(entity), raw)
 
 
+def parse_records(entity: Entity, records: Iterable[Any]) -> list[Incoming]:
+    """`parse_record` for each record: the pipeline's first step, which needs no database."""
+    plan = _plan(entity)
+    return [_parse(entity, plan, raw) for raw in records]
+
+
 def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else "null" if raw is None else type(raw).__name__
@@ -272,11 +278,12 @@ async def sync_batch(
     store: Store,
     tables: EntityTables,
     tenant: str,
-    records: Iterable[Any],
+    incoming: Sequence[Incoming],
     lookups: LookupCache | None = None,
     on_written: Callable[[], None] | None = None,
 ) -> SyncReport:
-    """Run the pipeline on one batch inside the caller's transaction (`conn`, from `store.transaction`).
+    """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
+    caller's transaction (`conn`, from `store.transaction`).
 
     `on_written` is called once the batch has written, with only the COMMIT to come; it still
     holds its locks, so a batch started from then on that touches the same records waits for
@@ -284,7 +291,6 @@ async def sync_batch(
     """
     entity = tables.entity
     plan = _plan(entity)
-    incoming = [_parse(entity, plan, raw) for raw in records]
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
     await store.lock(conn, tables.table, tenant, ids)
     state = await _fetch_state(conn, store, tables, tenant, ids)
