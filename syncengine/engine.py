@@ -170,7 +170,7 @@ class SyncEngine:
         on_written: Callable[[], None] | None = None,
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch."""
-        records = batches[0] if len(batches) == 1 else list(itertools.chain.from_iterable(batches))
+        records = list(itertools.chain.from_iterable(batches))
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
                 report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups, on_written)
