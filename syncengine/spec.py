@@ -7,6 +7,7 @@ checker (`descriptors.py`) walks them to report every problem with its position,
 
 from __future__ import annotations
 
+import inspect
 import typing
 from typing import Any, Literal
 
@@ -79,6 +80,10 @@ class DescriptorFile(Spec, kw_only=True, frozen=True):
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of `entities.yaml`, for editors (yaml-language-server and the like)."""
     schema = msgspec.json.schema(DescriptorFile)
+    for definition in schema["$defs"].values():
+        # msgspec 0.23 dedents docstrings and earlier versions did not: the same text either way.
+        if "description" in definition:
+            definition["description"] = inspect.cleandoc(definition["description"])
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "syncengine entities.yaml"
     return schema
