@@ -21,14 +21,16 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
+from msgspec import UNSET, UnsetType
+from msgspec.structs import asdict
 
-from syncengine.descriptors import Entity, lookup_columns
-from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, Options, check_id
+from syncengine.descriptors import Entity, Field, lookup_columns
+from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, Options, check_id, finish_datetime
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Rows, Store
 
@@ -46,15 +48,17 @@ LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(slots=True)
-class Incoming:
-    """A record after parsing and validation: what it says, and what is wrong with it."""
+class Incoming(msgspec.Struct):
+    """A record after parsing and validation: what it says, and what is wrong with it.
+
+    A Struct rather than a dataclass: it is made once per record, and msgspec makes it in C.
+    """
 
     zoho_id: str | None
     values: dict[str, Any]
     version: dt.datetime | None = None
     delete: bool = False
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Stored:
@@ -140,6 +144,43 @@ def parse_records(entity: Entity, records: Iterable[Any]) -> list[Incoming]:
 
 
 def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
+    if plan.fast is not None and raw.__class__ is dict:
+        try:
+            return _parse_fast(plan, raw)
+        except (ValueError, OverflowError):  # msgspec's ValidationError is a ValueError
+            pass
+    return _parse_slow(entity, plan, raw)
+
+
+def _parse_fast(plan: _EntityPlan, raw: dict[str, Any]) -> Incoming:
+    """A clean record, validated by msgspec in C against a Struct made from the descriptor.
+
+    Whatever it accepts, `_parse_slow` accepts with the same result (a differential test holds
+    them to it); anything else raises ValueError (or OverflowError) and goes the slow way, as
+    deletions do.
+    """
+    if raw.get(DELETED_KEY) is True:
+        raise ValueError("a deletion")
+    values = asdict(msgspec.convert(raw, plan.fast, strict=True))
+    zoho_id = values.pop("ID")
+    if zoho_id.strip() != zoho_id or "\x00" in zoho_id:
+        raise ValueError("an id to strip or to refuse")
+    version = values.pop("VERSION", None)
+    if version is not None:
+        version = None if version is UNSET else finish_datetime(version)
+    if UNSET in values.values():
+        values = {name: value for name, value in values.items() if value is not UNSET}
+    for name, finish in plan.fast_finishers:
+        value = values.get(name)
+        if value is not None:
+            values[name] = finish(value)
+    incoming = Incoming(zoho_id, values, version, False, {})
+    if plan.slow_parsers:
+        _parse_fields(plan.slow_parsers, raw, incoming)
+    return incoming
+
+
+def _parse_slow(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else "null" if raw is None else type(raw).__name__
         return Incoming(None, {}, errors={"(record)": f"expected a JSON object, got {kind}"})
@@ -158,10 +199,14 @@ def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
                 incoming.version = _DATETIME.parse(raw_version, _NO_OPTIONS)
             except ValueError as error:
                 incoming.errors[entity.version_field] = str(error)
-    if incoming.delete:
-        return incoming
+    if not incoming.delete:
+        _parse_fields(plan.parsers, raw, incoming)
+    return incoming
+
+
+def _parse_fields(parsers: Sequence[tuple[str, str, Any, Options]], raw: dict[str, Any], incoming: Incoming) -> None:
     values = incoming.values
-    for name, source, parse, options in plan.parsers:
+    for name, source, parse, options in parsers:
         value = raw.get(source, _ABSENT)
         if value is _ABSENT:
             continue
@@ -174,7 +219,6 @@ def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
             incoming.errors[source] = str(error)
         else:
             values[name] = None if parsed == "" or parsed == [] else parsed
-    return incoming
 
 
 def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
@@ -201,6 +245,11 @@ class _EntityPlan:
     """What the per-record loops need of an entity, looked up once instead of per record."""
 
     parsers: tuple[tuple[str, str, Any, Options], ...]
+    #: The fast path (`_parse_fast`): a Struct of (id, version, the fields with a fast type), the
+    #: name and finisher of each of those fields, and the parsers of the others. None: no fast path.
+    fast: type[msgspec.Struct] | None
+    fast_finishers: tuple[tuple[str, Callable[[Any], Any]], ...]
+    slow_parsers: tuple[tuple[str, str, Any, Options], ...]
     #: (Zoho name, field name), sorted by Zoho name: the fingerprint's key order.
     sources: tuple[tuple[str, str], ...]
     names: tuple[str, ...]
@@ -224,8 +273,13 @@ def _plan(entity: Entity) -> _EntityPlan:
     if cached is not None and cached[0] is entity:
         return cached[1]
     fields = entity.fields
+    fast_types = {f.name: f.type.fast(f.options) for f in fields}
+    fast = tuple((f, kind) for f in fields if (kind := fast_types[f.name]) is not None)
     plan = _EntityPlan(
         parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields),
+        fast=_fast_struct(entity, tuple((f, kind[0]) for f, kind in fast)),
+        fast_finishers=tuple((f.name, kind[1]) for f, kind in fast if kind[1] is not None),
+        slow_parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields if fast_types[f.name] is None),
         sources=tuple(sorted((f.source, f.name) for f in fields)),
         names=tuple(f.name for f in fields),
         required=tuple(f.name for f in fields if f.required),
@@ -243,6 +297,27 @@ def _plan(entity: Entity) -> _EntityPlan:
     )
     _PLANS[id(entity)] = (entity, plan)
     return plan
+
+
+def _fast_struct(entity: Entity, fields: tuple[tuple[Field, Any], ...]) -> type[msgspec.Struct] | None:
+    """The Struct `_parse_fast` converts a record to: its id (as `ID`), its version (as
+    `VERSION`, where the entity has one), then each of `fields` (a field and its msgspec type),
+    under its own name, absent (UNSET) or null as the record says. Field names are lower case."""
+    keys = ["id", *([entity.version_field] if entity.version_field else []), *(f.source for f, _ in fields)]
+    if len(set(keys)) != len(keys) or DELETED_KEY in keys:
+        return None  # a descriptor naming the same key twice: parse the slow way only
+    optional = [
+        *([("VERSION", entity.version_field, str)] if entity.version_field else []),
+        *((f.name, f.source, kind) for f, kind in fields),
+    ]
+    return msgspec.defstruct(
+        f"{entity.name}_fast",
+        [
+            ("ID", Annotated[str, msgspec.Meta(min_length=1, max_length=ID_LENGTH)]),
+            *((name, kind | None | UnsetType, UNSET) for name, _, kind in optional),
+        ],
+        rename={"ID": "id", **{name: source for name, source, _ in optional}},
+    )
 
 
 class LookupCache:
