@@ -7,6 +7,9 @@ Accepted, as JSON:
   deletions become delete records, updates become patches of their `affected_values`.
 As a form (`application/x-www-form-urlencoded`): one record, as a workflow webhook sends it;
 `zoho_id` names the record and `event=delete` makes it a deletion.
+
+The records of an array or an envelope stay JSON text (`msgspec.Raw`) until the pipeline decodes
+each straight into its entity's Struct (`pipeline.parse_records`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from syncengine.pipeline import DELETED_KEY
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _decode = msgspec.json.Decoder().decode
+_decode_array = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_FIRST_BYTE = re.compile(rb"\s*(.)", re.DOTALL)
+
+
+class _Envelope(msgspec.Struct):
+    data: list[msgspec.Raw]
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _SHAPES = '{"data": [records]}, [records] or one record object'
 _BYTE = re.compile(r"\(byte (\d+)\)")
 
@@ -46,6 +58,20 @@ def parse_json(body: bytes | str) -> Any:
         column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
         reason = _BYTE.sub("", message).replace("JSON is malformed: ", "").strip()
         raise PayloadError(f"malformed JSON at line {line}, column {column}: {reason}") from None
+
+
+def _json_records(body: bytes) -> list[Any]:
+    """The records of a JSON body in any accepted shape; those of an array or an envelope as
+    their JSON text (`msgspec.Raw`). Anything else, or anything wrong, takes `parse_json`."""
+    first = _FIRST_BYTE.match(body)
+    try:
+        if first is not None and first.group(1) == b"[":
+            return _decode_array(body)
+        if first is not None and first.group(1) == b"{" and b'"data"' in body:
+            return _decode_envelope(body).data
+    except msgspec.DecodeError:
+        pass
+    return records_from_json(parse_json(body))
 
 
 def records_from_json(document: Any) -> list[Any]:
@@ -79,7 +105,7 @@ def parse_body(body: bytes, content_type: str | None = "application/json") -> li
     media_type = (content_type or "application/json").split(";")[0].strip().lower()
     if media_type == FORM_CONTENT_TYPE:
         return records_from_form(body)
-    return records_from_json(parse_json(body))
+    return _json_records(body)
 
 
 def _notification(document: dict[str, Any]) -> list[Any]:

@@ -30,7 +30,7 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import asdict
 
 from syncengine.descriptors import Entity, Field, lookup_columns
-from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, Options, check_id, finish_datetime
+from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, FastType, Options, check_id, finish_datetime
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Rows, Store
 
@@ -46,6 +46,7 @@ OUTBOX_COLUMNS = ("tenant_id", "entity", "zoho_id", "operation", "next_attempt_a
 #: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
 LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 class Incoming(msgspec.Struct):
@@ -138,30 +139,40 @@ def parse_record(entity: Entity, raw: Any) -> Incoming:
 
 
 def parse_records(entity: Entity, records: Iterable[Any]) -> list[Incoming]:
-    """`parse_record` for each record: the pipeline's first step, which needs no database."""
+    """`parse_record` for each record: the pipeline's first step, which needs no database.
+
+    A record may also be the JSON text of one, as a `msgspec.Raw` (see `payloads.parse_body`):
+    it is then decoded straight into the entity's Struct, and decoded as plain JSON only if
+    that fails.
+    """
     plan = _plan(entity)
     return [_parse(entity, plan, raw) for raw in records]
 
 
 def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
-    if plan.fast is not None and raw.__class__ is dict:
+    if plan.fast is not None:
         try:
-            return _parse_fast(plan, raw)
+            if raw.__class__ is dict:
+                return _parse_fast(plan, msgspec.convert(raw, plan.fast, strict=True))
+            if raw.__class__ is msgspec.Raw:
+                return _parse_fast(plan, plan.fast_decode(raw))
         except (ValueError, OverflowError):  # msgspec's ValidationError is a ValueError
             pass
+    if raw.__class__ is msgspec.Raw:
+        raw = _decode(raw)
     return _parse_slow(entity, plan, raw)
 
 
-def _parse_fast(plan: _EntityPlan, raw: dict[str, Any]) -> Incoming:
-    """A clean record, validated by msgspec in C against a Struct made from the descriptor.
+def _parse_fast(plan: _EntityPlan, struct: msgspec.Struct) -> Incoming:
+    """A clean record, validated by msgspec in C as the entity's Struct (`_fast_struct`).
 
-    Whatever it accepts, `_parse_slow` accepts with the same result (a differential test holds
-    them to it); anything else raises ValueError (or OverflowError) and goes the slow way, as
-    deletions do.
+    Whatever gets through here, `_parse_slow` reads the same way (a differential test holds them
+    to it); anything else raises ValueError (or OverflowError) and goes the slow way, which says
+    what is wrong. Deletions go the slow way too.
     """
-    if raw.get(DELETED_KEY) is True:
+    values = asdict(struct)
+    if values.pop("DELETED") is True:
         raise ValueError("a deletion")
-    values = asdict(msgspec.convert(raw, plan.fast, strict=True))
     zoho_id = values.pop("ID")
     if zoho_id.strip() != zoho_id or "\x00" in zoho_id:
         raise ValueError("an id to strip or to refuse")
@@ -174,10 +185,7 @@ def _parse_fast(plan: _EntityPlan, raw: dict[str, Any]) -> Incoming:
         value = values.get(name)
         if value is not None:
             values[name] = finish(value)
-    incoming = Incoming(zoho_id, values, version, False, {})
-    if plan.slow_parsers:
-        _parse_fields(plan.slow_parsers, raw, incoming)
-    return incoming
+    return Incoming(zoho_id, values, version, False, {})
 
 
 def _parse_slow(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
@@ -199,26 +207,26 @@ def _parse_slow(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
                 incoming.version = _DATETIME.parse(raw_version, _NO_OPTIONS)
             except ValueError as error:
                 incoming.errors[entity.version_field] = str(error)
-    if not incoming.delete:
-        _parse_fields(plan.parsers, raw, incoming)
-    return incoming
-
-
-def _parse_fields(parsers: Sequence[tuple[str, str, Any, Options]], raw: dict[str, Any], incoming: Incoming) -> None:
+    if incoming.delete:
+        return incoming
     values = incoming.values
-    for name, source, parse, options in parsers:
+    for name, source, parse, options in plan.parsers:
         value = raw.get(source, _ABSENT)
         if value is _ABSENT:
             continue
-        if value is None or (value.__class__ is str and value in EMPTY_VALUES):
-            values[name] = None
-            continue
         try:
-            parsed = parse(value, options)
+            values[name] = None if value is None else _parsed(parse, options, value)
         except ValueError as error:
             incoming.errors[source] = str(error)
-        else:
-            values[name] = None if parsed == "" or parsed == [] else parsed
+    return incoming
+
+
+def _parsed(parse: Callable[[Any, Options], Any], options: Options, value: Any) -> Any:
+    """A present, non-null value as its field's parser reads it; an empty one is None."""
+    if value.__class__ is str and value in EMPTY_VALUES:
+        return None
+    parsed = parse(value, options)
+    return None if parsed == "" or parsed == [] else parsed
 
 
 def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
@@ -245,11 +253,11 @@ class _EntityPlan:
     """What the per-record loops need of an entity, looked up once instead of per record."""
 
     parsers: tuple[tuple[str, str, Any, Options], ...]
-    #: The fast path (`_parse_fast`): a Struct of (id, version, the fields with a fast type), the
-    #: name and finisher of each of those fields, and the parsers of the others. None: no fast path.
+    #: The fast path (`_parse_fast`): the entity's Struct (None: there is none), its JSON
+    #: decoder, and the function finishing each field that has one.
     fast: type[msgspec.Struct] | None
+    fast_decode: Callable[[msgspec.Raw], msgspec.Struct]
     fast_finishers: tuple[tuple[str, Callable[[Any], Any]], ...]
-    slow_parsers: tuple[tuple[str, str, Any, Options], ...]
     #: (Zoho name, field name), sorted by Zoho name: the fingerprint's key order.
     sources: tuple[tuple[str, str], ...]
     names: tuple[str, ...]
@@ -273,13 +281,13 @@ def _plan(entity: Entity) -> _EntityPlan:
     if cached is not None and cached[0] is entity:
         return cached[1]
     fields = entity.fields
-    fast_types = {f.name: f.type.fast(f.options) for f in fields}
-    fast = tuple((f, kind) for f in fields if (kind := fast_types[f.name]) is not None)
+    fast = tuple((f, _fast_type(f)) for f in fields)
+    struct = _fast_struct(entity, tuple((f, kind) for f, (kind, _) in fast))
     plan = _EntityPlan(
         parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields),
-        fast=_fast_struct(entity, tuple((f, kind[0]) for f, kind in fast)),
-        fast_finishers=tuple((f.name, kind[1]) for f, kind in fast if kind[1] is not None),
-        slow_parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields if fast_types[f.name] is None),
+        fast=struct,
+        fast_decode=msgspec.json.Decoder(struct).decode if struct is not None else _decode,
+        fast_finishers=tuple((f.name, finish) for f, (_, finish) in fast if finish is not None),
         sources=tuple(sorted((f.source, f.name) for f in fields)),
         names=tuple(f.name for f in fields),
         required=tuple(f.name for f in fields if f.required),
@@ -299,14 +307,26 @@ def _plan(entity: Entity) -> _EntityPlan:
     return plan
 
 
+def _fast_type(field: Field) -> FastType:
+    """The field type's fast type; for a type without one, any JSON value, which its parser finishes."""
+    return field.type.fast(field.options) or (Any, functools.partial(_parsed, field.type.parse, field.options))
+
+
 def _fast_struct(entity: Entity, fields: tuple[tuple[Field, Any], ...]) -> type[msgspec.Struct] | None:
-    """The Struct `_parse_fast` converts a record to: its id (as `ID`), its version (as
-    `VERSION`, where the entity has one), then each of `fields` (a field and its msgspec type),
-    under its own name, absent (UNSET) or null as the record says. Field names are lower case."""
-    keys = ["id", *([entity.version_field] if entity.version_field else []), *(f.source for f, _ in fields)]
-    if len(set(keys)) != len(keys) or DELETED_KEY in keys:
+    """The Struct `_parse_fast` takes a record as: its id (as `ID`), `$deleted` (as `DELETED`),
+    its version (as `VERSION`, where the entity has one), then each field (with its msgspec type)
+    under its own name, which is lower case; each but the id is absent (UNSET) or null as the
+    record says."""
+    keys = [
+        "id",
+        DELETED_KEY,
+        *([entity.version_field] if entity.version_field else []),
+        *(f.source for f, _ in fields),
+    ]
+    if len(set(keys)) != len(keys):
         return None  # a descriptor naming the same key twice: parse the slow way only
     optional = [
+        ("DELETED", DELETED_KEY, bool),
         *([("VERSION", entity.version_field, str)] if entity.version_field else []),
         *((f.name, f.source, kind) for f, kind in fields),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from syncengine.engine import SyncEngine
@@ -28,7 +29,20 @@ from tests.records import student
     ],
 )
 def test_json_shapes(body: bytes, records: list[object]) -> None:
-    assert parse_body(body) == records
+    assert [decoded(record) for record in parse_body(body)] == records
+
+
+def test_the_records_of_an_array_or_an_envelope_stay_json_text() -> None:
+    """The pipeline decodes each into its entity's Struct; other shapes arrive decoded."""
+    for body in (b' [{"id": "1"}, 2]', b'{"info": {}, "data": [{"id": "1"}, 2]}'):
+        records = parse_body(body)
+        assert all(isinstance(record, msgspec.Raw) for record in records)
+        assert [decoded(record) for record in records] == [{"id": "1"}, 2]
+    assert parse_body(b'{"id": "1", "note": "data"}') == [{"id": "1", "note": "data"}]
+
+
+def decoded(record: object) -> object:
+    return msgspec.json.decode(record) if isinstance(record, msgspec.Raw) else record
 
 
 def test_a_workflow_form_body_is_one_record() -> None:
@@ -52,6 +66,8 @@ def test_a_workflow_form_body_is_one_record() -> None:
             'expected a JSON object or array of records, got int; send {"data": [records]}, [records] or one record object',
         ),
         (b'{"data": "x"}', '"data" must be a list of records'),
+        (b'[{"id": "1"}, {"id": 2]', "malformed JSON at line 1, column 23: expected ',' or '}'"),
+        (b'{"data": [{"id": "1"}, ]}', "malformed JSON at line 1, column 24: trailing comma in array"),
     ],
 )
 def test_bad_bodies_say_what_and_where(body: bytes, message: str) -> None:
