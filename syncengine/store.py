@@ -21,10 +21,11 @@ lookup ids, write a batch's rows and its outbox rows) and never learns which dat
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -262,7 +263,8 @@ class PostgresStore:
         self, session: _Session, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
     ) -> Sequence[Sequence[Any]]:
         conn = await session.begin()
-        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns)), tenant, list(zoho_ids))
+        ids, literal = _array(list(zoho_ids), "text")
+        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal), tenant, ids)
         return rows
 
     async def resolve(
@@ -273,8 +275,9 @@ class PostgresStore:
         present = [(name, table, ids) for name, (table, ids) in wanted.items() if ids]
         if present:
             conn = await session.begin()
-            sql = _resolve_sql(tuple(table.name for _, table, _ in present))
-            for index, zoho_id, local_id in await conn.fetch(sql, tenant, *(list(ids) for _, _, ids in present)):
+            arrays = [_array(list(ids), "text") for _, _, ids in present]
+            sql = _resolve_sql(tuple(table.name for _, table, _ in present), tuple(literal for _, literal in arrays))
+            for index, zoho_id, local_id in await conn.fetch(sql, tenant, *(ids for ids, _ in arrays)):
                 resolved[present[index][0]][zoho_id] = local_id
         return resolved
 
@@ -322,8 +325,8 @@ _quote = _DIALECT.identifier_preparer.quote
 
 
 @functools.cache
-def _fetch_sql(columns: tuple[sa.Column[Any], ...]) -> str:
-    """`columns` of tenant `$1`'s rows whose zoho_id is in `$2`; built once per column set.
+def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool) -> str:
+    """`columns` of tenant `$1`'s rows whose zoho_id is in `$2` (see `_array`); built once per column set.
 
     One unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
     `zoho_id = ANY($2)` let the planner scan the tenant's whole index range when the
@@ -331,40 +334,88 @@ def _fetch_sql(columns: tuple[sa.Column[Any], ...]) -> str:
     """
     names = ", ".join(f"t.{_quote(column.name)}" for column in columns)
     return (
-        "SELECT stored.* FROM unnest(CAST($2 AS TEXT[])) AS wanted(zoho_id) "
+        f"SELECT stored.* FROM unnest({_array_sql('$2', 'TEXT', literal)}) AS wanted(zoho_id) "
         f"CROSS JOIN LATERAL (SELECT {names} FROM {_quote(columns[0].table.name)} AS t "
         "WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1) AS stored"
     )
 
 
 @functools.cache
-def _resolve_sql(tables: tuple[str, ...]) -> str:
+def _resolve_sql(tables: tuple[str, ...], literals: tuple[bool, ...]) -> str:
     """One unique-index probe per id, as in `_fetch_sql`. `$1` is the tenant; `$2`, `$3`... the
-    ids wanted of each table, in order."""
+    ids wanted of each table, in order (see `_array`)."""
     return " UNION ALL ".join(
-        f"SELECT {index} AS part, found.zoho_id, found.id FROM unnest(CAST(${index + 2} AS TEXT[])) AS wanted(zoho_id) "
+        f"SELECT {index} AS part, found.zoho_id, found.id "
+        f"FROM unnest({_array_sql(f'${index + 2}', 'TEXT', literal)}) AS wanted(zoho_id) "
         f"CROSS JOIN LATERAL (SELECT t.zoho_id, t.id FROM {_quote(table)} AS t WHERE t.tenant_id = $1 "
         "AND t.zoho_id = wanted.zoho_id AND t.deleted_at IS NULL LIMIT 1) AS found"
-        for index, table in enumerate(tables)
+        for index, (table, literal) in enumerate(zip(tables, literals, strict=True))
     )
+
+
+#: How `_array` writes the elements of an array literal, by kind (see `_literal_kind`).
+_RENDER: dict[str, Callable[[Any], str]] = {"int": int.__repr__, "date": dt.date.isoformat}
+
+
+def _array(values: list[Any], kind: str | None) -> tuple[Any, bool]:
+    """An array parameter, and whether it is an array literal (text) rather than a list.
+
+    asyncpg checks each element of a list against `collections.abc` (one or two calls into
+    Python each), which cost more than the rest of a batch's encoding together; a literal is
+    one string, built by `str.join` in C. Text is written quoted; where an element would need
+    escaping (a quote or a backslash), where one is null, or where the kind has no literal form
+    (timestamps: their time zone must not depend on the session's), the list goes as it is.
+    """
+    if kind is None or not values or None in values:
+        return values, False
+    try:
+        if kind == "text":
+            every = "".join(values)
+            if '"' in every or "\\" in every:
+                return values, False
+            return '{"' + '","'.join(values) + '"}', True
+        return "{" + ",".join(map(_RENDER[kind], values)) + "}", True
+    except TypeError:  # an element of another type than the column's: asyncpg says what is wrong
+        return values, False
+
+
+def _array_sql(param: str, sql_type: str, literal: bool) -> str:
+    return f"CAST(CAST({param} AS TEXT) AS {sql_type}[])" if literal else f"CAST({param} AS {sql_type}[])"
+
+
+@functools.cache
+def _literal_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
+    """How a column's values are written in an array literal (`_array`), if they can be."""
+    if isinstance(column_type, sa.String):
+        return "text"
+    if isinstance(column_type, sa.Integer):
+        return "int"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    return None
 
 
 def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
     """The SQL that inserts (or upserts) `rows` from arrays; their values are appended to `params`."""
     start = len(params) + 1
-    scalars = []
+    modes: list[str] = []
     json_columns = _json_columns(rows.table)
     for name, column in zip(rows.names, zip(*rows.values, strict=True), strict=True):
         values = list(column)
         if name in json_columns:
             values = [None if value is None else _json_text(value) for value in values]
         # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
-        scalar = len(values) > 1 and values.count(values[0]) == len(values)
-        scalars.append(scalar)
-        params.append(values[0] if scalar else values)
-    if all(scalars):
-        scalars[0], params[start - 1] = False, [params[start - 1]] * len(rows.values)
-    return _unnest_sql(rows.table, rows.names, upsert, tuple(scalars), start)
+        if len(values) > 1 and values.count(values[0]) == len(values):
+            modes.append("scalar")
+            params.append(values[0])
+            continue
+        kind = "text" if name in json_columns else _literal_kind(rows.table.c[name].type)
+        param, literal = _array(values, kind)
+        modes.append("literal" if literal else "array")
+        params.append(param)
+    if all(mode == "scalar" for mode in modes):
+        modes[0], params[start - 1] = "array", [params[start - 1]] * len(rows.values)
+    return _unnest_sql(rows.table, rows.names, upsert, tuple(modes), start)
 
 
 @functools.cache
@@ -373,23 +424,26 @@ def _json_columns(table: sa.Table) -> frozenset[str]:
 
 
 @functools.cache
-def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, scalars: tuple[bool, ...], start: int) -> str:
+def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, modes: tuple[str, ...], start: int) -> str:
     """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST($3 AS T) FROM unnest(CAST($1 AS T[]), ...)`.
 
-    One statement a batch: a column is an array parameter (numbered from `start`), or (where
-    `scalars` says so) one value for every row. JSON values travel as text and are cast back,
-    since asyncpg has no codec for json[].
+    One statement a batch: a column is an array parameter (numbered from `start`), a literal
+    of one (see `_array`), or (`modes` says "scalar") one value for every row. JSON values travel
+    as text and are cast back, since asyncpg has no codec for json[].
     """
     casts, selects, aliases = [], [], []
-    for i, (name, scalar) in enumerate(zip(names, scalars, strict=True)):
+    for i, (name, mode) in enumerate(zip(names, modes, strict=True)):
         column_type = table.c[name].type
         sql_type = column_type.compile(dialect=_DIALECT)
         is_json = isinstance(column_type, sa.JSON)
         param = f"${start + i}"
-        if scalar:
+        if mode == "scalar":
             selects.append(f"CAST(CAST({param} AS TEXT) AS {sql_type})" if is_json else f"CAST({param} AS {sql_type})")
             continue
-        casts.append(f"CAST({param} AS {'TEXT' if is_json else sql_type}[])")
+        # A text literal is read as TEXT[] and each value cast by the insert to its column's
+        # type: reading it as VARCHAR(n)[] cost the server more (measured, batches of 1,000).
+        as_text = is_json or (mode == "literal" and _literal_kind(column_type) == "text")
+        casts.append(_array_sql(param, "TEXT" if as_text else sql_type, mode == "literal"))
         selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
         aliases.append(f"p{i}")
     sql = (

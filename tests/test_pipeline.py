@@ -302,6 +302,26 @@ async def test_changes_are_queued_for_moodle_in_the_same_transaction(engine: Syn
     ]
 
 
+@pytest.mark.parametrize(
+    "phones",
+    [
+        ["a,b", "{x}", " spaced ", "NULL", "", "Ünïcödé 電話", "tab\there", "semi;colon"],
+        ['quo"te', "back\\slash", "plain", "{", "}"],
+    ],
+    ids=["array-literal", "escaping-left-to-the-driver"],
+)
+async def test_text_of_any_shape_is_stored_as_sent(engine: SyncEngine, phones: list[str]) -> None:
+    """Arrays travel as literals when no element needs escaping, as lists otherwise: both store
+    every string exactly, ids included."""
+    ids = [f"7{i}" for i in range(len(phones) - 1)] + ["x,{y}"]
+    batch = [student(zoho_id, Phone_Number=phone) for zoho_id, phone in zip(ids, phones, strict=True)]
+    assert statuses(await engine.sync("school", "students", batch)) == ["NEW"] * len(batch)
+    async with engine.database.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT zoho_id, phone FROM students WHERE tenant_id = 'school'"))).all()
+    assert sorted(rows) == sorted(zip(ids, [phone or None for phone in phones], strict=True))
+    assert statuses(await engine.sync("school", "students", batch)) == ["UNCHANGED"] * len(batch)
+
+
 async def test_types_round_trip_without_spurious_changes(engine: SyncEngine) -> None:
     """Every stored type reads back as the value it was written as."""
     await engine.sync("school", "programs", [program("1001", Program_Price="4500.50", MoodleID="117")])
@@ -408,7 +428,9 @@ async def test_concurrent_batches_with_overlapping_ids_leave_one_row_each(engine
     batches = []
     for n in range(20):
         ids = rng.sample(range(30), 12)
-        batches.append([student(str(4000 + i), Status=rng.choice(["Active", "Freeze"]), Phone_Number=str(n)) for i in ids])
+        batches.append(
+            [student(str(4000 + i), Status=rng.choice(["Active", "Freeze"]), Phone_Number=str(n)) for i in ids]
+        )
     reports = await asyncio.gather(*(engine.sync("school", "students", batch) for batch in batches))
     assert all(set(statuses(report)) <= {"NEW", "UPDATED", "UNCHANGED"} for report in reports)
     touched = {record["id"] for batch in batches for record in batch}
