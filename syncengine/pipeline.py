@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import asdict
 
 from syncengine.descriptors import Entity, Field, lookup_columns
-from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, FastType, Options, check_id, finish_datetime
+from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, RFC3339, FastType, Options, check_id, to_utc
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Rows, Store
 
@@ -105,14 +106,6 @@ class Stored:
             self._links = dict(zip(plan.links, self._row[4 + len(plan.names) :], strict=True))
         return self._links
 
-    def known_links(self) -> Iterable[tuple[str, Any, int | None]]:
-        """(lookup field, target's zoho id, its local id) of each lookup, without building the values."""
-        plan = self.plan
-        if self._values is None and plan is not None:
-            row = self._row
-            return ((name, row[value], row[link]) for name, value, link in plan.link_positions)
-        return ((name, self.values[name], self.links[name]) for name in (plan.links if plan else self.links))
-
 
 @dataclass(frozen=True)
 class EntityTables:
@@ -178,7 +171,7 @@ def _parse_fast(plan: _EntityPlan, struct: msgspec.Struct) -> Incoming:
         raise ValueError("an id to strip or to refuse")
     version = values.pop("VERSION", None)
     if version is not None:
-        version = None if version is UNSET else finish_datetime(version)
+        version = None if version is UNSET else to_utc(version)
     if UNSET in values.values():
         values = {name: value for name, value in values.items() if value is not UNSET}
     for name, finish in plan.fast_finishers:
@@ -235,17 +228,28 @@ def fingerprint(entity: Entity, values: dict[str, Any]) -> str:
     Leaving empty fields out means adding a field to a descriptor does not change the
     fingerprint of records that do not have it.
     """
-    return _fingerprint(_plan(entity), values)
+    return _fingerprint(_plan(entity), {f.name: values.get(f.name) for f in entity.fields})
 
 
 def _fingerprint(plan: _EntityPlan, values: dict[str, Any]) -> str:
-    # Built in sorted key order, so the encoder need not sort: the same bytes as sorted JSON.
-    canonical = {}
-    for source, name in plan.sources:
-        value = values.get(name)
-        if value is not None:
-            canonical[source] = value
-    return hashlib.sha256(_encode(canonical)).hexdigest()
+    """`fingerprint` of values holding every field: the entity's fingerprint Struct, its fields
+    in sorted Zoho-name order and null ones left out, encodes to the bytes of the sorted JSON."""
+    return hashlib.sha256(_encode(plan.canonical(*plan.canonical_values(values)))).hexdigest()
+
+
+def _canonical_struct(entity: Entity) -> tuple[type[msgspec.Struct], Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """The fingerprint's Struct (see `_fingerprint`), and what takes its values out of a dict."""
+    fields = sorted(entity.fields, key=lambda f: f.source)
+    struct = msgspec.defstruct(
+        f"{entity.name}_canonical",
+        [(f"f{i}", Any, None) for i in range(len(fields))],
+        rename={f"f{i}": f.source for i, f in enumerate(fields)},
+        omit_defaults=True,
+    )
+    if len(fields) == 1:
+        name = fields[0].name
+        return struct, lambda values: (values[name],)
+    return struct, operator.itemgetter(*(f.name for f in fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +262,9 @@ class _EntityPlan:
     fast: type[msgspec.Struct] | None
     fast_decode: Callable[[msgspec.Raw], msgspec.Struct]
     fast_finishers: tuple[tuple[str, Callable[[Any], Any]], ...]
-    #: (Zoho name, field name), sorted by Zoho name: the fingerprint's key order.
-    sources: tuple[tuple[str, str], ...]
+    #: The fingerprint's Struct and what takes its values out of a record's (`_canonical_struct`).
+    canonical: type[msgspec.Struct]
+    canonical_values: Callable[[dict[str, Any]], tuple[Any, ...]]
     names: tuple[str, ...]
     required: tuple[str, ...]
     defaults: tuple[tuple[str, Any], ...]
@@ -270,7 +275,7 @@ class _EntityPlan:
     row_names: tuple[str, ...]
     #: The lookup fields, and where a fetched row holds each one's zoho id and local id.
     links: tuple[str, ...]
-    link_positions: tuple[tuple[str, int, int], ...]
+    link_positions: tuple[tuple[str, int, int], ...]  # (target entity, zoho id's position, local id's)
 
 
 _PLANS: dict[int, tuple[Entity, _EntityPlan]] = {}
@@ -282,13 +287,15 @@ def _plan(entity: Entity) -> _EntityPlan:
         return cached[1]
     fields = entity.fields
     fast = tuple((f, _fast_type(f)) for f in fields)
+    canonical = _canonical_struct(entity)
     struct = _fast_struct(entity, tuple((f, kind) for f, (kind, _) in fast))
     plan = _EntityPlan(
         parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields),
         fast=struct,
         fast_decode=msgspec.json.Decoder(struct).decode if struct is not None else _decode,
         fast_finishers=tuple((f.name, finish) for f, (_, finish) in fast if finish is not None),
-        sources=tuple(sorted((f.source, f.name) for f in fields)),
+        canonical=canonical[0],
+        canonical_values=canonical[1],
         names=tuple(f.name for f in fields),
         required=tuple(f.name for f in fields if f.required),
         defaults=tuple((f.name, f.default) for f in fields if f.default is not None),
@@ -301,7 +308,9 @@ def _plan(entity: Entity) -> _EntityPlan:
             *("fingerprint", "source_version", "created_at", "updated_at", "deleted_at"),
         ),
         links=tuple(f.name for f in entity.lookups),
-        link_positions=tuple((f.name, 4 + fields.index(f), 4 + len(fields) + i) for i, f in enumerate(entity.lookups)),
+        link_positions=tuple(
+            (f.target or "", 4 + fields.index(f), 4 + len(fields) + i) for i, f in enumerate(entity.lookups)
+        ),
     )
     _PLANS[id(entity)] = (entity, plan)
     return plan
@@ -327,7 +336,7 @@ def _fast_struct(entity: Entity, fields: tuple[tuple[Field, Any], ...]) -> type[
         return None  # a descriptor naming the same key twice: parse the slow way only
     optional = [
         ("DELETED", DELETED_KEY, bool),
-        *([("VERSION", entity.version_field, str)] if entity.version_field else []),
+        *([("VERSION", entity.version_field, RFC3339)] if entity.version_field else []),
         *((f.name, f.source, kind) for f, kind in fields),
     ]
     return msgspec.defstruct(
@@ -388,8 +397,8 @@ async def sync_batch(
     plan = _plan(entity)
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
     await store.lock(conn, tables.table, tenant, ids)
-    state = await _fetch_state(conn, store, tables, tenant, ids)
-    resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, state, lookups)
+    state, known = await _fetch_state(conn, store, tables, tenant, ids)
+    resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, known, lookups)
     batch = _Batch(tables, state, resolved)
     results = [batch.apply(record) for record in incoming]
     if lookups is not None and "delete" in batch.deliveries.values():
@@ -410,9 +419,14 @@ async def sync_batch(
     return SyncReport(entity.name, entity.id_key, results)
 
 
-async def _fetch_state(conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]) -> dict[str, Stored]:
+async def _fetch_state(
+    conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]
+) -> tuple[dict[str, Stored], dict[str, dict[str, int]]]:
+    """The stored rows of `ids`, and the local ids of the lookup targets they link to, per
+    target entity: {target: {zoho_id: id}}."""
+    known: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
     if not ids:
-        return {}
+        return {}, known
     rows = await store.fetch(conn, tables.fetch_columns, tenant, ids)
     plan = _plan(tables.entity)
     from_db = _DATETIME.from_db
@@ -421,7 +435,11 @@ async def _fetch_state(conn: Any, store: Store, tables: EntityTables, tenant: st
         zoho_id, fprint, version, deleted_at = row[0], row[1], row[2], row[3]
         version = None if version is None else from_db(version)
         state[zoho_id] = Stored(None, None, fprint, version, deleted_at is not None, row=row, plan=plan)
-    return state
+        for target, value, link in plan.link_positions:
+            target_id, local_id = row[value], row[link]
+            if target_id is not None and local_id is not None:
+                known[target][target_id] = local_id
+    return state, known
 
 
 async def _resolve_lookups(
@@ -430,22 +448,17 @@ async def _resolve_lookups(
     tables: EntityTables,
     tenant: str,
     incoming: Sequence[Incoming],
-    state: dict[str, Stored],
+    known: dict[str, dict[str, int]],
     lookups: LookupCache | None,
 ) -> dict[str, dict[str, int]]:
     """Local row ids of the lookup targets, per target entity: {target: {zoho_id: id}}.
 
-    Links the stored rows already hold are reused, so an unchanged batch queries nothing here;
-    so are the ids `lookups` remembers.
+    The links stored rows already hold (`known`, which this adds to) are reused, so an unchanged
+    batch queries nothing here; so are the ids `lookups` remembers.
     """
     remembered = {target: lookups.ids(tenant, target) if lookups else {} for target in tables.targets}
-    resolved: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
+    resolved = known
     wanted: dict[str, set[str]] = {target: set() for target in tables.targets}
-    targets = {fld.name: fld.target for fld in tables.entity.lookups}
-    for stored in state.values():
-        for name, zoho_id, local_id in stored.known_links():
-            if zoho_id is not None and local_id is not None:
-                resolved[targets[name]][zoho_id] = local_id  # type: ignore[index]
     for record in incoming:
         for fld in tables.entity.lookups:
             zoho_id = record.values.get(fld.name)
@@ -492,8 +505,9 @@ class _Batch:
         if record.delete:
             return self._delete(record, previous, live)
         values = self._merge(record, live)
-        if any(values[name] is None for name in self.plan.required):
-            return self._invalid(record, live, values)
+        for name in self.plan.required:
+            if values[name] is None:
+                return self._invalid(record, live, values)
         fprint = _fingerprint(self.plan, values)
         version = _newest(record.version, previous.version if previous else None)
         if live is not None and fprint == live.fingerprint:
@@ -542,7 +556,7 @@ class _Batch:
     def _merge(self, record: Incoming, live: Stored | None) -> dict[str, Any]:
         plan = self.plan
         if len(record.values) == len(plan.names):  # a whole record: nothing stored to keep
-            values = dict(record.values)
+            values = record.values  # taken as it is: defaults only fill what is null, so a retry sees the same
         else:
             values = dict(live.values) if live is not None else dict.fromkeys(plan.names)
             values.update(record.values)
