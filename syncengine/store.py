@@ -383,33 +383,19 @@ def _array_sql(param: str, sql_type: str, literal: bool) -> str:
     return f"CAST(CAST({param} AS TEXT) AS {sql_type}[])" if literal else f"CAST({param} AS {sql_type}[])"
 
 
-@functools.cache
-def _literal_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
-    """How a column's values are written in an array literal (`_array`), if they can be."""
-    if isinstance(column_type, sa.String):
-        return "text"
-    if isinstance(column_type, sa.Integer):
-        return "int"
-    if isinstance(column_type, sa.Date):
-        return "date"
-    return None
-
-
 def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
     """The SQL that inserts (or upserts) `rows` from arrays; their values are appended to `params`."""
     start = len(params) + 1
     modes: list[str] = []
-    json_columns = _json_columns(rows.table)
-    for name, column in zip(rows.names, zip(*rows.values, strict=True), strict=True):
+    for (is_json, kind), column in zip(_layout(rows.table, rows.names), zip(*rows.values, strict=True), strict=True):
         values = list(column)
-        if name in json_columns:
+        if is_json:
             values = [None if value is None else _json_text(value) for value in values]
         # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
         if len(values) > 1 and values.count(values[0]) == len(values):
             modes.append("scalar")
             params.append(values[0])
             continue
-        kind = "text" if name in json_columns else _literal_kind(rows.table.c[name].type)
         param, literal = _array(values, kind)
         modes.append("literal" if literal else "array")
         params.append(param)
@@ -419,8 +405,25 @@ def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
 
 
 @functools.cache
-def _json_columns(table: sa.Table) -> frozenset[str]:
-    return frozenset(column.name for column in table.columns if isinstance(column.type, sa.JSON))
+def _layout(table: sa.Table, names: tuple[str, ...]) -> tuple[tuple[bool, str | None], ...]:
+    """Per column of `names`: whether it holds JSON (sent as text), and its kind for `_array`."""
+    layout = []
+    for name in names:
+        column_type = table.c[name].type
+        is_json = isinstance(column_type, sa.JSON)
+        layout.append((is_json, "text" if is_json else _literal_kind(column_type)))
+    return tuple(layout)
+
+
+def _literal_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
+    """How a column's values are written in an array literal (`_array`), if they can be."""
+    if isinstance(column_type, sa.String):
+        return "text"
+    if isinstance(column_type, sa.Integer):
+        return "int"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    return None
 
 
 @functools.cache
