@@ -9,7 +9,6 @@ bug this test hunts, with records built from every field type's hard cases.
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,52 +19,12 @@ from hypothesis import strategies as st
 
 from syncengine.descriptors import Entity, Field, load_catalog, parse_catalog
 from syncengine.pipeline import Incoming, _parse_fast, _parse_slow, _plan, parse_record, parse_records
+from tests.records import EVERY_TYPE_YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Every field type, with and without the options that change what it accepts.
-EVERY_TYPE = parse_catalog(
-    textwrap.dedent(
-        """
-        version: 1
-        entities:
-          parents:
-            source: Parents
-            singular: parent
-            fields:
-              name: {from: Name, type: string}
-          kinds:
-            source: Kinds
-            singular: kind
-            version_field: Modified_Time
-            fields:
-              plain: {from: Plain, type: string}
-              short: {from: Short, type: string, max_length: 5}
-              trimmed: {from: Trimmed, type: string, transform: [trim]}
-              coded: {from: Coded, type: string, pattern: "[A-Z]{3}"}
-              note: {from: Note, type: text}
-              email: {from: Email, type: email}
-              count: {from: Count, type: integer}
-              small: {from: Small, type: integer, min: -3, max: 3}
-              price: {from: Price, type: decimal, min: 0}
-              flag: {from: Flag, type: boolean}
-              day: {from: Day, type: date}
-              late_day: {from: Late_Day, type: date, min: "2020-01-01", max: "2030-12-31"}
-              moment: {from: Moment, type: datetime}
-              late_moment: {from: Late_Moment, type: datetime, min: "2020-01-01T00:00:00Z"}
-              mode: {from: Mode, type: choice, choices: [Onsite, Online]}
-              tags: {from: Tags, type: multichoice, choices: [a, b]}
-              parent: {from: Parent, type: lookup, entity: parents}
-              other: {from: Other, type: lookup, entity: parents, required: true}
-          unversioned:
-            source: Unversioned
-            singular: unversioned
-            fields:
-              day: {from: Day, type: date}
-              parent: {from: Parent, type: lookup, entity: parents}
-        """
-    )
-)
+EVERY_TYPE = parse_catalog(EVERY_TYPE_YAML)
 ENTITIES = [*load_catalog(ROOT / "entities.yaml"), *EVERY_TYPE]
 
 ID = "6284103000000123001"
