@@ -60,7 +60,7 @@ class FieldType:
     column: Callable[[Options], sa.types.TypeEngine[Any]]
     json_schema: Callable[[Options], dict[str, Any]]
     from_db: Callable[[Any], Any] = field(default=lambda value: value)
-    #: The fast path (see `fast_type`): for a field's options, a msgspec type that accepts a
+    #: The fast path (see `pipeline._fast_type`): for a field's options, a msgspec type accepting a
     #: subset of what `parse` accepts, and a function finishing what msgspec made of it (or None
     #: when msgspec's value is already `parse`'s). None where the options leave only `parse`.
     fast: Callable[[Options], FastType | None] = field(default=lambda options: None)
