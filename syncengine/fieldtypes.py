@@ -175,7 +175,7 @@ def _datetime(raw: Any, options: Options) -> dt.datetime:
             if value.tzinfo is None:
                 raise ValueError(f"{raw!r} has no UTC offset; send it as 2026-02-10T09:15:42+03:00")
             try:
-                utc = value.astimezone(dt.UTC)
+                utc = to_utc(value)
             except OverflowError:
                 raise ValueError(f"{raw!r} is out of range once converted to UTC") from None
             return _bounded(utc, options)
@@ -283,12 +283,10 @@ def _fast_lookup(options: Options) -> FastType:
 
 
 def _finish_lookup(value: _LookupObject | str) -> str | None:
-    if value.__class__ is str:
-        if value in EMPTY_VALUES:
-            return None
-    else:
-        value = value.id  # type: ignore[union-attr]
-    assert isinstance(value, str)
+    if isinstance(value, _LookupObject):
+        value = value.id
+    elif value in EMPTY_VALUES:  # only a bare id: {"id": "-None-"} is read as that id, as `_lookup` does
+        return None
     if not value or value.strip() != value or "\x00" in value:
         raise ValueError("an id to strip or to refuse")
     return value

@@ -213,10 +213,15 @@ def _sqlite_insert(
     return str(compiled), tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
 
 
+def _one_value(values: list[Any]) -> bool:
+    """Whether a (non-empty) column holds one value all the way down: it is then converted or sent once."""
+    return values.count(values[0]) == len(values)
+
+
 def _processed(process: Callable[[Any], Any] | None, values: list[Any]) -> list[Any]:
     if process is None:
         return values
-    if values.count(values[0]) == len(values):
+    if _one_value(values):
         return [process(values[0])] * len(values)
     return [None if value is None else process(value) for value in values]
 
@@ -417,7 +422,7 @@ def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
         if is_json:
             values = [None if value is None else _json_text(value) for value in values]
         # A column with one value for the whole batch (tenant, timestamps, ...) is sent once.
-        if len(values) > 1 and values.count(values[0]) == len(values):
+        if len(values) > 1 and _one_value(values):
             modes.append("scalar")
             params.append(values[0])
             continue

@@ -17,7 +17,7 @@ from syncengine.descriptors import parse_catalog
 from syncengine.engine import SyncEngine
 from syncengine.pipeline import fingerprint, parse_record
 from syncengine.report import SyncReport
-from tests.conftest import count_rows
+from tests.conftest import Databases, count_rows
 from tests.records import EVERY_TYPE_YAML, class_, enrollment, program, student, teacher
 
 
@@ -487,7 +487,7 @@ def test_the_fingerprint_is_sha256_of_the_sorted_json_of_non_empty_values_by_zoh
     )
 
 
-async def test_every_field_type_reads_back_as_written(databases: Any, dialect: str) -> None:
+async def test_every_field_type_reads_back_as_written(databases: Databases, dialect: str) -> None:
     """Each type through each dialect's write path (arrays, literals, driver parameters) and back:
     the stored values, read again, give the same fingerprint, and the API shows them as sent."""
     catalog = parse_catalog(EVERY_TYPE_YAML)
