@@ -35,7 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, load_catalog
-from syncengine.pipeline import LOOKUP_CACHE_SECONDS, EntityTables, Incoming, LookupCache, parse_records, sync_batch
+from syncengine.pipeline import (
+    LOOKUP_CACHE_SECONDS,
+    EntityTables,
+    Incoming,
+    LookupCache,
+    parse_records,
+    sync_batch,
+)
 from syncengine.report import SyncReport
 from syncengine.store import open_database, store_for
 from syncengine.tables import TENANT_LENGTH, build_metadata
@@ -53,12 +60,19 @@ class SyncEngine:
     """The pipeline bound to a catalog and a database."""
 
     def __init__(
-        self, catalog: Catalog, database: AsyncEngine, *, lookup_cache_seconds: float = LOOKUP_CACHE_SECONDS
+        self,
+        catalog: Catalog,
+        database: AsyncEngine,
+        *,
+        lookup_cache_seconds: float = LOOKUP_CACHE_SECONDS,
+        part_records: int | None = None,
     ) -> None:
         self.catalog = catalog
         self.database = database
         self.metadata = build_metadata(catalog)
         self.store = store_for(database)
+        #: How large batches are split for writing (the store's choice unless given; see pipeline.py).
+        self.part_records = part_records if part_records is not None else self.store.part_records
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self.lookups = LookupCache(lookup_cache_seconds)
         tables = self.metadata.tables
@@ -173,7 +187,9 @@ class SyncEngine:
         records = list(itertools.chain.from_iterable(batches))
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
-                report = await sync_batch(conn, self.store, tables, tenant, records, self.lookups, on_written)
+                report = await sync_batch(
+                    conn, self.store, tables, tenant, records, self.lookups, on_written, self.part_records
+                )
         except Exception as error:
             if _is_missing_table(error):
                 raise SchemaError(

@@ -1,14 +1,19 @@
 """The pipeline: parse -> validate -> fingerprint -> resolve lookups -> upsert -> outbox -> report.
 
-One code path for every entity; the `Entity` descriptor says what to do. A batch costs a fixed
-number of set-based statements, whatever its size:
+One code path for every entity; the `Entity` descriptor says what to do. A batch costs a few
+set-based statements, never one per record:
 
 1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
 2. resolve lookup ids that the stored rows do not already link, and that were not seen live in
    the last seconds (one statement for every target);
 3. decide every record in input order, in memory, each against the state the one before left;
-4. upsert the final state of every touched row, and queue a delivery for each changed row of an
-   entity that lands in Moodle (one statement on PostgreSQL, two on SQLite).
+4. write the final state of every touched row (a plain insert for rows the fetch did not find,
+   an upsert for the others), and queue a delivery for each changed row of an entity that lands
+   in Moodle (one statement on PostgreSQL, up to three on SQLite).
+
+On PostgreSQL a large batch is decided and written in parts (the store's `part_records`): while
+the server writes one part, Python decides the next (steps 3 and 4 overlap). A row is written
+once, after the last part its id appears in.
 
 Records are patches: a field absent from a record keeps its stored value; a field sent as null
 (or "", or Zoho's "-None-") is cleared, or set to its default.
@@ -16,6 +21,7 @@ Records are patches: a field absent from a record keeps its stored value; a fiel
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import hashlib
@@ -385,38 +391,65 @@ async def sync_batch(
     incoming: Sequence[Incoming],
     lookups: LookupCache | None = None,
     on_written: Callable[[], None] | None = None,
+    part_records: int | None = None,
 ) -> SyncReport:
     """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
     caller's transaction (`conn`, from `store.transaction`).
 
     `on_written` is called once the batch has written, with only the COMMIT to come; it still
     holds its locks, so a batch started from then on that touches the same records waits for
-    this one to commit.
+    this one to commit. A batch of at least twice `part_records` records is decided and written
+    in parts of about that many (see `_parts`); each part costs one statement more.
     """
-    entity = tables.entity
-    plan = _plan(entity)
     ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
     await store.lock(conn, tables.table, tenant, ids)
     state, known = await _fetch_state(conn, store, tables, tenant, ids)
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, known, lookups)
-    batch = _Batch(tables, state, resolved)
-    results = [batch.apply(record) for record in incoming]
-    if lookups is not None and "delete" in batch.deliveries.values():
-        lookups.forget(tenant, entity.name)
-    now = dt.datetime.now(dt.UTC)
-    rows = Rows(tables.table, plan.row_names, [batch.row(tenant, zoho_id, now) for zoho_id in batch.dirty])
-    deliveries = Rows(
-        tables.outbox,
-        OUTBOX_COLUMNS,
-        [
-            (tenant, entity.name, zoho_id, operation, now, now)
-            for zoho_id, operation in (batch.deliveries.items() if entity.moodle is not None else ())
-        ],
-    )
-    await store.write(conn, rows, deliveries)
+    batch = _Batch(tables, state, resolved, tenant, dt.datetime.now(dt.UTC))
+    results: list[RecordResult] = []
+    parts = _parts(incoming, part_records)
+    last_part = _last_part(parts)
+    writing: asyncio.Task[None] | None = None
+    try:
+        for index, part in enumerate(parts):
+            results += map(batch.apply, part)
+            new, changed, deliveries = batch.take(last_part, index)
+            if lookups is not None and batch.deleted:
+                lookups.forget(tenant, tables.entity.name)  # a record may no longer point to it
+            if writing is not None:
+                await writing
+                writing = None
+            if not (new.values or changed.values):
+                continue
+            if index + 1 == len(parts):
+                await store.write(conn, new, changed, deliveries)
+            else:
+                writing = asyncio.create_task(store.write(conn, new, changed, deliveries))
+                await asyncio.sleep(0)  # the statement goes out; the next part is decided while it runs
+    finally:
+        if writing is not None:  # something failed while a part was being written: let it end first
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # retrieved: the failure that got here is the one reported
     if on_written is not None:
         on_written()
-    return SyncReport(entity.name, entity.id_key, results)
+    return SyncReport(tables.entity.name, tables.entity.id_key, results)
+
+
+def _parts(incoming: Sequence[Incoming], size: int | None) -> list[Sequence[Incoming]]:
+    """A batch split for writing: each part is written while the next is decided."""
+    if size is None or len(incoming) < 2 * size:
+        return [incoming]
+    count = len(incoming) // size
+    size = -(-len(incoming) // count)
+    return [incoming[start : start + size] for start in range(0, len(incoming), size)]
+
+
+def _last_part(parts: list[Sequence[Incoming]]) -> dict[str, int] | None:
+    """The last part each id appears in: a row is written once, with the state its last record left."""
+    if len(parts) == 1:
+        return None
+    return {record.zoho_id: index for index, part in enumerate(parts) for record in part if record.zoho_id is not None}
 
 
 async def _fetch_state(
@@ -480,14 +513,28 @@ async def _resolve_lookups(
 class _Batch:
     """Decides each record of a batch in order, keeping the state every decision leaves."""
 
-    def __init__(self, tables: EntityTables, state: dict[str, Stored], resolved: dict[str, dict[str, int]]) -> None:
+    def __init__(
+        self,
+        tables: EntityTables,
+        state: dict[str, Stored],
+        resolved: dict[str, dict[str, int]],
+        tenant: str,
+        now: dt.datetime,
+    ) -> None:
+        self.tables = tables
+        self.tenant = tenant
+        self.now = now
         self.entity = tables.entity
+        #: The ids the batch found stored (deleted or not): every other row it writes is new.
+        self.found = set(state)
         self.plan = _plan(tables.entity)
         self.singulars = tables.singulars
         self.state = state
         self.resolved = resolved
         self.dirty: dict[str, None] = {}
         self.deliveries: dict[str, str] = {}
+        #: Whether a record of the batch was deleted so far.
+        self.deleted = False
 
     def apply(self, record: Incoming) -> RecordResult:
         previous = self.state.get(record.zoho_id) if record.zoho_id is not None else None
@@ -541,10 +588,33 @@ class _Batch:
         }
         return RecordResult(record.zoho_id, "UPDATED", f"updated {', '.join(changes)}", changes=changes)
 
-    def row(self, tenant: str, zoho_id: str, now: dt.datetime) -> tuple[Any, ...]:
+    def take(self, last_part: dict[str, int] | None, index: int) -> tuple[Rows, Rows, Rows]:
+        """What to write after part `index` of the batch: every row touched so far whose id
+        appears in no later part (see `_last_part`), as rows new to the table and rows that
+        exist, and their outbox rows."""
+        if last_part is None:
+            ready = list(self.dirty)
+            self.dirty.clear()
+        else:
+            ready = [zoho_id for zoho_id in self.dirty if last_part[zoho_id] == index]
+            for zoho_id in ready:
+                del self.dirty[zoho_id]
+        tenant, now, name, found = self.tenant, self.now, self.entity.name, self.found
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        queued: list[tuple[Any, ...]] = []
+        for zoho_id in ready:
+            (changed if zoho_id in found else new).append(self.row(zoho_id))
+            operation = self.deliveries.pop(zoho_id, None)
+            if operation is not None and self.entity.moodle is not None:
+                queued.append((tenant, name, zoho_id, operation, now, now))
+        table, names = self.tables.table, self.plan.row_names
+        return Rows(table, names, new), Rows(table, names, changed), Rows(self.tables.outbox, OUTBOX_COLUMNS, queued)
+
+    def row(self, zoho_id: str) -> tuple[Any, ...]:
         """The final state of a touched row, in the order of the plan's `row_names`."""
-        stored = self.state[zoho_id]
-        row: list[Any] = [tenant, zoho_id]
+        stored, now = self.state[zoho_id], self.now
+        row: list[Any] = [self.tenant, zoho_id]
         values, links = stored.values, stored.links
         for name, _, local_column in self.plan.columns:
             row.append(values[name])
@@ -574,6 +644,7 @@ class _Batch:
         live.version = _newest(record.version, live.version)
         self.dirty[record.zoho_id] = None
         self.deliveries[record.zoho_id] = "delete"
+        self.deleted = True
         return RecordResult(record.zoho_id, "DELETED", "deleted")
 
     def _invalid(self, record: Incoming, live: Stored | None, values: dict[str, Any] | None = None) -> RecordResult:

@@ -385,14 +385,39 @@ async def test_statement_count_does_not_grow_with_the_batch(engine: SyncEngine) 
     # the student and the class, which the engine then remembers for a few seconds.
     assert await run(1, 9_000) >= 4
     small, large = await run(3, 10_000), await run(2_000, 20_000)
-    # PostgreSQL: lock the ids, fetch stored rows, write rows and deliveries.
-    # SQLite: no lock (BEGIN IMMEDIATE), the same read, then the rows and the deliveries in two statements.
-    locks = 1 if engine.database.dialect.name == "postgresql" else 0
-    assert small == large == 3
+    if engine.database.dialect.name == "postgresql":
+        # Lock the ids, fetch stored rows, then per part one statement writing rows and deliveries.
+        assert engine.part_records is not None
+        assert (small, large) == (3, 2 + 2_000 // engine.part_records)
+    else:
+        # No lock (BEGIN IMMEDIATE), the same read, then the rows and the deliveries: one part.
+        assert engine.part_records is None
+        assert (small, large) == (3, 3)
     statements.clear()
     unchanged = await engine.sync("school", "enrollments", [enrollment(str(20_000 + i)) for i in range(2_000)])
     assert unchanged.summary["UNCHANGED"] == 2_000
+    locks = 1 if engine.database.dialect.name == "postgresql" else 0
     assert len(statements) == 1 + locks  # only the fetch: known lookups are not looked up again
+
+
+async def test_rows_the_fetch_did_not_find_are_inserted_without_on_conflict(engine: SyncEngine) -> None:
+    """The batch holds their locks, so nothing can have stored them since: PostgreSQL's
+    speculative insertion (ON CONFLICT) is kept for rows that exist."""
+    statements = await watch_statements(engine)
+
+    def writes() -> tuple[int, int]:
+        text = " ".join(statements)
+        statements.clear()
+        return text.count("INSERT INTO students"), text.count("ON CONFLICT")
+
+    await engine.sync("school", "students", [student("3001"), student("3002")])
+    assert writes() == (1, 0)
+    await engine.sync("school", "students", [student("3001", Status="Freeze"), student("3003")])
+    assert writes() == (2, 1)
+    await engine.sync("school", "students", [{"id": "3002", "$deleted": True}])
+    await engine.sync("school", "students", [student("3002")])  # restored: its row exists
+    assert writes() == (2, 2)
+    assert await count_rows(engine.database, "students") == 3
 
 
 async def test_lookups_seen_live_are_remembered_for_a_few_seconds(engine: SyncEngine) -> None:
