@@ -13,8 +13,9 @@ batch starts as soon as the one before has written (the store's `lane_depth` say
 be in flight), so that its Python overlaps the COMMIT; the one before still holds its locks
 then, so a batch touching the same records waits for it to commit. Calls are applied in the
 order they arrived, each getting the results of its own records, exactly as if the calls had
-run one after another. No call waits for a timer. A call's records are parsed and validated as
-it arrives, before it waits: that needs no database, so it overlaps the batch in flight. Should
+run one after another. No call waits for a timer. A call that must wait parses and validates
+its records as it arrives: that needs no database, so it overlaps the batch in flight. A call
+that starts at once parses its records while its locks and fetch run (`read_ahead`). Should
 a shared transaction fail, each of its calls is run again on its own, so one call's failure is
 never another's (those retries may land after the batch that followed). Dry runs always run
 alone.
@@ -40,7 +41,9 @@ from syncengine.pipeline import (
     EntityTables,
     Incoming,
     LookupCache,
+    Unparsed,
     parse_records,
+    read_ahead,
     sync_batch,
 )
 from syncengine.report import SyncReport
@@ -100,24 +103,30 @@ class SyncEngine:
         tables = self._tables.get(entity) or self._tables[self.catalog.entity(entity).name]
         if not tenant or len(tenant) > TENANT_LENGTH:
             raise ValueError(f"a tenant name is 1 to {TENANT_LENGTH} characters, got {tenant!r}")
-        batch = parse_records(tables.entity, records)
-        if dry_run:
-            (report,) = await self._transaction(tables, tenant, [batch], dry_run=True)
+        lane = None if dry_run else self._lane(tenant, tables)
+        if lane is not None and not (lane.may_start() and not lane.waiting):
+            # Parsed now, while the batch in flight waits on the database; then it waits its turn.
+            call = _Call(parse_records(tables.entity, records), asyncio.get_running_loop().create_future())
+            lane.waiting.append(call)
+            return await call.report
+        read = read_ahead(tables.entity, records)
+        batches = read if isinstance(read, Unparsed) else [read]
+        if lane is None:
+            (report,) = await self._transaction(tables, tenant, batches, dry_run=True)
             return report
+        token = lane.start()
+        try:
+            (report,) = await self._transaction(tables, tenant, batches, on_written=self._opener(lane, token))
+        finally:
+            lane.finish(token)
+            self._start_waiting(lane, tables, tenant)
+        return report
+
+    def _lane(self, tenant: str, tables: EntityTables) -> _Lane:
         lane = self._lanes.get((tenant, tables.entity.name))
         if lane is None:
             lane = self._lanes[(tenant, tables.entity.name)] = _Lane((tables, tenant), self.store.lane_depth)
-        if lane.may_start() and not lane.waiting:
-            token = lane.start()
-            try:
-                (report,) = await self._transaction(tables, tenant, [batch], on_written=self._opener(lane, token))
-            finally:
-                lane.finish(token)
-                self._start_waiting(lane, tables, tenant)
-            return report
-        call = _Call(batch, asyncio.get_running_loop().create_future())
-        lane.waiting.append(call)
-        return await call.report
+        return lane
 
     def _start_waiting(self, lane: _Lane, tables: EntityTables, tenant: str) -> None:
         """Run the calls that waited, in arrival order, as the lane's next batch."""
@@ -178,13 +187,14 @@ class SyncEngine:
         self,
         tables: EntityTables,
         tenant: str,
-        batches: list[list[Incoming]],
+        batches: list[list[Incoming]] | Unparsed,
         *,
         dry_run: bool = False,
         on_written: Callable[[], None] | None = None,
     ) -> list[SyncReport]:
-        """One transaction over `batches`, in order; one report per batch."""
-        records = list(itertools.chain.from_iterable(batches))
+        """One transaction over `batches`, in order; one report per batch (one for records not
+        parsed yet, see `read_ahead`)."""
+        records = batches if isinstance(batches, Unparsed) else list(itertools.chain.from_iterable(batches))
         try:
             async with self.store.transaction(self.database, rollback=dry_run) as conn:
                 report = await sync_batch(
@@ -196,7 +206,7 @@ class SyncEngine:
                     f"the database has no table for '{tables.entity.name}': run `syncengine db upgrade` first"
                 ) from None
             raise
-        if len(batches) == 1:
+        if isinstance(batches, Unparsed) or len(batches) == 1:
             report.dry_run = dry_run
             return [report]
         reports, start = [], 0

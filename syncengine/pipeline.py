@@ -3,7 +3,8 @@
 One code path for every entity; the `Entity` descriptor says what to do. A batch costs a few
 set-based statements, never one per record:
 
-1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows;
+1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows
+   (for records not parsed yet, while Python parses them: see `read_ahead`);
 2. resolve lookup ids that the stored rows do not already link, and that were not seen live in
    the last seconds (one statement for every target);
 3. decide every record in input order, in memory, each against the state the one before left;
@@ -50,6 +51,8 @@ _IDENTITY = FIELD_TYPES["string"].from_db
 _ABSENT = object()
 #: The columns of an outbox row, in the order `sync_batch` gives their values.
 OUTBOX_COLUMNS = ("tenant_id", "entity", "zoho_id", "operation", "next_attempt_at", "created_at")
+#: Records parsed between two looks at the lock and fetch running meanwhile (`_parse_while_reading`).
+PARSE_STEP = 50
 #: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
 LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder().encode
@@ -146,6 +149,28 @@ def parse_records(entity: Entity, records: Iterable[Any]) -> list[Incoming]:
     """
     plan = _plan(entity)
     return [_parse(entity, plan, raw) for raw in records]
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """Records not parsed yet, and their ids as parsing reads them (`read_ahead`): a batch
+    locks and fetches the stored rows of these ids while Python parses the records."""
+
+    records: Sequence[Any]
+    ids: set[str]
+
+
+def read_ahead(entity: Entity, records: Iterable[Any]) -> Unparsed | list[Incoming]:
+    """A batch to sync: when every record is a JSON object, the records with their ids read
+    ahead (`Unparsed`, parsed while the database locks and fetches those ids); else parsed now."""
+    records = records if isinstance(records, list | tuple) else list(records)
+    ids = set()
+    for raw in records:
+        if raw.__class__ is not dict:
+            return parse_records(entity, records)
+        ids.add(_zoho_id(raw))
+    ids.discard(None)
+    return Unparsed(records, ids)  # type: ignore[arg-type]
 
 
 def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
@@ -388,22 +413,25 @@ async def sync_batch(
     store: Store,
     tables: EntityTables,
     tenant: str,
-    incoming: Sequence[Incoming],
+    incoming: Sequence[Incoming] | Unparsed,
     lookups: LookupCache | None = None,
     on_written: Callable[[], None] | None = None,
     part_records: int | None = None,
 ) -> SyncReport:
     """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
-    caller's transaction (`conn`, from `store.transaction`).
+    caller's transaction (`conn`, from `store.transaction`). Records not parsed yet
+    (`read_ahead`) are parsed while the database locks and fetches their ids.
 
     `on_written` is called once the batch has written, with only the COMMIT to come; it still
     holds its locks, so a batch started from then on that touches the same records waits for
     this one to commit. A batch of at least twice `part_records` records is decided and written
     in parts of about that many (see `_parts`); each part costs one statement more.
     """
-    ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
-    await store.lock(conn, tables.table, tenant, ids)
-    state, known = await _fetch_state(conn, store, tables, tenant, ids)
+    if isinstance(incoming, Unparsed):
+        incoming, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming)
+    else:
+        ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
+        state, known = await _lock_and_fetch(conn, store, tables, tenant, ids)
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, known, lookups)
     batch = _Batch(tables, state, resolved, tenant, dt.datetime.now(dt.UTC))
     results: list[RecordResult] = []
@@ -427,13 +455,19 @@ async def sync_batch(
                 writing = asyncio.create_task(store.write(conn, new, changed, deliveries))
                 await asyncio.sleep(0)  # the statement goes out; the next part is decided while it runs
     finally:
-        if writing is not None:  # something failed while a part was being written: let it end first
-            await asyncio.wait([writing])
-            if not writing.cancelled():
-                writing.exception()  # retrieved: the failure that got here is the one reported
+        if writing is not None:  # something failed while a part was being written
+            await _abandon(writing)
     if on_written is not None:
         on_written()
     return SyncReport(tables.entity.name, tables.entity.id_key, results)
+
+
+async def _abandon(statement: asyncio.Task[Any]) -> None:
+    """Wait for a statement in flight to end, so that the transaction can roll back on its
+    connection; the failure that got here is the one reported, not this one's."""
+    await asyncio.wait([statement])
+    if not statement.cancelled():
+        statement.exception()
 
 
 def _parts(incoming: Sequence[Incoming], size: int | None) -> list[Sequence[Incoming]]:
@@ -450,6 +484,39 @@ def _last_part(parts: list[Sequence[Incoming]]) -> dict[str, int] | None:
     if len(parts) == 1:
         return None
     return {record.zoho_id: index for index, part in enumerate(parts) for record in part if record.zoho_id is not None}
+
+
+async def _lock_and_fetch(
+    conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]
+) -> tuple[dict[str, Stored], dict[str, dict[str, int]]]:
+    """Lock `ids` against concurrent writers, then read their stored state (`_fetch_state`)."""
+    await store.lock(conn, tables.table, tenant, ids)
+    return await _fetch_state(conn, store, tables, tenant, ids)
+
+
+async def _parse_while_reading(
+    conn: Any, store: Store, tables: EntityTables, tenant: str, unparsed: Unparsed
+) -> tuple[list[Incoming], dict[str, Stored], dict[str, dict[str, int]]]:
+    """Parse the records while the database locks and fetches the ids read ahead."""
+    reading = asyncio.create_task(_lock_and_fetch(conn, store, tables, tenant, unparsed.ids))
+    records = unparsed.records
+    incoming: list[Incoming] = []
+    try:
+        for start in range(0, len(records), PARSE_STEP):
+            if not reading.done():
+                await asyncio.sleep(0)  # the lock, then the fetch, go out as soon as they can
+            incoming += parse_records(tables.entity, records[start : start + PARSE_STEP])
+    except BaseException:
+        await _abandon(reading)
+        raise
+    state, known = await reading
+    missing = {record.zoho_id for record in incoming if record.zoho_id is not None} - unparsed.ids
+    if missing:  # ids read ahead otherwise than the parser reads them: those are locked now
+        more_state, more_known = await _lock_and_fetch(conn, store, tables, tenant, missing)
+        state.update(more_state)
+        for target, links in more_known.items():
+            known[target].update(links)
+    return incoming, state, known
 
 
 async def _fetch_state(
