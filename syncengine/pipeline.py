@@ -559,16 +559,19 @@ async def _resolve_lookups(
     remembered = {target: lookups.ids(tenant, target) if lookups else {} for target in tables.targets}
     resolved = known
     wanted: dict[str, set[str]] = {target: set() for target in tables.targets}
-    for record in incoming:
-        for fld in tables.entity.lookups:
-            zoho_id = record.values.get(fld.name)
-            if zoho_id is None or zoho_id in resolved[fld.target]:  # type: ignore[index]
+    for fld in tables.entity.lookups:
+        name, target = fld.name, fld.target
+        assert target is not None
+        have, memory, want = resolved[target], remembered[target], wanted[target]
+        for record in incoming:
+            zoho_id = record.values.get(name)
+            if zoho_id is None or zoho_id in have:
                 continue
-            local_id = remembered[fld.target].get(zoho_id)  # type: ignore[index]
+            local_id = memory.get(zoho_id)
             if local_id is not None:
-                resolved[fld.target][zoho_id] = local_id  # type: ignore[index]
+                have[zoho_id] = local_id
             else:
-                wanted[fld.target].add(zoho_id)  # type: ignore[index]
+                want.add(zoho_id)
     if any(wanted.values()):
         query = {target: (tables.targets[target], zoho_ids) for target, zoho_ids in wanted.items()}
         for target, found in (await store.resolve(conn, query, tenant)).items():
