@@ -164,13 +164,9 @@ def read_ahead(entity: Entity, records: Iterable[Any]) -> Unparsed | list[Incomi
     """A batch to sync: when every record is a JSON object, the records with their ids read
     ahead (`Unparsed`, parsed while the database locks and fetches those ids); else parsed now."""
     records = records if isinstance(records, list | tuple) else list(records)
-    ids = set()
-    for raw in records:
-        if raw.__class__ is not dict:
-            return parse_records(entity, records)
-        ids.add(_zoho_id(raw))
-    ids.discard(None)
-    return Unparsed(records, ids)  # type: ignore[arg-type]
+    if any(raw.__class__ is not dict for raw in records):
+        return parse_records(entity, records)
+    return Unparsed(records, {zoho_id for raw in records if (zoho_id := _zoho_id(raw)) is not None})
 
 
 def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
