@@ -88,7 +88,6 @@ class Stored:
         fingerprint: str,
         version: dt.datetime | None,
         deleted: bool,
-        *,
         row: Sequence[Any] = (),
         plan: _EntityPlan | None = None,
     ) -> None:
@@ -530,11 +529,13 @@ async def _fetch_state(
     for row in rows:
         zoho_id, fprint, version, deleted_at = row[0], row[1], row[2], row[3]
         version = None if version is None else from_db(version)
-        state[zoho_id] = Stored(None, None, fprint, version, deleted_at is not None, row=row, plan=plan)
-        for target, value, link in plan.link_positions:
+        state[zoho_id] = Stored(None, None, fprint, version, deleted_at is not None, row, plan)
+    for target, value, link in plan.link_positions:  # one pass per lookup, with its dict at hand
+        links = known[target]
+        for row in rows:
             target_id, local_id = row[value], row[link]
             if target_id is not None and local_id is not None:
-                known[target][target_id] = local_id
+                links[target_id] = local_id
     return state, known
 
 
