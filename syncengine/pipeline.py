@@ -667,13 +667,14 @@ class _Batch:
             for zoho_id in ready:
                 del self.dirty[zoho_id]
         tenant, now, name, found = self.tenant, self.now, self.entity.name, self.found
+        lands_in_moodle = self.entity.moodle is not None
         new: list[tuple[Any, ...]] = []
         changed: list[tuple[Any, ...]] = []
         queued: list[tuple[Any, ...]] = []
         for zoho_id in ready:
             (changed if zoho_id in found else new).append(self.row(zoho_id))
             operation = self.deliveries.pop(zoho_id, None)
-            if operation is not None and self.entity.moodle is not None:
+            if operation is not None and lands_in_moodle:
                 queued.append((tenant, name, zoho_id, operation, now, now))
         table, names = self.tables.table, self.plan.row_names
         return Rows(table, names, new), Rows(table, names, changed), Rows(self.tables.outbox, OUTBOX_COLUMNS, queued)
