@@ -57,5 +57,11 @@ def test_smoke_run_prints_every_scenario() -> None:
             ("dlt merge", "postgresql", "100-record loads", "100"),
         },
     ), peer
+    if ("dlt merge", "postgresql", "NEW", "-") in peer:  # the engine's side of the peer ratios, beside dlt's
+        beside = {
+            ("pipeline, beside dlt", "postgresql", case, batch)
+            for case, batch in (("NEW", "1,000"), ("UNCHANGED", "1,000"), ("NEW", "100"))
+        }
+        assert beside <= rows, sorted(beside - rows)
     assert "| target" in run.stdout
     assert "MISSED" in run.stdout or "met" in run.stdout
