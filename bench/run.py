@@ -1,6 +1,6 @@
 """`python -m bench`: run the scenarios of issue 4 and print the figures and the targets.
 
-    python -m bench                    # the full run (about 40 minutes on 2 cores)
+    python -m bench                    # the full run (13-25 minutes on 2 cores)
     python -m bench --smoke            # tiny sizes, well under a minute: what CI runs
     python -m bench --only pipeline,limit --records 20000 --repeats 5
 
