@@ -134,17 +134,17 @@ def targets(measurements: Iterable[Measurement]) -> list[Target]:
             unit="MB",
         ),
         Target(
-            "pipeline PG NEW, batches of 1,000 / dlt merge, NEW",
+            "pipeline beside dlt, NEW, batches of 1,000 / dlt merge, NEW",
             ratio(beside_new, get("dlt merge", "postgresql", "NEW", None)),
             5,
         ),
         Target(
-            "pipeline PG UNCHANGED, batches of 1,000 / dlt merge, repeated",
+            "pipeline beside dlt, UNCHANGED, batches of 1,000 / dlt merge, repeated",
             ratio(beside_unchanged, get("dlt merge", "postgresql", "repeated", None)),
             5,
         ),
         Target(
-            "pipeline PG 100-record syncs / dlt 100-record loads",
+            "pipeline beside dlt, 100-record syncs / dlt 100-record loads",
             ratio(beside_new_100, get("dlt merge", "postgresql", "100-record loads", 100)),
             50,
         ),

@@ -27,6 +27,8 @@ from bench.settings import Sizes
 from syncengine.engine import SyncEngine
 
 LOAD_SIZE = 100
+#: The engine's figures taken beside dlt's: (case, batch size).
+ENGINE_RUNS = (("NEW", 1000), ("UNCHANGED", 1000), ("NEW", 100))
 
 
 def merge_load(databases: Databases, dataset: str, workdir: str, rows: list[dict[str, Any]]) -> float:
@@ -88,10 +90,6 @@ async def run(databases: Databases, sizes: Sizes) -> list[Measurement]:
                 small.seconds.append(await asyncio.to_thread(merge_load, databases, dataset, workdir, batch))
     await reset(engine)
     return [new, repeated, small, *beside.values()]
-
-
-#: The engine's figures taken beside dlt's: (case, batch size).
-ENGINE_RUNS = (("NEW", 1000), ("UNCHANGED", 1000), ("NEW", 100))
 
 
 async def _engine_runs(
