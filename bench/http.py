@@ -361,7 +361,8 @@ async def measure_batches(servers: Sequence[Server], sizes: HttpSizes, workdir: 
                     rows[server.name][case].seconds.append(result["seconds"])
         for server in servers:
             server.figures += rows[server.name].values()
-            await fresh(server)
+    for server in servers:
+        await fresh(server)
 
 
 def _note(server: Server, connections: int) -> str:
