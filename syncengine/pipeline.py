@@ -3,14 +3,15 @@
 One code path for every entity; the `Entity` descriptor says what to do. A batch costs a few
 set-based statements, never one per record:
 
-1. lock the batch's ids against concurrent writers (PostgreSQL), then fetch their stored rows
-   (for records not parsed yet, while Python parses them: see `read_ahead`);
+1. fetch the stored rows of the batch's ids, with their versions (for records not parsed yet,
+   while Python parses them: see `read_ahead`);
 2. resolve lookup ids that the stored rows do not already link, and that were not seen live in
    the last seconds (one statement for every target);
 3. decide every record in input order, in memory, each against the state the one before left;
 4. write the final state of every touched row (a plain insert for rows the fetch did not find,
-   an upsert for the others), and queue a delivery for each changed row of an entity that lands
-   in Moodle (one statement on PostgreSQL, up to three on SQLite).
+   an update of the others where still at the version fetched: see store.py), and queue a
+   delivery for each changed row of an entity that lands in Moodle (one statement on
+   PostgreSQL, up to three on SQLite).
 
 On PostgreSQL a large batch is decided and written in parts (the store's `part_records`): while
 the server writes one part, Python decides the next (steps 3 and 4 overlap). A row is written
@@ -51,7 +52,7 @@ _IDENTITY = FIELD_TYPES["string"].from_db
 _ABSENT = object()
 #: The columns of an outbox row, in the order `sync_batch` gives their values.
 OUTBOX_COLUMNS = ("tenant_id", "entity", "zoho_id", "operation", "next_attempt_at", "created_at")
-#: Records parsed between two looks at the lock and fetch running meanwhile (`_parse_while_reading`).
+#: Records parsed between two looks at the fetch running meanwhile (`_parse_while_reading`).
 PARSE_STEP = 50
 #: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
 LOOKUP_CACHE_SECONDS = 5.0
@@ -107,11 +108,17 @@ class Stored:
         return self._values
 
     @property
+    def row_version(self) -> Any:
+        """The fetched row's version (`Store.fetch`)."""
+        return self._row[-1]
+
+    @property
     def links(self) -> dict[str, int | None]:
         if self._links is None:
             plan = self.plan
             assert plan is not None
-            self._links = dict(zip(plan.links, self._row[4 + len(plan.names) :], strict=True))
+            first = 4 + len(plan.names)  # after the links comes the row's version (`Store.fetch`)
+            self._links = dict(zip(plan.links, self._row[first : first + len(plan.links)], strict=True))
         return self._links
 
 
@@ -153,7 +160,7 @@ def parse_records(entity: Entity, records: Iterable[Any]) -> list[Incoming]:
 @dataclass(frozen=True, slots=True)
 class Unparsed:
     """Records not parsed yet, and their ids as parsing reads them (`read_ahead`): a batch
-    locks and fetches the stored rows of these ids while Python parses the records."""
+    fetches the stored rows of these ids while Python parses the records."""
 
     records: Sequence[Any]
     ids: set[str]
@@ -161,7 +168,7 @@ class Unparsed:
 
 def read_ahead(entity: Entity, records: Iterable[Any]) -> Unparsed | list[Incoming]:
     """A batch to sync: when every record is a JSON object, the records with their ids read
-    ahead (`Unparsed`, parsed while the database locks and fetches those ids); else parsed now."""
+    ahead (`Unparsed`, parsed while the database fetches those ids); else parsed now."""
     records = records if isinstance(records, list | tuple) else list(records)
     if any(raw.__class__ is not dict for raw in records):
         return parse_records(entity, records)
@@ -410,23 +417,27 @@ async def sync_batch(
     tenant: str,
     incoming: Sequence[Incoming] | Unparsed,
     lookups: LookupCache | None = None,
-    on_written: Callable[[], None] | None = None,
+    on_fetched: Callable[[set[str]], None] | None = None,
     part_records: int | None = None,
+    hold: bool = False,
 ) -> SyncReport:
     """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
     caller's transaction (`conn`, from `store.transaction`). Records not parsed yet
-    (`read_ahead`) are parsed while the database locks and fetches their ids.
+    (`read_ahead`) are parsed while the database fetches their ids.
 
-    `on_written` is called once the batch has written, with only the COMMIT to come; it still
-    holds its locks, so a batch started from then on that touches the same records waits for
-    this one to commit. A batch of at least twice `part_records` records is decided and written
-    in parts of about that many (see `_parts`); each part costs one statement more.
+    `on_fetched` is called with the batch's ids once it has read their rows (the engine's lanes
+    start a batch of other records then, and keep one that shares records waiting). A batch of
+    at least twice `part_records` records is decided and written in parts of about that many
+    (see `_parts`); each part costs one statement more. With `hold`, the rows fetched stay
+    locked until the transaction ends (`Store.fetch`).
     """
     if isinstance(incoming, Unparsed):
-        incoming, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming)
+        incoming, ids, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming, hold)
     else:
         ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
-        state, known = await _lock_and_fetch(conn, store, tables, tenant, ids)
+        state, known = await _fetch_state(conn, store, tables, tenant, ids, hold)
+    if on_fetched is not None:
+        on_fetched(ids)
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, known, lookups)
     batch = _Batch(tables, state, resolved, tenant, dt.datetime.now(dt.UTC))
     results: list[RecordResult] = []
@@ -452,8 +463,6 @@ async def sync_batch(
     finally:
         if writing is not None:  # something failed while a part was being written
             await _abandon(writing)
-    if on_written is not None:
-        on_written()
     return SyncReport(tables.entity.name, tables.entity.id_key, results)
 
 
@@ -481,48 +490,42 @@ def _last_part(parts: list[Sequence[Incoming]]) -> dict[str, int] | None:
     return {record.zoho_id: index for index, part in enumerate(parts) for record in part if record.zoho_id is not None}
 
 
-async def _lock_and_fetch(
-    conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]
-) -> tuple[dict[str, Stored], dict[str, dict[str, int]]]:
-    """Lock `ids` against concurrent writers, then read their stored state (`_fetch_state`)."""
-    await store.lock(conn, tables.table, tenant, ids)
-    return await _fetch_state(conn, store, tables, tenant, ids)
-
-
 async def _parse_while_reading(
-    conn: Any, store: Store, tables: EntityTables, tenant: str, unparsed: Unparsed
-) -> tuple[list[Incoming], dict[str, Stored], dict[str, dict[str, int]]]:
-    """Parse the records while the database locks and fetches the ids read ahead."""
-    reading = asyncio.create_task(_lock_and_fetch(conn, store, tables, tenant, unparsed.ids))
+    conn: Any, store: Store, tables: EntityTables, tenant: str, unparsed: Unparsed, hold: bool
+) -> tuple[list[Incoming], set[str], dict[str, Stored], dict[str, dict[str, int]]]:
+    """Parse the records while the database fetches the ids read ahead; the records, their
+    ids, and what `_fetch_state` gives."""
+    reading = asyncio.create_task(_fetch_state(conn, store, tables, tenant, unparsed.ids, hold))
     records = unparsed.records
     incoming: list[Incoming] = []
     try:
         for start in range(0, len(records), PARSE_STEP):
             if not reading.done():
-                await asyncio.sleep(0)  # the lock, then the fetch, go out as soon as they can
+                await asyncio.sleep(0)  # BEGIN, then the fetch, go out as soon as they can
             incoming += parse_records(tables.entity, records[start : start + PARSE_STEP])
     except BaseException:
         await _abandon(reading)
         raise
     state, known = await reading
-    missing = {record.zoho_id for record in incoming if record.zoho_id is not None} - unparsed.ids
-    if missing:  # ids read ahead otherwise than the parser reads them: those are locked now
-        more_state, more_known = await _lock_and_fetch(conn, store, tables, tenant, missing)
+    ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
+    missing = ids - unparsed.ids
+    if missing:  # ids read ahead otherwise than the parser reads them: those are fetched now
+        more_state, more_known = await _fetch_state(conn, store, tables, tenant, missing, hold)
         state.update(more_state)
         for target, links in more_known.items():
             known[target].update(links)
-    return incoming, state, known
+    return incoming, ids | unparsed.ids, state, known
 
 
 async def _fetch_state(
-    conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str]
+    conn: Any, store: Store, tables: EntityTables, tenant: str, ids: set[str], hold: bool = False
 ) -> tuple[dict[str, Stored], dict[str, dict[str, int]]]:
-    """The stored rows of `ids`, and the local ids of the lookup targets they link to, per
-    target entity: {target: {zoho_id: id}}."""
+    """The stored rows of `ids` (`Stored`, with their versions: `Store.fetch`), and the local ids
+    of the lookup targets they link to, per target entity: {target: {zoho_id: id}}."""
     known: dict[str, dict[str, int]] = {target: {} for target in tables.targets}
     if not ids:
         return {}, known
-    rows = await store.fetch(conn, tables.fetch_columns, tenant, ids)
+    rows = await store.fetch(conn, tables.fetch_columns, tenant, ids, hold=hold)
     plan = _plan(tables.entity)
     from_db = _DATETIME.from_db
     state = {}
@@ -592,8 +595,9 @@ class _Batch:
         self.tenant = tenant
         self.now = now
         self.entity = tables.entity
-        #: The ids the batch found stored (deleted or not): every other row it writes is new.
-        self.found = set(state)
+        #: The ids the batch found stored (deleted or not), with each row's version (`Store.fetch`):
+        #: every other row it writes is new.
+        self.found = {zoho_id: stored.row_version for zoho_id, stored in state.items()}
         self.plan = _plan(tables.entity)
         self.singulars = tables.singulars
         self.state = state
@@ -670,14 +674,23 @@ class _Batch:
         lands_in_moodle = self.entity.moodle is not None
         new: list[tuple[Any, ...]] = []
         changed: list[tuple[Any, ...]] = []
+        versions: list[Any] = []
         queued: list[tuple[Any, ...]] = []
         for zoho_id in ready:
-            (changed if zoho_id in found else new).append(self.row(zoho_id))
+            if zoho_id in found:
+                changed.append(self.row(zoho_id))
+                versions.append(found[zoho_id])
+            else:
+                new.append(self.row(zoho_id))
             operation = self.deliveries.pop(zoho_id, None)
             if operation is not None and lands_in_moodle:
                 queued.append((tenant, name, zoho_id, operation, now, now))
         table, names = self.tables.table, self.plan.row_names
-        return Rows(table, names, new), Rows(table, names, changed), Rows(self.tables.outbox, OUTBOX_COLUMNS, queued)
+        return (
+            Rows(table, names, new),
+            Rows(table, names, changed, versions),
+            Rows(self.tables.outbox, OUTBOX_COLUMNS, queued),
+        )
 
     def row(self, zoho_id: str) -> tuple[Any, ...]:
         """The final state of a touched row, in the order of the plan's `row_names`."""

@@ -1,20 +1,27 @@
 """The store: opening databases, and the few statements whose SQL differs by dialect.
 
 Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for a
-transaction and four set-based operations in it (lock ids, fetch rows by Zoho id, resolve
-lookup ids, write a batch's rows and its outbox rows) and never learns which database it talks to.
+transaction and three set-based operations in it (fetch rows by Zoho id, resolve lookup ids,
+write a batch's rows and its outbox rows), and whether a failed transaction is to be run again
+(`retryable`); it never learns which database it talks to.
 
 - PostgreSQL: the statements run on the pooled connection's asyncpg connection, in a
   transaction of asyncpg's, each prepared once per connection (asyncpg's statement cache).
   SQLAlchemy's execute path cost 0.15-0.3 ms of CPU a statement, as much as a small batch's own
   work. One statement writes a batch (or a part of one), `WITH w0 AS (INSERT ... SELECT FROM
-  unnest(...)), w1 AS (INSERT ... ON CONFLICT ...) INSERT INTO outbox ... SELECT FROM unnest(...)`,
-  arrays bound as parameters: rows the batch did not find go in without ON CONFLICT.
-  A batch first takes transaction-scoped advisory locks, in sorted order, on the buckets its ids
-  hash to (at most `LOCK_BUCKETS` per table and tenant, so a large batch cannot exhaust the
-  server's lock table), so that concurrent batches touching the same records queue (and never
-  deadlock) while small batches on other records mostly run in parallel; every read after that
-  sees the latest committed state.
+  unnest(...)), w1 AS (UPDATE ... FROM unnest(...)) INSERT INTO outbox ... SELECT FROM
+  unnest(...)`, arrays bound as parameters.
+  Writers do not lock what they read; they check it when they write. The fetch returns each
+  row's version (its `xmin`, which every update changes), and a row is updated only where it
+  is still at the version fetched; rows the fetch did not find are inserted, and the unique key
+  refuses one that another transaction inserted meanwhile. Either way the write fails
+  (`RowsChanged`, a unique violation, or, when two transactions wait on each other's rows, a
+  deadlock that PostgreSQL ends), and `retryable` says to run the transaction again, when it
+  reads what the other wrote, and locks what it reads (`fetch`'s `hold`), so as not to lose
+  again. So batches of other records never wait for each other, an unchanged batch writes
+  nothing (not even a COMMIT), and what a batch decided on a row still holds when it writes it.
+  (Processes of an older syncengine, which took advisory locks instead, must not write beside
+  this one: stop them all before starting this version.)
 - SQLite: `executemany` of an insert (rows not found) and of an upsert; write transactions
   start with `BEGIN IMMEDIATE` so that two writers queue instead of failing, and the file runs
   in WAL mode.
@@ -25,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import hashlib
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,10 +42,14 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-#: Advisory locks per table and tenant: PostgreSQL's lock table holds 64 per connection by default.
-LOCK_BUCKETS = 32
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
+#: PostgreSQL's SQLSTATEs of the races `PostgresStore.retryable` runs again.
+UNIQUE_VIOLATION, DEADLOCK_DETECTED = "23505", "40P01"
+
+
+class RowsChanged(Exception):
+    """Rows a transaction fetched were changed by another before it wrote them."""
 
 
 class Store(Protocol):
@@ -57,13 +66,17 @@ class Store(Protocol):
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection in a transaction, committed at the end (rolled back with `rollback`)."""
 
-    async def lock(self, conn: Any, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        """Serialise writers of the same records until the transaction ends."""
-
     async def fetch(
-        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str], *, hold: bool = False
     ) -> Sequence[Sequence[Any]]:
-        """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`."""
+        """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`, each with
+        one value more at its end: the row's version, which `write` wants back (`Rows.versions`).
+        With `hold`, the rows found stay locked until the transaction ends, so that no other
+        writer changes them first (for a transaction run again after it lost a race)."""
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether a failed transaction only lost a race with another writer of the same records,
+        and is to be run again as it is."""
 
     async def resolve(
         self, conn: Any, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
@@ -71,18 +84,20 @@ class Store(Protocol):
         """Local ids of live rows, for each of several tables at once: {name: {zoho_id: id}}."""
 
     async def write(self, conn: Any, new: Rows, changed: Rows, queued: Rows) -> None:
-        """Insert `new` (rows the transaction holds the locks of and did not find), upsert
-        `changed` (every given column but `created_at` is updated where the natural key exists)
-        and insert `queued` (the outbox rows)."""
+        """Insert `new` (rows the transaction's fetch did not find), update `changed` (every given
+        column but `created_at`, where the natural key is, if still at its version) and insert
+        `queued` (the outbox rows); a write that finds a row changed since fails (`retryable`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Rows for one table: its column names, and one tuple of values per row in that order."""
+    """Rows for one table: its column names, and one tuple of values per row in that order;
+    for rows that exist, the version each had when fetched (see `Store.fetch`)."""
 
     table: sa.Table
     names: tuple[str, ...]
     values: list[tuple[Any, ...]]
+    versions: list[Any] | None = None
 
 
 def database_url(url: str) -> str:
@@ -165,16 +180,27 @@ class SqliteStore:
             if rollback:
                 await transaction.rollback()
 
-    async def lock(self, conn: AsyncConnection, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        """Nothing to do: BEGIN IMMEDIATE already gave this transaction the only write lock."""
-
     async def fetch(
-        self, conn: AsyncConnection, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
-    ) -> Sequence[sa.Row[Any]]:
+        self,
+        conn: AsyncConnection,
+        columns: Sequence[sa.Column[Any]],
+        tenant: str,
+        zoho_ids: Iterable[str],
+        *,
+        hold: bool = False,
+    ) -> Sequence[Sequence[Any]]:
+        """No row version, nothing to hold: BEGIN IMMEDIATE gave this transaction the only write
+        lock, so nothing changes between its fetch and its write."""
         table = columns[0].table
         ids = sa.func.json_each(_json_text(list(zoho_ids))).table_valued("value")
-        query = sa.select(*columns).where(table.c.tenant_id == tenant, table.c.zoho_id.in_(sa.select(ids.c.value)))
-        return (await conn.execute(query)).all()
+        wanted = table.c.zoho_id.in_(sa.select(ids.c.value))
+        query = sa.select(*columns, sa.null()).where(table.c.tenant_id == tenant, wanted)
+        rows: Sequence[Sequence[Any]] = (await conn.execute(query)).all()
+        return rows
+
+    def retryable(self, error: BaseException) -> bool:
+        """Never: writers take turns for the whole transaction, so none loses a race."""
+        return False
 
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
@@ -190,7 +216,8 @@ class SqliteStore:
         return resolved
 
     async def write(self, conn: AsyncConnection, new: Rows, changed: Rows, queued: Rows) -> None:
-        """An `executemany` of the insert, of the upsert, then of the outbox insert.
+        """An `executemany` of the insert, of the upsert, then of the outbox insert (rows do not
+        change under a writer here: see `fetch`).
 
         The values are converted column by column with the column types' own SQLAlchemy
         processors (a value repeated down a whole column, such as the batch's timestamp, once)
@@ -250,8 +277,10 @@ def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect
 
 
 class PostgresStore:
-    #: Two: the next batch's Python runs while this one's COMMIT waits for the server's disk.
-    lane_depth = 2
+    #: Four: batches of other records run side by side, each on its own connection, so that the
+    #: server writes one while Python decides another and the next one's COMMIT waits for the disk
+    #: (two for small batches: see the engine's `_Lane.may_start`).
+    lane_depth = 4
     #: The server writes one part while Python decides the next (NEW, batches of 1,000: +20-30 %).
     part_records: int | None = 200
 
@@ -259,8 +288,8 @@ class PostgresStore:
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[_Session]:
         """The pooled connection's asyncpg connection, with a transaction of our own on it.
 
-        BEGIN travels with the batch's first statement (with the locks, in one round trip), and
-        a batch that runs no statement sends neither BEGIN nor COMMIT. SQLAlchemy sees no
+        BEGIN goes out before the batch's first write (see `fetch`), and a batch that writes
+        nothing sends neither BEGIN nor COMMIT. SQLAlchemy sees no
         statement on the connection, so it has no transaction of its own to end. A connection
         that broke is invalidated, so that the pool does not hand it out again.
         """
@@ -282,31 +311,31 @@ class PostgresStore:
                     await lent.invalidate()
                 raise
 
-    async def lock(self, session: _Session, table: sa.Table, tenant: str, zoho_ids: Iterable[str]) -> None:
-        """One advisory lock per bucket the ids hash to, taken in sorted order; with BEGIN, if not sent yet."""
-        keys = _lock_keys(table.name, tenant)
-        wanted = sorted({keys[zlib.crc32(zoho_id.encode()) % LOCK_BUCKETS] for zoho_id in zoho_ids})
-        if not wanted:
-            return
-        # The keys are integers computed here, so writing them into the SQL is safe.
-        sql = (
-            "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT unnest(CAST(ARRAY["
-            + ",".join(map(str, wanted))
-            + "] AS BIGINT[])) AS key ORDER BY key) AS ordered"
-        )
-        if session.begun:
-            await session.conn.execute(sql)
-        else:
-            session.begun = True  # set first: should the lock fail, the transaction still needs a ROLLBACK
-            await session.conn.execute("BEGIN; " + sql)
-
     async def fetch(
-        self, session: _Session, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str]
+        self,
+        session: _Session,
+        columns: Sequence[sa.Column[Any]],
+        tenant: str,
+        zoho_ids: Iterable[str],
+        *,
+        hold: bool = False,
     ) -> Sequence[Sequence[Any]]:
-        conn = await session.begin()
-        ids, literal = _array(list(zoho_ids), "text")
-        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal), tenant, ids)
+        """Read outside the transaction, which begins with the first write: a batch with nothing
+        to write sends neither BEGIN nor COMMIT. With `hold`, inside it, locking the rows found
+        in id order (`FOR NO KEY UPDATE`: rows that point to them may still be inserted), so
+        that two such fetches never wait on each other in a cycle."""
+        conn = await session.begin() if hold else session.conn
+        ids, literal = _array(sorted(zoho_ids) if hold else list(zoho_ids), "text")
+        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal, hold), tenant, ids)
         return rows
+
+    def retryable(self, error: BaseException) -> bool:
+        """A row changed since it was fetched, a new row that another transaction inserted first,
+        or a deadlock (two transactions writing the same rows in another order)."""
+        return isinstance(error, RowsChanged) or getattr(error, "sqlstate", None) in (
+            UNIQUE_VIOLATION,
+            DEADLOCK_DETECTED,
+        )
 
     async def resolve(
         self, session: _Session, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
@@ -323,22 +352,35 @@ class PostgresStore:
         return resolved
 
     async def write(self, session: _Session, new: Rows, changed: Rows, queued: Rows) -> None:
-        """One statement: `WITH w0 AS (INSERT ...), w1 AS (INSERT ... ON CONFLICT ...) INSERT INTO outbox ...`.
+        """One statement: `WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) INSERT INTO outbox ...`.
 
         Rows known to be new go in without ON CONFLICT: PostgreSQL's speculative insertion
-        costs a quarter of an insert more.
+        costs a quarter of an insert more. Rows that exist are updated where still at the
+        version fetched; should fewer be, the statement counts them and this raises
+        `RowsChanged` (the transaction is then rolled back and run again).
         """
-        parts: list[str] = []
+        statements: list[str] = []
         params: list[Any] = []
-        for items, upsert in ((new, False), (changed, True), (queued, False)):
-            if items.values:
-                parts.append(_unnest_insert(items, params, upsert=upsert))
-        if not parts:
+        if new.values:
+            statements.append(_unnest_insert(new, params))
+        updated = None
+        if changed.values:
+            updated = f"w{len(statements)}"
+            statements.append(_unnest_update(changed, params))
+        if queued.values:
+            statements.append(_unnest_insert(queued, params))
+        if not statements:
             return
-        *first, last = parts
-        if first:
-            last = "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first)) + " " + last
-        await (await session.begin()).execute(last, *params)
+        conn = await session.begin()
+        if updated is None:
+            *first, last = statements
+            await conn.execute(_with(first) + last, *params)
+        elif await conn.fetchval(_with(statements) + f"SELECT count(*) FROM {updated}", *params) != len(changed.values):
+            raise RowsChanged(f"rows of {changed.table.name} changed after this transaction fetched them")
+
+
+def _with(statements: list[str]) -> str:
+    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(statements)) + " " if statements else ""
 
 
 class _Session:
@@ -358,32 +400,25 @@ class _Session:
         return self.conn
 
 
-@functools.lru_cache(maxsize=4096)
-def _lock_keys(table: str, tenant: str) -> tuple[int, ...]:
-    """The advisory lock keys of a table's and tenant's buckets: 64-bit hashes of `table:tenant:bucket`."""
-    return tuple(
-        int.from_bytes(hashlib.blake2b(f"{table}:{tenant}:{bucket}".encode(), digest_size=8).digest(), signed=True)
-        for bucket in range(LOCK_BUCKETS)
-    )
-
-
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _DIALECT.identifier_preparer.quote
 
 
 @functools.cache
-def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool) -> str:
+def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool, hold: bool) -> str:
     """`columns` of tenant `$1`'s rows whose zoho_id is in `$2` (see `_array`); built once per column set.
 
-    One unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
+    Each row ends with its `xmin`, its version for `write`; with `hold`, each is locked. One
+    unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
     `zoho_id = ANY($2)` let the planner scan the tenant's whole index range when the
     statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
     """
     names = ", ".join(f"t.{_quote(column.name)}" for column in columns)
+    locking = " FOR NO KEY UPDATE" if hold else ""
     return (
         f"SELECT stored.* FROM unnest({_array_sql('$2', 'TEXT', literal)}) AS wanted(zoho_id) "
-        f"CROSS JOIN LATERAL (SELECT {names} FROM {_quote(columns[0].table.name)} AS t "
-        "WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1) AS stored"
+        f"CROSS JOIN LATERAL (SELECT {names}, t.xmin FROM {_quote(columns[0].table.name)} AS t "
+        f"WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1{locking}) AS stored"
     )
 
 
@@ -430,11 +465,33 @@ def _array_sql(param: str, sql_type: str, literal: bool) -> str:
     return f"CAST(CAST({param} AS TEXT) AS {sql_type}[])" if literal else f"CAST({param} AS {sql_type}[])"
 
 
-def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
-    """The SQL that inserts (or upserts) `rows` from arrays; their values are appended to `params`."""
+def _unnest_insert(rows: Rows, params: list[Any]) -> str:
+    """The SQL that inserts `rows` from arrays; their values are appended to `params`."""
+    start = len(params) + 1
+    return _insert_sql(rows.table, rows.names, _unnest_params(rows, params), start)
+
+
+def _unnest_update(rows: Rows, params: list[Any]) -> str:
+    """The SQL that updates `rows` from arrays where each is still at its version (`Rows.versions`),
+    returning a row for each updated; their values are appended to `params`."""
+    assert rows.versions is not None and len(rows.versions) == len(rows.values), "a version for each row"
+    start = len(params) + 1
+    modes = _unnest_params(rows, params, skip="created_at")
+    versions, literal = _array(rows.versions, "int")
+    params.append(versions)
+    return _update_sql(rows.table, rows.names, modes, start, literal)
+
+
+def _unnest_params(rows: Rows, params: list[Any], skip: str | None = None) -> tuple[str, ...]:
+    """Append a parameter for each column of `rows` but `skip` to `params`; how each is sent
+    (see `_unnest_parts`)."""
     start = len(params) + 1
     modes: list[str] = []
-    for (is_json, kind), column in zip(_layout(rows.table, rows.names), zip(*rows.values, strict=True), strict=True):
+    layout = _layout(rows.table, rows.names)
+    for name, (is_json, kind), column in zip(rows.names, layout, zip(*rows.values, strict=True), strict=True):
+        if name == skip:
+            modes.append("skip")
+            continue
         values = list(column)
         if is_json:
             values = [None if value is None else _json_text(value) for value in values]
@@ -448,7 +505,7 @@ def _unnest_insert(rows: Rows, params: list[Any], *, upsert: bool) -> str:
         params.append(param)
     if all(mode == "scalar" for mode in modes):
         modes[0], params[start - 1] = "array", [params[start - 1]] * len(rows.values)
-    return _unnest_sql(rows.table, rows.names, upsert, tuple(modes), start)
+    return tuple(modes)
 
 
 @functools.cache
@@ -473,39 +530,70 @@ def _literal_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     return None
 
 
-@functools.cache
-def _unnest_sql(table: sa.Table, names: tuple[str, ...], upsert: bool, modes: tuple[str, ...], start: int) -> str:
-    """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST($3 AS T) FROM unnest(CAST($1 AS T[]), ...)`.
+def _unnest_parts(
+    table: sa.Table, names: tuple[str, ...], modes: tuple[str, ...], start: int
+) -> tuple[list[str], list[str], list[str]]:
+    """For `SELECT <values> FROM unnest(<arrays>) AS u(<aliases>)`: the array expressions, each
+    column's value expression, and the aliases.
 
-    One statement a batch: a column is an array parameter (numbered from `start`), a literal
-    of one (see `_array`), or (`modes` says "scalar") one value for every row. JSON values travel
-    as text and are cast back, since asyncpg has no codec for json[].
+    A column is an array parameter (numbered from `start`), a literal of one (see `_array`),
+    (`modes` says "scalar") one value for every row, or not sent ("skip": it gets no value
+    expression). JSON values travel as text and are cast back, since asyncpg has no codec for
+    json[].
     """
-    casts, selects, aliases = [], [], []
+    casts, values, aliases = [], [], []
+    number = start
     for i, (name, mode) in enumerate(zip(names, modes, strict=True)):
+        if mode == "skip":
+            continue
         column_type = table.c[name].type
         sql_type = column_type.compile(dialect=_DIALECT)
         is_json = isinstance(column_type, sa.JSON)
-        param = f"${start + i}"
+        param = f"${number}"
+        number += 1
         if mode == "scalar":
-            selects.append(f"CAST(CAST({param} AS TEXT) AS {sql_type})" if is_json else f"CAST({param} AS {sql_type})")
+            values.append(f"CAST(CAST({param} AS TEXT) AS {sql_type})" if is_json else f"CAST({param} AS {sql_type})")
             continue
         # A text literal is read as TEXT[] and each value cast by the insert to its column's
         # type: reading it as VARCHAR(n)[] cost the server more (measured, batches of 1,000).
         as_text = is_json or (mode == "literal" and _literal_kind(column_type) == "text")
         casts.append(_array_sql(param, "TEXT" if as_text else sql_type, mode == "literal"))
-        selects.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
+        values.append(f"CAST(u.p{i} AS {sql_type})" if is_json else f"u.p{i}")
         aliases.append(f"p{i}")
-    sql = (
+    return casts, values, aliases
+
+
+@functools.cache
+def _insert_sql(table: sa.Table, names: tuple[str, ...], modes: tuple[str, ...], start: int) -> str:
+    """`INSERT INTO t (a, b, c) SELECT u.p0, u.p1, CAST($3 AS T) FROM unnest(CAST($1 AS T[]), ...)`."""
+    casts, values, aliases = _unnest_parts(table, names, modes, start)
+    return (
         f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
-        f"SELECT {', '.join(selects)} FROM unnest({', '.join(casts)}) AS u({', '.join(aliases)})"
+        f"SELECT {', '.join(values)} FROM unnest({', '.join(casts)}) AS u({', '.join(aliases)})"
     )
-    if upsert:
-        updates = [n for n in names if n not in (*NATURAL_KEY, "created_at")]
-        sql += f" ON CONFLICT ({', '.join(NATURAL_KEY)}) DO UPDATE SET " + ", ".join(
-            f"{_quote(n)} = EXCLUDED.{_quote(n)}" for n in updates
-        )
-    return sql
+
+
+@functools.cache
+def _update_sql(table: sa.Table, names: tuple[str, ...], modes: tuple[str, ...], start: int, literal: bool) -> str:
+    """`UPDATE t SET b = u.p1, ... FROM unnest(..., <versions>) AS u(..., version) WHERE <natural
+    key matches> AND t.xmin = u.version RETURNING 1`; the versions are the last parameter.
+
+    Should another transaction have updated a row since it was fetched, PostgreSQL waits for it
+    to end, then checks the condition again on the row as it left it: its `xmin` is then that
+    transaction's, so the row is not updated (and not counted).
+    """
+    casts, values, aliases = _unnest_parts(table, names, modes, start)
+    sent = [name for name, mode in zip(names, modes, strict=True) if mode != "skip"]
+    casts.append(_array_sql(f"${start + len(sent)}", "xid", literal))
+    aliases.append("version")
+    value = dict(zip(sent, values, strict=True))
+    updates = [f"{_quote(n)} = {value[n]}" for n in sent if n not in NATURAL_KEY]
+    matches = [f"t.{_quote(n)} = {value[n]}" for n in NATURAL_KEY]
+    return (
+        f"UPDATE {_quote(table.name)} AS t SET {', '.join(updates)} "
+        f"FROM unnest({', '.join(casts)}) AS u({', '.join(aliases)}) "
+        f"WHERE {' AND '.join(matches)} AND t.xmin = u.version RETURNING 1"
+    )
 
 
 def _json_text(value: Any) -> str:
