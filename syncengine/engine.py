@@ -69,6 +69,11 @@ class SchemaError(RuntimeError):
     """The database has no tables for the descriptors (yet)."""
 
 
+class ContendedError(RuntimeError):
+    """A batch lost the race for its records to other writers every time it ran; nothing of it
+    was written."""
+
+
 class SyncEngine:
     """The pipeline bound to a catalog and a database."""
 
@@ -79,6 +84,7 @@ class SyncEngine:
         *,
         lookup_cache_seconds: float = LOOKUP_CACHE_SECONDS,
         part_records: int | None = None,
+        race_attempts: int = RACE_ATTEMPTS,
     ) -> None:
         self.catalog = catalog
         self.database = database
@@ -86,6 +92,8 @@ class SyncEngine:
         self.store = store_for(database)
         #: How large batches are split for writing (the store's choice unless given; see pipeline.py).
         self.part_records = part_records if part_records is not None else self.store.part_records
+        #: How many times a transaction that loses races to other writers is run (`Store.retryable`).
+        self.race_attempts = race_attempts
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self.lookups = LookupCache(lookup_cache_seconds)
         tables = self.metadata.tables
@@ -237,8 +245,13 @@ class SyncEngine:
                     raise SchemaError(
                         f"the database has no table for '{tables.entity.name}': run `syncengine db upgrade` first"
                     ) from None
-                if attempt == RACE_ATTEMPTS or not self.store.retryable(error):
+                if not self.store.retryable(error):
                     raise
+                if attempt >= self.race_attempts:
+                    raise ContendedError(
+                        f"other writers changed these {tables.entity.name} records while this batch was being synced, "
+                        f"{attempt} times; nothing of it was written: send it again"
+                    ) from error
                 log.info(
                     "another writer stored some of these records first; running the batch again",
                     extra={"fields": {"tenant": tenant, "entity": tables.entity.name, "attempt": attempt + 1}},

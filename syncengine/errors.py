@@ -23,7 +23,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from syncengine.descriptors import UnknownEntity
-from syncengine.engine import SchemaError
+from syncengine.engine import ContendedError, SchemaError
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from syncengine.payloads import PayloadError
 
@@ -77,6 +77,8 @@ def to_api_error(exc: Exception) -> ApiError:
         )
     if isinstance(exc, SchemaError):
         return ApiError(503, "schema_missing", str(exc))
+    if isinstance(exc, ContendedError):
+        return ApiError(409, "write_conflict", str(exc), {"Retry-After": "1"})
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))
     if isinstance(exc, HTTPException):

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from syncengine.engine import SyncEngine
+from syncengine.engine import ContendedError, SyncEngine
+from syncengine.errors import to_api_error
 from tests.conftest import count_rows
 from tests.records import program, student
 from tests.service import Api, running_api
@@ -197,6 +198,13 @@ async def test_the_same_key_replays_an_error_with_the_same_status(api: Api) -> N
     again = await api.sync("programs", [program(str(i)) for i in range(4)], headers=headers)
     assert first.status_code == again.status_code == 413
     assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_batch_that_kept_losing_races_is_a_409_that_says_to_send_it_again() -> None:
+    """tests/test_locks.py makes the engine raise it for real; this is how the service answers."""
+    error = to_api_error(ContendedError("other writers changed ...; nothing of it was written: send it again"))
+    assert (error.status_code, error.error, error.headers) == (409, "write_conflict", {"Retry-After": "1"})
+    assert error.message.endswith("send it again")
 
 
 async def test_a_missing_schema_is_503_not_500(databases: Any, dialect: str, catalog: Any) -> None:

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from syncengine.engine import SyncEngine
+from syncengine.engine import ContendedError, SyncEngine
 from tests.records import program, student
 
 IDS = [str(3000 + i) for i in range(40)]
@@ -97,3 +97,28 @@ async def test_calls_for_other_records_run_beside_a_batch_in_flight(engine: Sync
             assert result.status == "NEW"
         else:
             assert result.changes == {"First_Name": [names[i - 2], names[i]]}, i
+
+
+async def test_a_batch_that_keeps_losing_the_race_fails_whole_and_says_so(engine: SyncEngine) -> None:
+    """With a single attempt, the loser of a race for new records is not run again."""
+    one = SyncEngine(engine.catalog, engine.database, race_attempts=1)
+    other = SyncEngine(engine.catalog, engine.database, race_attempts=1)
+    lost = 0
+    for n in range(4):
+        ids = [str(7000 + 100 * n + i) for i in range(40)]
+        calls = [
+            e.sync("school", "students", [student(i, First_Name=name) for i in ids])
+            for e, name in ((one, "A"), (other, "B"))
+        ]
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if not errors:
+            continue
+        lost += 1
+        (error,) = errors
+        assert isinstance(error, ContendedError) and "nothing of it was written: send it again" in str(error)
+        (won,) = [name for name, outcome in zip("AB", outcomes, strict=True) if not isinstance(outcome, BaseException)]
+        for zoho_id in ids:
+            stored = await engine.fetch_record("school", "students", zoho_id)
+            assert stored is not None and stored["values"]["First_Name"] == won
+    assert lost if engine.database.dialect.name == "postgresql" else not lost
