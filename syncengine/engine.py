@@ -253,7 +253,7 @@ class SyncEngine:
                         f"{attempt} times; nothing of it was written: send it again"
                     ) from error
                 log.info(
-                    "another writer stored some of these records first; running the batch again",
+                    "another writer changed some of these records first; running the batch again",
                     extra={"fields": {"tenant": tenant, "entity": tables.entity.name, "attempt": attempt + 1}},
                 )
         if isinstance(batches, Unparsed) or len(batches) == 1:

@@ -67,7 +67,7 @@ async def test_two_processes_creating_the_same_records_both_succeed(
         for zoho_id in ids:
             stored = await engine.fetch_record("school", "students", zoho_id)
             assert stored is not None and stored["values"]["First_Name"] == later, zoho_id
-    retries = [r for r in caplog.records if r.getMessage().startswith("another writer stored some of these records")]
+    retries = [r for r in caplog.records if r.getMessage().startswith("another writer changed some of these records")]
     if engine.database.dialect.name == "postgresql":
         assert retries, "the two engines never raced: the test did not test the retry"
     else:
