@@ -135,7 +135,8 @@ class SyncEngine:
             return await self._wait(lane, _parsed(tables.entity, read))
         token = lane.start(ids)
         try:
-            (report,) = await self._transaction(tables, tenant, _batches(read), on_fetched=self._opener(lane, token))
+            batches = _batches(read)
+            (report,) = await self._transaction(tables, tenant, batches, ids, on_fetched=self._opener(lane, token))
         finally:
             lane.finish(token)
             self._start_waiting(lane, tables, tenant)
@@ -197,14 +198,15 @@ class SyncEngine:
         try:
             try:
                 batches = [call.records for call in group]
-                reports = await self._transaction(tables, tenant, batches, on_fetched=self._opener(lane, token))
+                ids = lane.busy[token]
+                reports = await self._transaction(tables, tenant, batches, ids, on_fetched=self._opener(lane, token))
             except Exception as error:
                 if len(group) == 1:
                     _settle(group[0], error=error)
                     return
                 for call in group:  # on their own, so that one call's failure is not another's
                     try:
-                        (report,) = await self._transaction(tables, tenant, [call.records])
+                        (report,) = await self._transaction(tables, tenant, [call.records], call.ids)
                     except Exception as alone:
                         _settle(call, error=alone)
                     else:
@@ -225,12 +227,14 @@ class SyncEngine:
         tables: EntityTables,
         tenant: str,
         batches: list[list[Incoming]] | Unparsed,
+        ids: set[str] | None = None,
         *,
         dry_run: bool = False,
         on_fetched: Callable[[set[str]], None] | None = None,
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch (one for records not
-        parsed yet, see `read_ahead`). A transaction that lost a race is run again."""
+        parsed yet, see `read_ahead`). `ids` are the records' ids, where known. A transaction
+        that lost a race is run again."""
         records = batches if isinstance(batches, Unparsed) else list(itertools.chain.from_iterable(batches))
         for attempt in itertools.count(1):
             try:
@@ -238,6 +242,7 @@ class SyncEngine:
                     report = await sync_batch(
                         conn, self.store, tables, tenant, records, self.lookups, on_fetched, self.part_records,
                         hold=attempt > 1,  # having lost a race, it locks what it reads, not to lose again
+                        ids=ids,
                     )  # fmt: skip
                 break
             except Exception as error:

@@ -420,6 +420,7 @@ async def sync_batch(
     on_fetched: Callable[[set[str]], None] | None = None,
     part_records: int | None = None,
     hold: bool = False,
+    ids: set[str] | None = None,
 ) -> SyncReport:
     """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
     caller's transaction (`conn`, from `store.transaction`). Records not parsed yet
@@ -429,12 +430,14 @@ async def sync_batch(
     start a batch of other records then, and keep one that shares records waiting). A batch of
     at least twice `part_records` records is decided and written in parts of about that many
     (see `_parts`); each part costs one statement more. With `hold`, the rows fetched stay
-    locked until the transaction ends (`Store.fetch`).
+    locked until the transaction ends (`Store.fetch`). `ids` are the parsed records' ids, when
+    the caller has them already.
     """
     if isinstance(incoming, Unparsed):
         incoming, ids, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming, hold)
     else:
-        ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
+        if ids is None:
+            ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
         state, known = await _fetch_state(conn, store, tables, tenant, ids, hold)
     if on_fetched is not None:
         on_fetched(ids)
