@@ -20,8 +20,8 @@ flight. A call that starts at once parses its records while its fetch runs (`rea
 Should a shared transaction fail, each of its calls is run again on its own, so one call's
 failure is never another's (those retries may land after the batch that followed). A
 transaction that lost a race with another process for the same records (`Store.retryable`) is
-run again, and reads what the other wrote; it then holds what it reads (`Store.fetch`), so
-that a large batch does not keep losing to small ones. Dry runs always run alone.
+run again, and reads what the other wrote; it then runs alone among the writers of its table
+and tenant (`Store.fetch`'s `hold`), so that it cannot lose again. Dry runs always run alone.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ class SyncEngine:
                 async with self.store.transaction(self.database, rollback=dry_run) as conn:
                     report = await sync_batch(
                         conn, self.store, tables, tenant, records, self.lookups, on_fetched, self.part_records,
-                        hold=attempt > 1,  # having lost a race, it locks what it reads, not to lose again
+                        hold=attempt > 1,  # having lost a race, it runs alone, not to lose again
                         ids=ids,
                     )  # fmt: skip
                 break

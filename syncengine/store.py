@@ -16,12 +16,15 @@ write a batch's rows and its outbox rows), and whether a failed transaction is t
   is still at the version fetched; rows the fetch did not find are inserted, and the unique key
   refuses one that another transaction inserted meanwhile. Either way the write fails
   (`RowsChanged`, a unique violation, or, when two transactions wait on each other's rows, a
-  deadlock that PostgreSQL ends), and `retryable` says to run the transaction again, when it
-  reads what the other wrote, and locks what it reads (`fetch`'s `hold`), so as not to lose
-  again. So batches of other records never wait for each other, an unchanged batch writes
-  nothing (not even a COMMIT), and what a batch decided on a row still holds when it writes it.
-  (Processes of an older syncengine, which took advisory locks instead, must not write beside
-  this one: stop them all before starting this version.)
+  deadlock that PostgreSQL ends), and `retryable` says to run the transaction again. So
+  batches of other records never wait for each other, an unchanged batch writes nothing (not
+  even a COMMIT), and what a batch decided on a row still holds when it writes it.
+  A transaction run again must not lose again (under heavy contention, batches of hundreds of
+  shared records, it could, time after time): every writing transaction of a table and tenant
+  holds one advisory lock on them in shared mode (taken with its BEGIN), and one run again
+  (`fetch`'s `hold`) takes it exclusively before it reads, so it waits for the writers in
+  flight to end, then runs alone. (Processes of a syncengine before 2026-11-30, which took
+  other advisory locks, must not write beside this one: stop them all before starting it.)
 - SQLite: `executemany` of an insert (rows not found) and of an upsert; write transactions
   start with `BEGIN IMMEDIATE` so that two writers queue instead of failing, and the file runs
   in WAL mode.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -71,8 +75,9 @@ class Store(Protocol):
     ) -> Sequence[Sequence[Any]]:
         """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`, each with
         one value more at its end: the row's version, which `write` wants back (`Rows.versions`).
-        With `hold`, the rows found stay locked until the transaction ends, so that no other
-        writer changes them first (for a transaction run again after it lost a race)."""
+        With `hold`, no other writer of the table and tenant runs from then until the transaction
+        ends, so that nothing changes what it read (for a transaction run again after it lost a
+        race)."""
 
     def retryable(self, error: BaseException) -> bool:
         """Whether a failed transaction only lost a race with another writer of the same records,
@@ -321,12 +326,12 @@ class PostgresStore:
         hold: bool = False,
     ) -> Sequence[Sequence[Any]]:
         """Read outside the transaction, which begins with the first write: a batch with nothing
-        to write sends neither BEGIN nor COMMIT. With `hold`, inside it, locking the rows found
-        in id order (`FOR NO KEY UPDATE`: rows that point to them may still be inserted), so
-        that two such fetches never wait on each other in a cycle."""
-        conn = await session.begin() if hold else session.conn
-        ids, literal = _array(sorted(zoho_ids) if hold else list(zoho_ids), "text")
-        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal, hold), tenant, ids)
+        to write sends neither BEGIN nor COMMIT. With `hold`, inside it, once it holds the lane
+        lock of the table and tenant exclusively (see the module's docstring)."""
+        session.lane = _lane_key(columns[0].table.name, tenant)
+        conn = await session.begin(exclusive=True) if hold else session.conn
+        ids, literal = _array(list(zoho_ids), "text")
+        rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal), tenant, ids)
         return rows
 
     def retryable(self, error: BaseException) -> bool:
@@ -384,20 +389,33 @@ def _with(statements: list[str]) -> str:
 
 
 class _Session:
-    """An asyncpg connection, and whether this batch's BEGIN has been sent on it."""
+    """An asyncpg connection, whether this batch's BEGIN has been sent on it, and the key of the
+    lane lock its writes take (`_lane_key`; set by the fetch, which comes first)."""
 
-    __slots__ = ("begun", "conn")
+    __slots__ = ("begun", "conn", "lane")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.begun = False
+        self.lane: int | None = None
 
-    async def begin(self) -> Any:
-        """The connection, in the batch's transaction."""
+    async def begin(self, *, exclusive: bool = False) -> Any:
+        """The connection, in the batch's transaction, holding the lane lock (shared, unless
+        `exclusive`) in the same round trip as BEGIN."""
         if not self.begun:
-            self.begun = True
-            await self.conn.execute("BEGIN")
+            self.begun = True  # set first: should the lock fail, the transaction still needs a ROLLBACK
+            if self.lane is None:
+                await self.conn.execute("BEGIN")
+            else:  # the key is an integer computed here, so writing it into the SQL is safe
+                mode = "" if exclusive else "_shared"
+                await self.conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock{mode}({self.lane})")
         return self.conn
+
+
+@functools.lru_cache(maxsize=4096)
+def _lane_key(table: str, tenant: str) -> int:
+    """The advisory lock key of a table's rows of one tenant: a 64-bit hash of `table:tenant`."""
+    return int.from_bytes(hashlib.blake2b(f"{table}:{tenant}".encode(), digest_size=8).digest(), signed=True)
 
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -405,20 +423,19 @@ _quote = _DIALECT.identifier_preparer.quote
 
 
 @functools.cache
-def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool, hold: bool) -> str:
+def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool) -> str:
     """`columns` of tenant `$1`'s rows whose zoho_id is in `$2` (see `_array`); built once per column set.
 
-    Each row ends with its `xmin`, its version for `write`; with `hold`, each is locked. One
-    unique-index lookup per id (a LATERAL ... LIMIT 1 cannot be flattened into a join):
+    Each row ends with its `xmin`, its version for `write`. One unique-index lookup per id (a
+    LATERAL ... LIMIT 1 cannot be flattened into a join):
     `zoho_id = ANY($2)` let the planner scan the tenant's whole index range when the
     statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
     """
     names = ", ".join(f"t.{_quote(column.name)}" for column in columns)
-    locking = " FOR NO KEY UPDATE" if hold else ""
     return (
         f"SELECT stored.* FROM unnest({_array_sql('$2', 'TEXT', literal)}) AS wanted(zoho_id) "
         f"CROSS JOIN LATERAL (SELECT {names}, t.xmin FROM {_quote(columns[0].table.name)} AS t "
-        f"WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1{locking}) AS stored"
+        "WHERE t.tenant_id = $1 AND t.zoho_id = wanted.zoho_id LIMIT 1) AS stored"
     )
 
 

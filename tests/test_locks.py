@@ -122,3 +122,38 @@ async def test_a_batch_that_keeps_losing_the_race_fails_whole_and_says_so(engine
             stored = await engine.fetch_record("school", "students", zoho_id)
             assert stored is not None and stored["values"]["First_Name"] == won
     assert lost if engine.database.dialect.name == "postgresql" else not lost
+
+
+async def test_three_processes_each_sending_many_calls_at_once_lose_no_update(
+    engine: SyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each process owns one field of the same records and sends all its calls at once (its lane
+    orders them, several batches in flight); large calls are written in parts. For every record,
+    each field ends as the last call of its owner that touched the record set it. A call that
+    lost a race runs alone the second time, so it never loses twice."""
+    caplog.set_level(logging.INFO, logger="syncengine.engine")
+    ids = [str(20_000 + i) for i in range(600)]
+    await engine.sync("school", "students", [student(zoho_id) for zoho_id in ids])
+    engines = [engine, SyncEngine(engine.catalog, engine.database), SyncEngine(engine.catalog, engine.database)]
+    fields = ["First_Name", "Last_Name", "Phone_Number"]
+    rng = random.Random(5)
+    expected: dict[tuple[str, str], str] = {}
+    sends = []
+    for owner, (syncing, name) in enumerate(zip(engines, fields, strict=True)):
+        calls = []
+        for n in range(12):
+            chosen = rng.sample(ids, rng.choice([3, 40, 450]))
+            value = f"{owner}-{n}"
+            expected.update({(zoho_id, name): value for zoho_id in chosen})
+            calls.append(syncing.sync("school", "students", [{"id": i, name: value} for i in chosen]))
+        sends.append(asyncio.gather(*calls))
+    for reports in await asyncio.wait_for(asyncio.gather(*sends), 120):
+        assert all(set(report.summary) and not report.summary["INVALID"] for report in reports)
+    for zoho_id in ids:
+        stored = await engine.fetch_record("school", "students", zoho_id)
+        assert stored is not None
+        for name in fields:
+            if (zoho_id, name) in expected:
+                assert stored["values"][name] == expected[(zoho_id, name)], (zoho_id, name)
+    attempts = [getattr(r, "fields", {}).get("attempt") for r in caplog.records if r.name == "syncengine.engine"]
+    assert set(attempts) <= {2}, attempts
