@@ -6,22 +6,23 @@ print(report.summary)
 await engine.close()
 
 Concurrent syncs of one tenant's entity share transactions (group commit). Calls of a (tenant,
-entity) form a lane: a call that finds its lane free starts at once; otherwise it waits, and the
-calls waiting (up to `GROUP_RECORDS` records) run together as the lane's next batch: one fetch,
-resolve and write, and one COMMIT, for what would have been many. On PostgreSQL the next batch
-starts as soon as the one before has fetched its rows, and up to the store's `lane_depth`
-batches are in flight, each on its own connection, so that Python, the server's writing and
-the COMMITs overlap. A batch never starts while a batch in flight touches any of its records:
-it waits for that one to end, and so do the calls behind it. Calls are applied in
-the order they arrived, each getting the results of its own records, exactly as if the calls
-had run one after another. No call waits for a timer. A call that must wait parses and
-validates its records as it arrives: that needs no database, so it overlaps the batches in
-flight. A call that starts at once parses its records while its fetch runs (`read_ahead`).
-Should a shared transaction fail, each of its calls is run again on its own, so one call's
-failure is never another's (those retries may land after the batch that followed). A
-transaction that lost a race with another process for the same records (`Store.retryable`) is
-run again, and reads what the other wrote; it then runs alone among the writers of its table
-and tenant (`Store.fetch`'s `hold`), so that it cannot lose again. Dry runs always run alone.
+entity) form a lane: a call that finds its lane free starts at once; otherwise it waits, and
+the calls waiting (up to `GROUP_RECORDS` records) run together as the lane's next batch: one
+fetch, resolve and write, and one COMMIT, for what would have been many. On PostgreSQL the next
+batch starts as soon as the one before has fetched its rows, and up to the store's `lane_depth`
+batches are in flight (two, for batches under `LARGE_BATCH` records), each on its own
+connection, so that Python, the server's writing and the COMMITs overlap. A batch never starts
+while a batch in flight touches any of its records: it waits for that one to end, and so do the
+calls behind it. Calls are applied in the order they arrived, each getting the results of its
+own records, exactly as if the calls had run one after another. No call waits for a timer. A
+call that must wait parses and validates its records as it arrives: that needs no database, so
+it overlaps the batches in flight. A call that starts at once parses its records while its
+fetch runs (`read_ahead`). Should a shared transaction fail, each of its calls is run again on
+its own, so one call's failure is never another's (those retries may land after the batch that
+followed). A transaction that lost a race with another process for the same records
+(`Store.retryable`) is run again, and reads what the other wrote; it then runs alone among the
+writers of its table and tenant (`Store.fetch`'s `hold`), so that it cannot lose again. Dry
+runs always run alone.
 """
 
 from __future__ import annotations

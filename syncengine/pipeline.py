@@ -429,9 +429,9 @@ async def sync_batch(
     `on_fetched` is called with the batch's ids once it has read their rows (the engine's lanes
     start a batch of other records then, and keep one that shares records waiting). A batch of
     at least twice `part_records` records is decided and written in parts of about that many
-    (see `_parts`); each part costs one statement more. With `hold`, no other writer of
-    the table and tenant runs beside the transaction (`Store.fetch`). `ids` are the parsed records' ids, when
-    the caller has them already.
+    (see `_parts`); each part costs one statement more. With `hold`, no other writer of the
+    table and tenant runs beside the transaction (`Store.fetch`). `ids` are the parsed
+    records' ids, when the caller has them already.
     """
     if isinstance(incoming, Unparsed):
         incoming, ids, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming, hold)

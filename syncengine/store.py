@@ -48,8 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
-#: PostgreSQL's SQLSTATEs of the races `PostgresStore.retryable` runs again.
-UNIQUE_VIOLATION, DEADLOCK_DETECTED = "23505", "40P01"
+#: PostgreSQL's SQLSTATEs of the races `PostgresStore.retryable` runs again: a unique
+#: violation and a detected deadlock.
+RACES = frozenset({"23505", "40P01"})
 
 
 class RowsChanged(Exception):
@@ -337,10 +338,7 @@ class PostgresStore:
     def retryable(self, error: BaseException) -> bool:
         """A row changed since it was fetched, a new row that another transaction inserted first,
         or a deadlock (two transactions writing the same rows in another order)."""
-        return isinstance(error, RowsChanged) or getattr(error, "sqlstate", None) in (
-            UNIQUE_VIOLATION,
-            DEADLOCK_DETECTED,
-        )
+        return isinstance(error, RowsChanged) or getattr(error, "sqlstate", None) in RACES
 
     async def resolve(
         self, session: _Session, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
