@@ -9,6 +9,7 @@
 | SYNCENGINE_MAX_RECORDS           | 5000: a request with more records is 413           |
 | SYNCENGINE_IDEMPOTENCY_TTL       | 3600 seconds: how long an Idempotency-Key replays  |
 | SYNCENGINE_IDEMPOTENCY_WAIT      | 30 seconds: how long a repeat waits for the first request with its key before 409 |
+| SYNCENGINE_MAX_VERSION_SKEW      | 300 seconds: a Modified_Time further ahead of the clock is INVALID |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
 """
 
@@ -35,6 +36,7 @@ class Settings:
     max_records: int = 5000
     idempotency_ttl: float = 3600.0
     idempotency_wait: float = 30.0
+    max_version_skew: float = 300.0
     log_level: str = "INFO"
 
     @classmethod
@@ -48,6 +50,7 @@ class Settings:
             max_records=int(_number(environ, "SYNCENGINE_MAX_RECORDS", cls.max_records, integer=True)),
             idempotency_ttl=_number(environ, "SYNCENGINE_IDEMPOTENCY_TTL", cls.idempotency_ttl),
             idempotency_wait=_number(environ, "SYNCENGINE_IDEMPOTENCY_WAIT", cls.idempotency_wait),
+            max_version_skew=_number(environ, "SYNCENGINE_MAX_VERSION_SKEW", cls.max_version_skew),
             log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
         )
 

@@ -22,7 +22,7 @@ import msgspec
 
 from syncengine.fieldtypes import COMMON_OPTIONS, FIELD_TYPES, TRANSFORMS, FieldType, Options
 from syncengine.sourcemap import Document, YamlError, load_yaml
-from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, MoodleSpec, Spec
+from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, MoodleSpec, RuleSpec, Spec
 
 #: Columns every entity table has; no field may take these names.
 SYSTEM_COLUMNS = frozenset(
@@ -31,6 +31,9 @@ SYSTEM_COLUMNS = frozenset(
 )
 ENGINE_TABLE_PREFIX = "syncengine_"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: The field types a rule may compare (`RuleSpec`), and the words of each comparison.
+ORDERED_TYPES = ("date", "datetime", "integer", "decimal")
+RULE_COMPARISONS = {"not_before": "before", "not_after": "after"}
 S = typing.TypeVar("S", bound=Spec)
 
 
@@ -87,6 +90,36 @@ class Field:
         return self.type.parse(raw, self.options)
 
 
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`field` may not be before (`not_before`) or after (`not_after`) `other`, in one record.
+
+    For `{field: end_date, not_before: start_date}`, an end date of 2026-01-01 and a start date
+    of 2026-02-01 break it: "is 2026-01-01, before Start_Date (2026-02-01); it may not be before it".
+    """
+
+    field: Field
+    comparison: str
+    other: Field
+
+    def broken(self, values: dict[str, Any]) -> str | None:
+        """What is wrong with `values` (every field of a record), or None when the rule holds."""
+        value, other = values[self.field.name], values[self.other.name]
+        if value is None or other is None:
+            return None
+        if (value < other) if self.comparison == "not_before" else (value > other):
+            word = RULE_COMPARISONS[self.comparison]
+            return f"is {_shown(value)}, {word} {self.other.source} ({_shown(other)}); it may not be {word} it"
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.field.source} may not be {RULE_COMPARISONS[self.comparison]} {self.other.source}"
+
+
+def _shown(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 @dataclass(frozen=True)
 class Entity:
     """One synced Zoho module, as the pipeline, the store and the HTTP layer see it."""
@@ -98,6 +131,7 @@ class Entity:
     version_field: str | None = None
     description: str | None = None
     moodle: Any = None
+    rules: tuple[Rule, ...] = ()
     lookups: tuple[Field, ...] = field(init=False)
     requires: tuple[str, ...] = field(init=False)
 
@@ -293,12 +327,38 @@ class _Checker:
                     owner = "a system column" if column in SYSTEM_COLUMNS else f"field '{columns[column]}'"
                     self.report(field_path, f"column '{column}' clashes with {owner}; rename the field", key=True)
                 columns.setdefault(column, field_name)
+        self._rules(path, raw.get("rules"), fields)
         moodle = _valid_parts({"moodle": raw.get("moodle")}, MoodleSpec).get("moodle")
         if moodle is not None and isinstance(raw.get("fields"), dict):
             for param, field_name in moodle.fields.items():
                 if field_name != "zoho_id" and field_name not in raw["fields"]:
                     valid = ", ".join(["zoho_id", *raw["fields"]])
                     self.report((*path, "moodle", "fields", param), f"unknown field '{field_name}' (valid: {valid})")
+
+    def _rules(self, path: tuple[str, ...], raw: Any, fields: dict[str, FieldSpec]) -> None:
+        for index, rule in _valid_items(raw, RuleSpec):
+            rule_path = (*path, "rules", index)
+            given = [key for key in RULE_COMPARISONS if getattr(rule, key) is not None]
+            if len(given) != 1:
+                self.report(rule_path, f"a rule needs exactly one of {', '.join(RULE_COMPARISONS)}")
+            for key in ("field", *given):
+                name = getattr(rule, key)
+                if name not in fields:
+                    self.report((*rule_path, key), f"unknown field '{name}' (valid: {', '.join(fields)})")
+                elif fields[name].type not in ORDERED_TYPES:
+                    self.report(
+                        (*rule_path, key),
+                        f"field '{name}' is of type '{fields[name].type}'; rules compare {', '.join(ORDERED_TYPES)}",
+                    )
+            if len(given) == 1 and rule.field in fields and getattr(rule, given[0]) in fields:
+                first, second = fields[rule.field], fields[getattr(rule, given[0])]
+                if first.type in ORDERED_TYPES and second.type != first.type:
+                    self.report(
+                        (*rule_path, given[0]),
+                        f"compares a {first.type} with a {second.type}; both fields must be of one type",
+                    )
+                elif rule.field == getattr(rule, given[0]):
+                    self.report((*rule_path, given[0]), "compares a field with itself")
 
     def _field(self, path: tuple[str, ...], spec: FieldSpec, known: set[str]) -> None:
         kind = FIELD_TYPES[spec.type]
@@ -369,6 +429,13 @@ def _build_entity(name: str, spec: EntitySpec) -> Entity:
                 description=field_spec.description,
             )
         )
+    by_name = {f.name: f for f in fields}
+    rules = tuple(
+        Rule(by_name[rule.field], comparison, by_name[other])
+        for rule in spec.rules
+        for comparison, other in ((key, getattr(rule, key)) for key in RULE_COMPARISONS)
+        if other is not None
+    )
     return Entity(
         name=name,
         singular=spec.singular,
@@ -377,6 +444,7 @@ def _build_entity(name: str, spec: EntitySpec) -> Entity:
         version_field=spec.version_field,
         description=spec.description,
         moodle=spec.moodle,
+        rules=rules,
     )
 
 
@@ -439,6 +507,17 @@ def _valid_parts(raw: Any, struct: type[S]) -> dict[str, S]:
         except msgspec.ValidationError:
             continue
     return parts
+
+
+def _valid_items(raw: Any, struct: type[S]) -> list[tuple[int, S]]:
+    """The items of a list that convert cleanly to `struct`, with their positions."""
+    items: list[tuple[int, S]] = []
+    for index, value in enumerate(raw) if isinstance(raw, list) else ():
+        try:
+            items.append((index, msgspec.convert(value, struct)))
+        except msgspec.ValidationError:
+            continue
+    return items
 
 
 def _struct_of(annotation: Any) -> type[Spec] | None:

@@ -62,6 +62,8 @@ GROUP_RECORDS = 1000
 LARGE_BATCH = GROUP_RECORDS // 2
 #: How many times a transaction is run that keeps losing races to other writers (`Store.retryable`).
 RACE_ATTEMPTS = 5
+#: Seconds a record's version may be ahead of this server's clock (`Settings.max_version_skew`).
+VERSION_SKEW = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class SyncEngine:
         lookup_cache_seconds: float = LOOKUP_CACHE_SECONDS,
         part_records: int | None = None,
         race_attempts: int = RACE_ATTEMPTS,
+        max_version_skew: float = VERSION_SKEW,
     ) -> None:
         self.catalog = catalog
         self.database = database
@@ -95,6 +98,8 @@ class SyncEngine:
         self.part_records = part_records if part_records is not None else self.store.part_records
         #: How many times a transaction that loses races to other writers is run (`Store.retryable`).
         self.race_attempts = race_attempts
+        #: How far ahead of the clock a record's version may be; a later one is INVALID.
+        self.version_skew = dt.timedelta(seconds=max_version_skew)
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self.lookups = LookupCache(lookup_cache_seconds)
         tables = self.metadata.tables
@@ -111,7 +116,11 @@ class SyncEngine:
 
     @classmethod
     def open(cls, settings: Settings, **database_options: Any) -> SyncEngine:
-        return cls(load_catalog(settings.entities), open_database(settings.database_url, **database_options))
+        return cls(
+            load_catalog(settings.entities),
+            open_database(settings.database_url, **database_options),
+            max_version_skew=settings.max_version_skew,
+        )
 
     async def sync(self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False) -> SyncReport:
         """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back.
@@ -244,6 +253,7 @@ class SyncEngine:
                         conn, self.store, tables, tenant, records, self.lookups, on_fetched, self.part_records,
                         hold=attempt > 1,  # having lost a race, it runs alone, not to lose again
                         ids=ids,
+                        version_skew=self.version_skew,
                     )  # fmt: skip
                 break
             except Exception as error:

@@ -37,10 +37,13 @@ def record_schema(entity: Entity) -> dict[str, Any]:
         elif fld.target:
             schema["description"] = f"a {fld.target} record id"
         properties[fld.source] = schema
+    description = entity.description or f"a record of the Zoho module {entity.source}"
+    if entity.rules:  # checked on the record as merged with what is stored: INVALID if broken
+        description += " Rules: " + "; ".join(map(str, entity.rules)) + "."
     return {
         "type": "object",
         "title": f"{entity.singular} record",
-        "description": entity.description or f"a record of the Zoho module {entity.source}",
+        "description": description,
         "properties": properties,
         "required": ["id", *(f.source for f in entity.fields if f.required)],
     }

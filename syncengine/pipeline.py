@@ -421,6 +421,7 @@ async def sync_batch(
     part_records: int | None = None,
     hold: bool = False,
     ids: set[str] | None = None,
+    version_skew: dt.timedelta | None = None,
 ) -> SyncReport:
     """Run the rest of the pipeline on one batch of parsed records (`parse_records`) inside the
     caller's transaction (`conn`, from `store.transaction`). Records not parsed yet
@@ -431,7 +432,8 @@ async def sync_batch(
     at least twice `part_records` records is decided and written in parts of about that many
     (see `_parts`); each part costs one statement more. With `hold`, no other writer of the
     table and tenant runs beside the transaction (`Store.fetch`). `ids` are the parsed
-    records' ids, when the caller has them already.
+    records' ids, when the caller has them already. A version more than `version_skew` ahead of
+    the clock is INVALID.
     """
     if isinstance(incoming, Unparsed):
         incoming, ids, state, known = await _parse_while_reading(conn, store, tables, tenant, incoming, hold)
@@ -442,7 +444,7 @@ async def sync_batch(
     if on_fetched is not None:
         on_fetched(ids)
     resolved = await _resolve_lookups(conn, store, tables, tenant, incoming, known, lookups)
-    batch = _Batch(tables, state, resolved, tenant, dt.datetime.now(dt.UTC))
+    batch = _Batch(tables, state, resolved, tenant, dt.datetime.now(dt.UTC), version_skew)
     results: list[RecordResult] = []
     parts = _parts(incoming, part_records)
     last_part = _last_part(parts)
@@ -593,10 +595,13 @@ class _Batch:
         resolved: dict[str, dict[str, int]],
         tenant: str,
         now: dt.datetime,
+        version_skew: dt.timedelta | None = None,
     ) -> None:
         self.tables = tables
         self.tenant = tenant
         self.now = now
+        #: Versions later than this are refused: a clock far ahead would freeze a record for good.
+        self.horizon = None if version_skew is None else now + version_skew
         self.entity = tables.entity
         #: The ids the batch found stored (deleted or not), with each row's version (`Store.fetch`):
         #: every other row it writes is new.
@@ -615,20 +620,21 @@ class _Batch:
         live = previous if previous is not None and not previous.deleted else None
         if record.errors or record.zoho_id is None:
             return self._invalid(record, live)
-        if previous is not None and _is_stale(record.version, previous.version):
-            return RecordResult(
-                record.zoho_id,
-                "SKIPPED",
-                f"{self.entity.version_field} {record.version.isoformat()} is older than the stored "  # type: ignore[union-attr]
-                f"{previous.version.isoformat()}; the newer version is kept",  # type: ignore[union-attr]
-                reason="stale_update",
-            )
+        if record.version is not None and self.horizon is not None and record.version > self.horizon:
+            return self._invalid(record, live, problems={self.entity.version_field or "": self._too_late(record)})
+        if previous is not None:
+            stale = self._stale(record, previous)
+            if stale is not None:
+                return stale
         if record.delete:
             return self._delete(record, previous, live)
         values = self._merge(record, live)
         for name in self.plan.required:
             if values[name] is None:
                 return self._invalid(record, live, values)
+        broken = _broken_rules(self.entity, values)
+        if broken:
+            return self._invalid(record, live, values, broken)
         fprint = _fingerprint(self.plan, values)
         version = _newest(record.version, previous.version if previous else None)
         if live is not None and fprint == live.fingerprint:
@@ -719,10 +725,61 @@ class _Batch:
                 values[name] = default
         return values
 
+    def _stale(self, record: Incoming, previous: Stored) -> RecordResult | None:
+        """SKIPPED `stale_update` when the stored row is newer than the record: its version is
+        later, or the row is a deletion with a version as late (a delete wins a tie) or one the
+        record, having no version, cannot be shown to be newer than."""
+        assert record.zoho_id is not None
+        stored, incoming = previous.version, record.version
+        if stored is None:
+            return None
+        name = self.entity.version_field
+        if incoming is None:
+            if not previous.deleted or record.delete:
+                return None  # a record without a version is applied, and the stored version kept
+            message = (
+                f"it has no {name}, and the record was deleted at {name} {stored.isoformat()}: "
+                f"only a record with a later {name} brings it back"
+            )
+        elif incoming < stored or (incoming == stored and previous.deleted and not record.delete):
+            if previous.deleted:
+                message = f"{name} {incoming.isoformat()} is not later than the deletion's {stored.isoformat()}; "
+                message += "the deletion is kept"
+            else:
+                message = f"{name} {incoming.isoformat()} is older than the stored {stored.isoformat()}; "
+                message += "the newer version is kept"
+        else:
+            return None
+        return RecordResult(record.zoho_id, "SKIPPED", message, reason="stale_update")
+
+    def _too_late(self, record: Incoming) -> str:
+        assert record.version is not None and self.horizon is not None
+        skew = int((self.horizon - self.now).total_seconds())
+        return (
+            f"{record.version.isoformat()} is more than {skew} seconds ahead of this server's clock "
+            f"({self.now.isoformat(timespec='seconds')}); check the sender's clock (the limit is "
+            "SYNCENGINE_MAX_VERSION_SKEW)"
+        )
+
     def _delete(self, record: Incoming, previous: Stored | None, live: Stored | None) -> RecordResult:
+        """Soft-delete a live row, keeping the delete's version. A delete of a row deleted
+        already, or never stored, keeps its version as a tombstone, so that an older create or
+        update of it is `stale_update` (a row of no values, not delivered anywhere)."""
         assert record.zoho_id is not None
         if live is None:
-            message = "already deleted" if previous is not None else "not stored for this tenant; nothing to delete"
+            if previous is None:
+                message = "not stored for this tenant; nothing to delete"
+                if record.version is not None:
+                    plan = self.plan
+                    tombstone = Stored(dict.fromkeys(plan.names), dict.fromkeys(plan.links), "", record.version, True)
+                    self.state[record.zoho_id] = tombstone
+                    self.dirty[record.zoho_id] = None
+                    message += f"; the deletion is kept, so that an older {self.entity.version_field} is skipped"
+            else:
+                message = "already deleted"
+                if record.version is not None and (previous.version is None or record.version > previous.version):
+                    previous.version = record.version
+                    self.dirty[record.zoho_id] = None
             return RecordResult(record.zoho_id, "SKIPPED", message, reason="not_found")
         live.deleted = True
         live.version = _newest(record.version, live.version)
@@ -731,18 +788,26 @@ class _Batch:
         self.deleted = True
         return RecordResult(record.zoho_id, "DELETED", "deleted")
 
-    def _invalid(self, record: Incoming, live: Stored | None, values: dict[str, Any] | None = None) -> RecordResult:
-        """Every problem of the record, in field order; required fields count once merged."""
+    def _invalid(
+        self,
+        record: Incoming,
+        live: Stored | None,
+        values: dict[str, Any] | None = None,
+        problems: dict[str, str] | None = None,
+    ) -> RecordResult:
+        """Every problem of the record (its parse errors and `problems`, by Zoho name), in field
+        order; required fields count once merged."""
         if values is None and not record.delete and "(record)" not in record.errors:
             values = self._merge(record, live)
-        errors = [FieldError(name, message) for name, message in record.errors.items() if name in ("(record)", "id")]
+        found = record.errors | problems if problems else record.errors
+        errors = [FieldError(name, message) for name, message in found.items() if name in ("(record)", "id")]
         for fld in self.entity.fields:
-            if fld.source in record.errors:
-                errors.append(FieldError(fld.source, record.errors[fld.source]))
+            if fld.source in found:
+                errors.append(FieldError(fld.source, found[fld.source]))
             elif fld.required and values is not None and values[fld.name] is None:
                 errors.append(FieldError(fld.source, "is required"))
-        if self.entity.version_field in record.errors:
-            errors.append(FieldError(self.entity.version_field, record.errors[self.entity.version_field]))
+        if self.entity.version_field in found:
+            errors.append(FieldError(self.entity.version_field, found[self.entity.version_field]))
         count = f"{len(errors)} field error{'s' if len(errors) != 1 else ''}"
         details = "; ".join(f"{e.field} {e.message}" for e in errors)
         return RecordResult(record.zoho_id, "INVALID", f"{count}: {details}", errors=errors)
@@ -763,8 +828,15 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value in EMPTY_VALUES)
 
 
-def _is_stale(incoming: dt.datetime | None, stored: dt.datetime | None) -> bool:
-    return incoming is not None and stored is not None and incoming < stored
+def _broken_rules(entity: Entity, values: dict[str, Any]) -> dict[str, str]:
+    """The entity's rules (`Rule`) that `values` break, as problems by Zoho name."""
+    broken: dict[str, str] = {}
+    for rule in entity.rules:
+        message = rule.broken(values)
+        if message is not None:
+            source = rule.field.source
+            broken[source] = f"{broken[source]}; {message}" if source in broken else message
+    return broken
 
 
 def _newest(incoming: dt.datetime | None, stored: dt.datetime | None) -> dt.datetime | None:

@@ -59,6 +59,16 @@ class MoodleSpec(Spec, kw_only=True, frozen=True):
     defaults: dict[str, str | int | bool] = {}
 
 
+class RuleSpec(Spec, kw_only=True, frozen=True):
+    """A rule between two fields of one record, checked once the record is merged with what is
+    stored: `{field: end_date, not_before: start_date}`. Both fields are dates, date-times,
+    integers or decimals of one type; a rule with either value empty holds."""
+
+    field: str
+    not_before: str | None = None
+    not_after: str | None = None
+
+
 class EntitySpec(Spec, kw_only=True, frozen=True):
     """One synced Zoho module."""
 
@@ -67,6 +77,7 @@ class EntitySpec(Spec, kw_only=True, frozen=True):
     description: str | None = None
     version_field: str | None = None
     fields: dict[str, FieldSpec]
+    rules: list[RuleSpec] = []
     moodle: MoodleSpec | None = None
 
 

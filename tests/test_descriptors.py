@@ -85,7 +85,7 @@ BROKEN = [
         """,
         [
             "e.yaml:6:5: entities.programs.colour: unknown key 'colour' "
-            "(valid: description, fields, moodle, singular, source, version_field)",
+            "(valid: description, fields, moodle, rules, singular, source, version_field)",
             "e.yaml:8:40: entities.programs.fields.name.type: unknown type 'strin' (valid: string, text, email, "
             "integer, decimal, boolean, date, datetime, choice, multichoice, lookup)",
             "e.yaml:9:56: entities.programs.fields.price.min: not a valid decimal: expected a number, got 'abc'",
@@ -203,6 +203,38 @@ BROKEN = [
         """,
         ["e.yaml:10:26: entities.students.moodle.fields.username: unknown field 'mail' (valid: zoho_id, email)"],
         id="moodle field that does not exist",
+    ),
+    pytest.param(
+        """
+        version: 1
+        entities:
+          classes:
+            source: BTEC_Classes
+            singular: class
+            fields:
+              name: {from: Class_Name, type: string}
+              start: {from: Start_Date, type: date}
+              end: {from: End_Date, type: date}
+              starts_at: {from: Starts_At, type: datetime}
+            rules:
+              - {field: end, not_before: begin}
+              - {field: name, not_after: end}
+              - {field: end, not_before: starts_at}
+              - {field: end}
+              - {field: end, not_before: start, not_after: start}
+              - {field: end, not_before: end}
+              - {field: end, after: start}
+        """,
+        [
+            "e.yaml:12:34: entities.classes.rules.0.not_before: unknown field 'begin' (valid: name, start, end, starts_at)",
+            "e.yaml:13:17: entities.classes.rules.1.field: field 'name' is of type 'string'; rules compare date, datetime, integer, decimal",
+            "e.yaml:14:34: entities.classes.rules.2.not_before: compares a date with a datetime; both fields must be of one type",
+            "e.yaml:15:9: entities.classes.rules.3: a rule needs exactly one of not_before, not_after",
+            "e.yaml:16:9: entities.classes.rules.4: a rule needs exactly one of not_before, not_after",
+            "e.yaml:17:34: entities.classes.rules.5.not_before: compares a field with itself",
+            "e.yaml:18:22: entities.classes.rules.6.after: unknown key 'after' (valid: field, not_after, not_before)",
+        ],
+        id="rules between fields",
     ),
 ]  # fmt: skip
 

@@ -208,7 +208,7 @@ async def test_repeated_ids_in_one_batch_apply_in_order(engine: SyncEngine) -> N
             student("3001", Status="Freeze"),
             student("3001", Status="Active", Modified_Time="2026-01-01T00:00:00Z"),
             {"id": "3001", "$deleted": True},
-            student("3001"),
+            student("3001", Modified_Time="2026-03-01T00:00:00Z"),  # a restore needs a later version
         ],
     )
     assert statuses(report) == ["NEW", "UNCHANGED", "UPDATED", "SKIPPED", "DELETED", "NEW"]
@@ -417,7 +417,8 @@ async def test_rows_the_fetch_did_not_find_are_inserted_without_on_conflict(engi
     await engine.sync("school", "students", [student("3001", Status="Freeze"), student("3003")])
     assert writes() == (1, 1)
     await engine.sync("school", "students", [{"id": "3002", "$deleted": True}])
-    await engine.sync("school", "students", [student("3002")])  # restored: its row exists
+    restore = student("3002", Modified_Time="2026-03-01T00:00:00Z")  # later than the delete
+    await engine.sync("school", "students", [restore])  # restored: its row exists
     assert writes() == (0, 2)
     assert await count_rows(engine.database, "students") == 3
 
