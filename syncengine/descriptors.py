@@ -337,7 +337,7 @@ class _Checker:
 
     def _rules(self, path: tuple[str, ...], raw: Any, fields: dict[str, FieldSpec]) -> None:
         for index, rule in _valid_items(raw, RuleSpec):
-            rule_path = (*path, "rules", index)
+            rule_path: tuple[str | int, ...] = (*path, "rules", index)
             given = [key for key in RULE_COMPARISONS if getattr(rule, key) is not None]
             if len(given) != 1:
                 self.report(rule_path, f"a rule needs exactly one of {', '.join(RULE_COMPARISONS)}")
