@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from syncengine.config import Settings
 from syncengine.descriptors import load_catalog
+from syncengine.fieldtypes import DecimalText
 from syncengine.store import open_database
 from syncengine.tables import build_metadata
 
@@ -26,10 +27,18 @@ def include_name(name, type_, parent_names):
     return True
 
 
+def render_item(type_, obj, autogen_context):
+    """Our column types as the plain types they store, so a migration needs no syncengine import."""
+    if type_ == "type" and isinstance(obj, DecimalText):
+        return f"sa.String(length={obj.impl.length})"
+    return False
+
+
 def configure(**options) -> None:
     context.configure(
         target_metadata=target_metadata,
         include_name=include_name,
+        render_item=render_item,
         render_as_batch=True,  # SQLite can only ALTER through table copies
         compare_type=True,
         **options,

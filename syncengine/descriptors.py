@@ -20,7 +20,15 @@ from typing import Any
 
 import msgspec
 
-from syncengine.fieldtypes import COMMON_OPTIONS, FIELD_TYPES, TRANSFORMS, FieldType, Options
+from syncengine.fieldtypes import (
+    COMMON_OPTIONS,
+    EMAIL_LENGTH,
+    FIELD_TYPES,
+    TRANSFORMS,
+    VARCHAR_LIMIT,
+    FieldType,
+    Options,
+)
 from syncengine.sourcemap import Document, YamlError, load_yaml
 from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, MoodleSpec, RuleSpec, Spec
 
@@ -382,6 +390,9 @@ class _Checker:
                 self.report((*path, "entity"), f"unknown entity '{spec.entity}' (known: {', '.join(sorted(known))})")
         if spec.max_length is not None and spec.max_length < 1:
             self.report((*path, "max_length"), "must be at least 1")
+        limit = EMAIL_LENGTH if spec.type == "email" else VARCHAR_LIMIT
+        if spec.max_length is not None and spec.max_length > limit:
+            self.report((*path, "max_length"), f"must be at most {limit:,} (what the column can hold)")
         if spec.pattern is not None:
             try:
                 re.compile(spec.pattern)
@@ -486,6 +497,7 @@ def _options(spec: FieldSpec, *, compile_pattern: bool) -> Options:
         pattern=re.compile(spec.pattern) if compile_pattern and spec.pattern else None,
         choices=tuple(spec.choices or ()),
         transforms=tuple(TRANSFORMS[name] for name in spec.transform or ()),
+        required=spec.required,
     )
 
 

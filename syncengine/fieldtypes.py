@@ -4,6 +4,12 @@ Each type is one `FieldType` in `FIELD_TYPES`. A type knows which descriptor opt
 how to parse what Zoho sends (raising `ValueError` with a message for the user), which SQL column
 holds it, and how to render it as JSON (for fingerprints, change reports and the OpenAPI schema).
 
+The limits below are the one source of what a type can hold: the parsers refuse what the
+columns could not store exactly (longer text, wider numbers, NUL and lone surrogates), so a
+value that parses is stored, and read back, as it parsed, on SQLite and PostgreSQL alike. Parsed
+values are normal: one value has one spelling (`"1.50"` and `1.5`, `"-0"` and `0`, offsets of one
+instant), so the fingerprint changes only when a value does.
+
     >>> FIELD_TYPES["datetime"].parse("2026-02-10T09:15:42+03:00", Options())
     datetime.datetime(2026, 2, 10, 6, 15, 42, tzinfo=datetime.timezone.utc)
 """
@@ -15,7 +21,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -31,7 +37,27 @@ ID_LENGTH = 64
 INTEGER_RANGE = (-(2**63), 2**63 - 1)
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 4
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: The longest email address, and its column: 64 characters before the @, 255 after (RFC 5321).
+EMAIL_LENGTH = 320
+EMAIL_LOCAL_LENGTH = 64
+#: The largest `max_length` a text field may declare: PostgreSQL's limit for VARCHAR(n).
+VARCHAR_LIMIT = 10_485_760
+#: What no text column can hold: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+#: Numbers and dates as text: ASCII digits only ("١٢٣" is not 123), no "_" separators.
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?[0-9]+(?:\.[0-9]+)?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: A workflow webhook's `yyyy-MM-dd'T'HH:mm:ssZ` renders the offset without its colon (+0300).
+_COMPACT_OFFSET = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?[+-][0-9]{2})([0-9]{2})"
+)
+#: An email address: a dot-atom before the @ (no quoted forms), then labels of letters, digits and
+#: inner hyphens, and a top-level domain of two letters or more (or an IDN's xn--).
+_EMAIL = re.compile(
+    r"(?P<local>[^\s@\"(),.:;<>\[\\\]]+(?:\.[^\s@\"(),.:;<>\[\\\]]+)*)"
+    r"@(?P<domain>(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+(?:[^\W\d_]{2,63}|xn--[a-zA-Z0-9-]{1,59}))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +70,8 @@ class Options:
     pattern: re.Pattern[str] | None = None
     choices: tuple[str, ...] = ()
     transforms: tuple[Callable[[str], str], ...] = ()
+    #: A required text field refuses a value of only spaces: it would hold nothing.
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +100,55 @@ FastType = tuple[Any, Callable[[Any], Any] | None]
 
 
 def _text(raw: Any, options: Options) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        raise ValueError(f"expected text, got {_kind(raw)}")
-    value = raw if isinstance(raw, str) else str(raw)
-    if "\x00" in value:
-        raise ValueError("contains a NUL character, which cannot be stored")
+    if not isinstance(raw, str):  # Zoho sends text as JSON strings: 1.5 is not "1.5"
+        raise ValueError(f"expected text (a JSON string), got {_kind(raw)}")
+    value = check_storable(raw)
     for transform in options.transforms:
         value = transform(value)
+    if options.required and value.isspace():
+        raise ValueError("is required, but holds only spaces")
     if options.max_length is not None and len(value) > options.max_length:
         raise ValueError(f"is {len(value)} characters long; the maximum is {options.max_length}")
     if options.pattern is not None and not options.pattern.fullmatch(value):
-        raise ValueError(f"{value!r} does not match the pattern {options.pattern.pattern!r}")
+        raise ValueError(f"{_short(value)} does not match the pattern {options.pattern.pattern!r}")
     return value
+
+
+def check_storable(value: str) -> str:
+    """Text a column can hold, or a ValueError naming the character it cannot."""
+    bad = _UNSTORABLE.search(value)
+    if bad is None:
+        return value
+    if bad.group() == "\x00":
+        raise ValueError("contains a NUL character, which cannot be stored")
+    raise ValueError(f"contains a lone surrogate (U+{ord(bad.group()):04X}), which is not text and cannot be stored")
 
 
 def _email(raw: Any, options: Options) -> str:
     value = _text(raw, options)
-    if not _EMAIL.match(value):
-        raise ValueError(f"{value!r} is not an email address")
+    if not value:
+        return value
+    if len(value) > EMAIL_LENGTH:
+        raise ValueError(f"is {len(value)} characters long; an email address has at most {EMAIL_LENGTH}")
+    hidden = _first_hidden(value)
+    if hidden is not None:
+        raise ValueError(
+            f"{_short(value)} contains a control or invisible character (U+{ord(hidden):04X}); an email address cannot"
+        )
+    match = _EMAIL.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{_short(value)} is not an email address: expected name@domain.tld")
+    if len(match["local"]) > EMAIL_LOCAL_LENGTH:
+        raise ValueError(f"{_short(value)} has more than {EMAIL_LOCAL_LENGTH} characters before the @")
     return value
+
+
+def _first_hidden(value: str) -> str | None:
+    """The first character of `value` that is not printable (controls, direction overrides,
+    zero-width characters, line separators), or None."""
+    if value.isprintable():
+        return None
+    return next(char for char in value if not char.isprintable())
 
 
 def _bounded(value: T, options: Options) -> T:
@@ -102,41 +160,63 @@ def _bounded(value: T, options: Options) -> T:
 
 
 def _integer(raw: Any, options: Options) -> int:
-    if isinstance(raw, bool):
-        raise ValueError("expected an integer, got a boolean")
-    if isinstance(raw, int):
+    if raw.__class__ is int:
         value = raw
-    elif isinstance(raw, float) and raw.is_integer():
+    elif isinstance(raw, bool):
+        raise ValueError("expected an integer, got a boolean")
+    elif isinstance(raw, int):
         value = int(raw)
-    elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+    elif isinstance(raw, (Decimal, float)) and _is_whole(raw):  # 15.0; JSON numbers arrive as Decimal
+        if isinstance(raw, Decimal) and raw and raw.adjusted() > 19:  # int(Decimal("1e999999999")) would not end
+            raise ValueError(f"{_clip(str(raw))} is out of range (a 64-bit integer)")
         value = int(raw)
+    elif isinstance(raw, str) and _INTEGER.fullmatch(raw):
+        if len(raw) > 25:  # and int() refuses more than 4,300 digits, with a message of its own
+            raise ValueError(f"{_clip(raw)} is out of range (a 64-bit integer)")
+        value = int(raw)
+    elif isinstance(raw, TooLarge):
+        raise ValueError("is out of range (a 64-bit integer)")
     else:
-        raise ValueError(f"expected an integer, got {_kind(raw)}")
+        raise ValueError(f"expected an integer (ASCII digits), got {_kind(raw)}")
     if not INTEGER_RANGE[0] <= value <= INTEGER_RANGE[1]:
-        raise ValueError(f"{value} is out of range (a 64-bit integer)")
+        raise ValueError(f"{_clip(str(value))} is out of range (a 64-bit integer)")
     return _bounded(value, options)
 
 
+def _is_whole(value: Decimal | float) -> bool:
+    return value.is_integer() if isinstance(value, float) else value.is_finite() and value == value.to_integral_value()
+
+
 def _decimal(raw: Any, options: Options) -> Decimal:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise ValueError(f"expected a number, got {_kind(raw)}")
-    try:
-        value = Decimal(str(raw).strip())
-    except InvalidOperation:
-        raise ValueError(f"expected a number, got {_kind(raw)}") from None
+    if isinstance(raw, Decimal):
+        value = raw
+    elif isinstance(raw, bool):
+        raise ValueError("expected a number, got a boolean")
+    elif isinstance(raw, int):
+        value = Decimal(raw)
+    elif isinstance(raw, float):
+        value = Decimal(repr(raw))  # the shortest text that reads back as this float, as JSON wrote it
+    elif isinstance(raw, str) and _DECIMAL.fullmatch(raw):
+        value = Decimal(raw)
+    else:
+        raise ValueError(f"expected a number such as 4500.50 (ASCII digits, a point), got {_kind(raw)}")
     if not value.is_finite():
-        raise ValueError(f"expected a finite number, got {raw!r}")
+        raise ValueError(f"expected a finite number, got {_kind(raw)}")
+    whole_digits = DECIMAL_PRECISION - DECIMAL_SCALE
+    if value and value.adjusted() >= whole_digits:  # first: quantize() below needs a bounded value
+        raise ValueError(f"{_kind(raw)} is too large (at most {whole_digits} digits before the point)")
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     if exponent < -DECIMAL_SCALE and value != value.quantize(Decimal(1).scaleb(-DECIMAL_SCALE)):
-        raise ValueError(f"{raw!r} has more than {DECIMAL_SCALE} decimal places")
-    if value.adjusted() >= DECIMAL_PRECISION - DECIMAL_SCALE:
-        raise ValueError(f"{raw!r} is too large (at most {DECIMAL_PRECISION - DECIMAL_SCALE} digits before the point)")
+        raise ValueError(f"{_kind(raw)} has more than {DECIMAL_SCALE} decimal places")
     return _bounded(_normal_decimal(value), options)
 
 
 def _normal_decimal(value: Decimal) -> Decimal:
-    """1, 1.0 and 1.00 are one value: drop trailing zeros but keep plain notation."""
+    """1, 1.0 and 1.00 are one value, and so are 0 and -0: drop trailing zeros and the sign of
+    zero, keep plain notation."""
+    if not value:
+        return Decimal(0)
     normal = value.normalize()
     exponent = normal.as_tuple().exponent
     return normal.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else normal
@@ -153,9 +233,9 @@ def _boolean(raw: Any, options: Options) -> bool:
 
 
 def _date(raw: Any, options: Options) -> dt.date:
-    if isinstance(raw, str):
+    if isinstance(raw, str) and _DATE.fullmatch(raw):  # fromisoformat alone reads 20260210 and 2026-W07-1 too
         try:
-            return _bounded(dt.date.fromisoformat(raw.strip()), options)
+            return _bounded(dt.date.fromisoformat(raw), options)
         except ValueError:
             pass
     raise ValueError(f"expected a date as YYYY-MM-DD, got {_kind(raw)}")
@@ -163,29 +243,41 @@ def _date(raw: Any, options: Options) -> dt.date:
 
 def _datetime(raw: Any, options: Options) -> dt.datetime:
     if isinstance(raw, str):
-        text = raw.strip()
-        try:
-            value: dt.datetime | None = _rfc3339(text)
-        except msgspec.ValidationError:
-            try:  # the other ISO 8601 forms Python reads: no seconds, "+03", 20260210T091542+0300...
-                value = dt.datetime.fromisoformat(text)
-            except ValueError:
-                value = None
+        value = _read_datetime(raw)
         if value is not None:
             if value.tzinfo is None:
-                raise ValueError(f"{raw!r} has no UTC offset; send it as 2026-02-10T09:15:42+03:00")
+                raise ValueError(f"{_short(raw)} has no UTC offset; send it as 2026-02-10T09:15:42+03:00")
             try:
                 utc = to_utc(value)
             except OverflowError:
-                raise ValueError(f"{raw!r} is out of range once converted to UTC") from None
+                raise ValueError(f"{_short(raw)} is out of range once converted to UTC") from None
             return _bounded(utc, options)
-    raise ValueError(f"expected a date-time as ISO 8601 with an offset, got {_kind(raw)}")
+    raise ValueError(f"expected a date-time with an offset, as 2026-02-10T09:15:42+03:00, got {_kind(raw)}")
+
+
+def _read_datetime(text: str) -> dt.datetime | None:
+    """RFC 3339, or Zoho's webhook form of it (+0300); naive when it has no offset; None when
+    it is neither."""
+    try:
+        return _rfc3339(text)
+    except msgspec.ValidationError:
+        pass
+    compact = _COMPACT_OFFSET.fullmatch(text)
+    try:
+        if compact is not None:
+            return _rfc3339(f"{compact[1]}:{compact[2]}")
+        return _naive_rfc3339(text)  # to say that the offset is missing
+    except msgspec.ValidationError:
+        return None
 
 
 #: RFC 3339 date-times with an offset, read by msgspec in C (lower-case "t" and "z" too, and
 #: digits past the microsecond rounded): the datetime type's first reader, and its fast path's.
 RFC3339 = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 _rfc3339: Callable[[str], dt.datetime] = functools.partial(msgspec.convert, type=RFC3339, strict=True)
+_naive_rfc3339: Callable[[str], dt.datetime] = functools.partial(
+    msgspec.convert, type=Annotated[dt.datetime, msgspec.Meta(tz=False)], strict=True
+)
 
 
 def _choice(raw: Any, options: Options) -> str:
@@ -207,11 +299,14 @@ def _multichoice(raw: Any, options: Options) -> list[str]:
     return values
 
 
-def _lookup(raw: Any, options: Options) -> str:
-    """A lookup arrives as {"id": "...", "name": "..."} or as the bare id."""
+def _lookup(raw: Any, options: Options) -> str | None:
+    """A lookup arrives as {"id": "...", "name": "..."} or as the bare id; an id of "" or "-None-"
+    is the empty lookup, in an object as bare."""
     value = raw.get("id") if isinstance(raw, dict) else raw
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
+    if isinstance(value, str) and value in EMPTY_VALUES:
+        return None
     value = value.strip() if isinstance(value, str) else None
     if not value:
         raise ValueError(f'expected a record id or {{"id": ...}}, got {_kind(raw)}')
@@ -224,7 +319,23 @@ def check_id(value: str) -> str:
         raise ValueError(f"a record id is at most {ID_LENGTH} characters; this one has {len(value)}")
     if "\x00" in value:
         raise ValueError("a record id cannot contain a NUL character")
+    hidden = _first_hidden(value)
+    if hidden is not None:
+        raise ValueError(f"a record id cannot contain a control or invisible character (U+{ord(hidden):04X})")
     return value
+
+
+class TooLarge:
+    """An integer too large for the JSON reader (beyond 64 bits), kept in its record's place
+    so that the field holding it is the one refused (see `pipeline.decode_json`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "an integer beyond 64 bits"
+
+
+TOO_LARGE = TooLarge()
 
 
 class _LookupObject(msgspec.Struct):
@@ -237,15 +348,21 @@ def _fast_text(options: Options) -> FastType | None:
     if options.transforms or options.pattern is not None:
         return None
     limit = msgspec.Meta(max_length=options.max_length) if options.max_length is not None else msgspec.Meta()
-    return Annotated[str, limit], _finish_text
+    return Annotated[str, limit], _finish_required_text if options.required else _finish_text
 
 
 def _finish_text(value: str) -> str | None:
     if value in EMPTY_VALUES:
         return None
-    if "\x00" in value:
-        raise ValueError("contains a NUL character")
+    if "\x00" in value or (not value.isascii() and _UNSTORABLE.search(value) is not None):
+        raise ValueError("contains a NUL character or a lone surrogate")
     return value
+
+
+def _finish_required_text(value: str) -> str | None:
+    if value.isspace():
+        raise ValueError("a required value of only spaces")
+    return _finish_text(value)
 
 
 def _fast_integer(options: Options) -> FastType:
@@ -285,11 +402,30 @@ def _fast_lookup(options: Options) -> FastType:
 def _finish_lookup(value: _LookupObject | str) -> str | None:
     if isinstance(value, _LookupObject):
         value = value.id
-    elif value in EMPTY_VALUES:  # only a bare id: {"id": "-None-"} is read as that id, as `_lookup` does
+    if value in EMPTY_VALUES:  # bare or as {"id": "-None-"}: the empty lookup, as `_lookup` reads it
         return None
-    if not value or value.strip() != value or "\x00" in value:
+    if not value.isprintable() or value.strip() != value:
         raise ValueError("an id to strip or to refuse")
     return value
+
+
+class DecimalText(sa.types.TypeDecorator[Decimal]):
+    """A decimal stored as its text, on SQLite: SQLite's NUMERIC is a binary float, which read
+    12345678901234.5678 back as 12345678901234.5684."""
+
+    impl = sa.String(DECIMAL_PRECISION + 2)  # the digits, a sign and a point
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else format(value, "f")
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        # a float or an int only in a row written before the column held text
+        return None if value is None else Decimal(value if isinstance(value, str) else str(value))
+
+
+#: Exact on both databases: NUMERIC on PostgreSQL, text on SQLite (`DecimalText`).
+DECIMAL_COLUMN = sa.Numeric(DECIMAL_PRECISION, DECIMAL_SCALE).with_variant(DecimalText(), "sqlite")
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -310,7 +446,21 @@ def _kind(raw: Any) -> str:
         return "an object"
     if isinstance(raw, list):
         return "a list"
-    return repr(raw)
+    if isinstance(raw, (int, float, Decimal)):
+        return f"the number {_clip(str(raw))}"
+    return _short(raw) if isinstance(raw, str) else repr(raw)
+
+
+def _short(value: str) -> str:
+    """`value` quoted for a message, cut when it is long (`_clip`)."""
+    return repr(_clip(value))
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """`text` with its middle cut out when it is long: a message is no copy of the body."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-10:]} ({len(text)} characters)"
 
 
 def _render(value: Any) -> str:
@@ -357,8 +507,8 @@ FIELD_TYPES: dict[str, FieldType] = {
             "email",
             _TEXT_OPTIONS,
             _email,
-            lambda o: sa.String(o.max_length or 320),
-            lambda o: _string_schema(o, format="email"),
+            lambda o: sa.String(o.max_length or EMAIL_LENGTH),
+            lambda o: _string_schema(o, format="email") | {"maxLength": o.max_length or EMAIL_LENGTH},
         ),
         FieldType(
             "integer",
@@ -372,7 +522,7 @@ FIELD_TYPES: dict[str, FieldType] = {
             "decimal",
             _NUMBER_OPTIONS,
             _decimal,
-            lambda o: sa.Numeric(DECIMAL_PRECISION, DECIMAL_SCALE),
+            lambda o: DECIMAL_COLUMN,
             lambda o: _number_schema(o, type=["number", "string"]),
             from_db=_decimal_from_db,
         ),

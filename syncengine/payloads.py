@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from syncengine.pipeline import DELETED_KEY
+from syncengine.pipeline import DELETED_KEY, decode_json
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-_decode = msgspec.json.Decoder().decode
 _decode_array = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _FIRST_BYTE = re.compile(rb"\s*(.)", re.DOTALL)
 
@@ -47,7 +46,7 @@ def parse_json(body: bytes | str) -> Any:
     if not data.strip():
         raise PayloadError(f"the body is empty: send {_SHAPES}")
     try:
-        return _decode(data)
+        return decode_json(data)  # numbers as Decimal, and one beyond 64 bits refused by its field
     except msgspec.DecodeError as error:
         message = str(error)
         match = _BYTE.search(message)
@@ -69,7 +68,7 @@ def _json_records(body: bytes) -> list[Any]:
             return _decode_array(body)
         if first is not None and first.group(1) == b"{" and b'"data"' in body:
             return _decode_envelope(body).data
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):  # "data" not a list, say: parse_json says so
         pass
     return records_from_json(parse_json(body))
 
@@ -90,14 +89,36 @@ def records_from_json(document: Any) -> list[Any]:
 
 
 def records_from_form(body: bytes) -> list[Any]:
-    """One record from a form body; `zoho_id` and `event` are the webhook's own keys."""
-    try:
-        fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PayloadError(f"malformed form body: {error}") from None
+    """One record from a form body; `zoho_id` and `event` are the webhook's own keys.
+
+    Each field is `name=value`, once, and UTF-8 once its %-escapes are decoded: `%FF%FE` is
+    refused, naming its field, not read as U+FFFD.
+    """
+    fields: dict[str, Any] = {}
+    for number, pair in enumerate(body.split(b"&") if body else (), start=1):
+        raw_name, equals, raw_value = pair.partition(b"=")
+        if not equals:
+            raise PayloadError(f"malformed form body: field {number} has no '=': send name=value pairs joined by '&'")
+        name = _form_text(raw_name, None)
+        if name in fields:
+            raise PayloadError(f"malformed form body: the field {name!r} appears more than once; send it once")
+        fields[name] = _form_text(raw_value, name)
     if fields.pop("event", "").lower() == "delete":
-        fields[DELETED_KEY] = True  # type: ignore[assignment]
+        fields[DELETED_KEY] = True
     return [fields]
+
+
+def _form_text(raw: bytes, name: str | None) -> str:
+    """A form name (`name` None) or the value of field `name`, %-decoded, as strict UTF-8."""
+    data = unquote_to_bytes(raw.replace(b"+", b" "))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        where = f"the field {name!r}" if name is not None else f"the field name {data.decode('utf-8', 'replace')!r}"
+        raise PayloadError(
+            f"malformed form body: {where} is not UTF-8 (byte 0x{data[error.start]:02X} at {error.start}, "
+            "after %-decoding); send the form as UTF-8"
+        ) from None
 
 
 def parse_body(body: bytes, content_type: str | None = "application/json") -> list[Any]:

@@ -31,6 +31,7 @@ import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -39,7 +40,18 @@ from msgspec import UNSET, UnsetType
 from msgspec.structs import asdict
 
 from syncengine.descriptors import Entity, Field, lookup_columns
-from syncengine.fieldtypes import EMPTY_VALUES, FIELD_TYPES, ID_LENGTH, RFC3339, FastType, Options, check_id, to_utc
+from syncengine.fieldtypes import (
+    EMPTY_VALUES,
+    FIELD_TYPES,
+    ID_LENGTH,
+    RFC3339,
+    TOO_LARGE,
+    FastType,
+    Options,
+    TooLarge,
+    check_id,
+    to_utc,
+)
 from syncengine.report import FieldError, RecordResult, SyncReport
 from syncengine.store import Rows, Store
 
@@ -57,7 +69,10 @@ PARSE_STEP = 50
 #: How long a process trusts a lookup target's id it has seen live (see `LookupCache`).
 LOOKUP_CACHE_SECONDS = 5.0
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
+#: JSON numbers with a fraction or an exponent become Decimal, never float: 4500.1 stays exact.
+_decode = msgspec.json.Decoder(float_hook=Decimal).decode
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_items = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class Incoming(msgspec.Struct):
@@ -185,8 +200,31 @@ def _parse(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
         except (ValueError, OverflowError):  # msgspec's ValidationError is a ValueError
             pass
     if raw.__class__ is msgspec.Raw:
-        raw = _decode(raw)
+        raw = decode_json(raw)
     return _parse_slow(entity, plan, raw)
+
+
+def decode_json(data: bytes | msgspec.Raw) -> Any:
+    """JSON as the field types read it: a number with a fraction or an exponent as a Decimal,
+    and an integer msgspec cannot read (beyond 64 bits) as `TOO_LARGE` in its place, so that the
+    field holding it is refused and the rest of its record is read. Malformed JSON raises
+    `msgspec.DecodeError`.
+
+        >>> decode_json(b'{"Price": 4500.1, "Count": 100000000000000000000}')
+        {'Price': Decimal('4500.1'), 'Count': an integer beyond 64 bits}
+    """
+    try:
+        return _decode(data)
+    except msgspec.ValidationError:  # only numbers fail so: the rest is read member by member
+        pass
+    try:
+        return {key: decode_json(value) for key, value in _decode_members(data).items()}
+    except msgspec.ValidationError:
+        pass
+    try:
+        return [decode_json(item) for item in _decode_items(data)]
+    except msgspec.ValidationError:
+        return TOO_LARGE
 
 
 def _parse_fast(plan: _EntityPlan, struct: msgspec.Struct) -> Incoming:
@@ -200,7 +238,7 @@ def _parse_fast(plan: _EntityPlan, struct: msgspec.Struct) -> Incoming:
     if values.pop("DELETED") is True:
         raise ValueError("a deletion")
     zoho_id = values.pop("ID")
-    if zoho_id.strip() != zoho_id or "\x00" in zoho_id:
+    if not zoho_id.isprintable() or zoho_id.strip() != zoho_id:
         raise ValueError("an id to strip or to refuse")
     version = values.pop("VERSION", None)
     if version is not None:
@@ -217,6 +255,7 @@ def _parse_fast(plan: _EntityPlan, struct: msgspec.Struct) -> Incoming:
 def _parse_slow(entity: Entity, plan: _EntityPlan, raw: Any) -> Incoming:
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else "null" if raw is None else type(raw).__name__
+        kind = repr(raw) if isinstance(raw, TooLarge) else kind
         return Incoming(None, {}, errors={"(record)": f"expected a JSON object, got {kind}"})
     incoming = Incoming(_zoho_id(raw), {}, delete=raw.get(DELETED_KEY) is True)
     if incoming.zoho_id is None:
@@ -325,7 +364,7 @@ def _plan(entity: Entity) -> _EntityPlan:
     plan = _EntityPlan(
         parsers=tuple((f.name, f.source, f.type.parse, f.options) for f in fields),
         fast=struct,
-        fast_decode=msgspec.json.Decoder(struct).decode if struct is not None else _decode,
+        fast_decode=msgspec.json.Decoder(struct, float_hook=Decimal).decode if struct is not None else _decode,
         fast_finishers=tuple((f.name, finish) for f, (_, finish) in fast if finish is not None),
         canonical=canonical[0],
         canonical_values=canonical[1],
@@ -666,6 +705,9 @@ class _Batch:
             for f in self.entity.fields
             if live.values[f.name] != values[f.name]
         }
+        if not changes:  # the stored values, fingerprinted before they were normalised: no delivery
+            del self.deliveries[record.zoho_id]
+            return RecordResult(record.zoho_id, "UNCHANGED", "no change")
         return RecordResult(record.zoho_id, "UPDATED", f"updated {', '.join(changes)}", changes=changes)
 
     def take(self, last_part: dict[str, int] | None, index: int) -> tuple[Rows, Rows, Rows]:

@@ -88,7 +88,7 @@ BROKEN = [
             "(valid: description, fields, moodle, rules, singular, source, version_field)",
             "e.yaml:8:40: entities.programs.fields.name.type: unknown type 'strin' (valid: string, text, email, "
             "integer, decimal, boolean, date, datetime, choice, multichoice, lookup)",
-            "e.yaml:9:56: entities.programs.fields.price.min: not a valid decimal: expected a number, got 'abc'",
+            "e.yaml:9:56: entities.programs.fields.price.min: not a valid decimal: expected a number such as 4500.50 (ASCII digits, a point), got 'abc'",
             "e.yaml:9:61: entities.programs.fields.price.choices: option 'choices' does not apply to type "
             "'decimal' (its options: max, min)",
         ],

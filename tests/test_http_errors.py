@@ -65,7 +65,7 @@ CASES = [
         {"content": b"a=1&b", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
         400,
         "invalid_body",
-        "malformed form body: bad query field: 'b'",
+        "malformed form body: field 2 has no '=': send name=value pairs joined by '&'",
         id="malformed-form",
     ),
     pytest.param(

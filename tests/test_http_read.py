@@ -78,7 +78,7 @@ async def test_openapi_has_a_request_schema_per_entity(api: Api, catalog: Catalo
         assert operation["security"] == [{"BearerAuth": []}, {"ApiKeyAuth": []}]
     students = document["components"]["schemas"]["StudentRecord"]
     assert students["required"] == ["id", "First_Name", "Last_Name", "Academic_Email"]
-    assert students["properties"]["Academic_Email"] == {"type": "string", "format": "email"}
+    assert students["properties"]["Academic_Email"] == {"type": "string", "format": "email", "maxLength": 320}
     assert students["properties"]["Birth_Date"] == {"type": "string", "format": "date"}
     assert students["properties"]["Status"]["enum"][:2] == ["Pending", "Passive"]
     assert "/v1/sync/{entity}" not in document["paths"]

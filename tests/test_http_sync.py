@@ -88,7 +88,9 @@ async def test_results_are_in_input_order_with_every_status(api: Api) -> None:
         ("3002", "DELETED"),
     ]
     assert results[1]["changes"] == {"Status": ["Active", "Freeze"]}
-    assert results[3]["errors"] == [{"field": "Academic_Email", "message": "'nope' is not an email address"}]
+    assert results[3]["errors"] == [
+        {"field": "Academic_Email", "message": "'nope' is not an email address: expected name@domain.tld"}
+    ]
     assert results[4]["reason"] == "stale_update"
 
 
