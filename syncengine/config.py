@@ -9,6 +9,8 @@
 | SYNCENGINE_MAX_RECORDS           | 5000: a request with more records is 413           |
 | SYNCENGINE_IDEMPOTENCY_TTL       | 3600 seconds: how long an Idempotency-Key replays  |
 | SYNCENGINE_IDEMPOTENCY_WAIT      | 30 seconds: how long a repeat waits for the first request with its key before 409 |
+| SYNCENGINE_BODY_TIMEOUT          | 30 seconds: a body not all sent this long after its request began is 408 |
+| SYNCENGINE_KEEP_ALIVE_TIMEOUT    | 5 seconds: how long `serve` keeps an idle keep-alive connection open |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
 """
 
@@ -35,6 +37,8 @@ class Settings:
     max_records: int = 5000
     idempotency_ttl: float = 3600.0
     idempotency_wait: float = 30.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5
     log_level: str = "INFO"
 
     @classmethod
@@ -48,6 +52,10 @@ class Settings:
             max_records=int(_number(environ, "SYNCENGINE_MAX_RECORDS", cls.max_records, integer=True)),
             idempotency_ttl=_number(environ, "SYNCENGINE_IDEMPOTENCY_TTL", cls.idempotency_ttl),
             idempotency_wait=_number(environ, "SYNCENGINE_IDEMPOTENCY_WAIT", cls.idempotency_wait),
+            body_timeout=_number(environ, "SYNCENGINE_BODY_TIMEOUT", cls.body_timeout),
+            keep_alive_timeout=int(
+                _number(environ, "SYNCENGINE_KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout, integer=True)
+            ),
             log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
         )
 
