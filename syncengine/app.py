@@ -6,8 +6,9 @@ Routes, all JSON:
 
 - `POST /v1/sync/{entity}`: one route per entity of entities.yaml, each with its own OpenAPI
   request schema; `?dry_run=true` runs the pipeline and rolls back.
-- `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant.
-- `GET /v1/entities`, `GET /v1/health`, `GET /v1/ready`; OpenAPI at `/schema`.
+- `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
+  sent as `%2F`).
+- `GET /v1/entities`, `GET|HEAD /v1/health`, `GET|HEAD /v1/ready`; OpenAPI at `/schema`.
 
 The tenant comes from the API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`). Errors are
 mapped to HTTP in `errors.py` only.
@@ -25,10 +26,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 import sqlalchemy as sa
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, get, head, post
 from litestar.datastructures import Headers
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
@@ -39,6 +41,7 @@ from litestar.types import Message
 from syncengine import migrate
 from syncengine.config import Settings
 from syncengine.descriptors import Entity, UnknownEntity
+from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.idempotency import IdempotencyKeys, check_key, request_hash
@@ -65,7 +68,8 @@ class Service:
 
 
 class SyncService(Litestar):
-    """Litestar, plus a request id and one JSON log line for every HTTP request, even a 404."""
+    """Litestar, plus a request id and one JSON log line for every HTTP request, even a 404; an
+    answer sent before its request's body has arrived waits for the rest of it (`RequestBody`)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -77,18 +81,23 @@ class SyncService(Litestar):
         if not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
         log: dict[str, Any] = {}
-        scope.setdefault("state", {}).update(request_id=request_id, log=log)
+        settings = self.state.service.settings
+        body = RequestBody(scope, receive, settings.max_body_bytes, settings.body_timeout)
+        scope.setdefault("state", {}).update(request_id=request_id, log=log, body=body)
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                if await body.linger():
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
-            await super().__call__(scope, receive, send_with_id)
+            await super().__call__(scope, body.receive, send_with_id)
         finally:
             duration = round((time.perf_counter() - started) * 1000, 1)
             fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status}
@@ -128,7 +137,8 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
             if owned:
                 await service.engine.close()
 
-    handlers: list[HTTPRouteHandler] = [health, ready, list_entities, read_record, sync_unknown_entity]
+    handlers: list[HTTPRouteHandler] = [health, health_head, ready, ready_head, list_entities, read_record]
+    handlers.append(sync_unknown_entity)
     handlers += [sync_route(entity, settings) for entity in engine.catalog]
     return SyncService(
         route_handlers=handlers,
@@ -230,7 +240,14 @@ TenantHeader = Annotated[
     str | None,
     HeaderParameter(name="X-Tenant-ID", required=False, description="If sent, must name the API key's tenant."),
 ]
-DryRun = Annotated[bool, QueryParameter(name="dry_run", description="Run the whole pipeline, then roll it back.")]
+DryRun = Annotated[
+    bool,
+    QueryParameter(
+        name="dry_run",
+        description="Run the whole pipeline, then roll it back: true or false (or 1 or 0). "
+        "Any other query parameter, or this one twice, is 400.",
+    ),
+]
 
 
 # Sync endpoints
@@ -259,6 +276,7 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
         ),
         tags=["sync"],
         operation_class=sync_operation(entity, settings.max_records),
+        before_request=check_write_query,
         dependencies=AUTHENTICATED,
         security=SECURITY,
         status_code=200,
@@ -285,7 +303,8 @@ async def sync_request(
     log = request.scope["state"]["log"]
     log.update(entity=entity.name, dry_run=dry_run)
     media_type = _media_type(request)
-    body = await read_body(request, service.settings.max_body_bytes)
+    check_encoding(request)
+    body = await read_body(request)
     if idempotency_key is None:
         return _json(await sync_body(service, entity, tenant, body, media_type, dry_run, log))
     key = check_key(idempotency_key)
@@ -353,23 +372,11 @@ def _media_type(request: Request[Any, Any, Any]) -> str:
     )
 
 
-async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = ApiError(
-        413,
-        "body_too_large",
-        f"the request body is larger than {limit} bytes (SYNCENGINE_MAX_BODY_BYTES): send smaller batches",
-    )
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The request body: 413 as soon as it is known to exceed SYNCENGINE_MAX_BODY_BYTES, 408 if it
+    has not all arrived within SYNCENGINE_BODY_TIMEOUT (`edge.RequestBody.read`)."""
+    body: RequestBody = request.scope["state"]["body"]
+    return await body.read()
 
 
 def _json(content: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -385,9 +392,24 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@head("/v1/health", tags=["service"])
+async def health_head() -> None:
+    """Liveness, without a body."""
+
+
 @get("/v1/ready", tags=["service"])
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Readiness: the database answers and its schema is at the latest migration."""
+    return await _readiness(request)
+
+
+@head("/v1/ready", tags=["service"])
+async def ready_head(request: Request[Any, Any, Any]) -> None:
+    """Readiness, without a body: 200, or the 503 of `GET /v1/ready`."""
+    await _readiness(request)
+
+
+async def _readiness(request: Request[Any, Any, Any]) -> Response[bytes]:
     service = _service(request)
     database = service.engine.database
     try:
@@ -449,18 +471,32 @@ def _describe(entity: Entity) -> dict[str, Any]:
     }
 
 
-@get("/v1/{entity:str}/{zoho_id:str}", dependencies=AUTHENTICATED, security=SECURITY, tags=["records"])
+@get("/v1/{entity:str}/{zoho_id:path}", dependencies=AUTHENTICATED, security=SECURITY, tags=["records"])
 async def read_record(
-    request: Request[Any, Any, Any], entity: FromPath[str], zoho_id: FromPath[str], tenant: NamedDependency[Tenant]
+    request: Request[Any, Any, Any], entity: FromPath[str], tenant: NamedDependency[Tenant]
 ) -> Response[bytes]:
-    """A stored record of the caller's tenant: values, fingerprint, timestamps, Moodle sync state."""
+    """A stored record of the caller's tenant: values, fingerprint, timestamps, Moodle sync state.
+
+    The id is everything after the entity, percent-decoded once: `/` in an id is sent as `%2F`.
+    """
     service = _service(request)
+    zoho_id = _path_id(request, entity)
     request.scope["state"]["log"]["entity"] = entity
     record = await service.engine.fetch_record(tenant.name, entity, zoho_id)
     if record is None:
         singular = service.engine.catalog.entity(entity).singular
         raise ApiError(404, "record_not_found", f"no {singular} with Zoho id '{zoho_id}' is stored for this tenant")
     return _json(_encode(record))
+
+
+def _path_id(request: Request[Any, Any, Any], entity: str) -> str:
+    """The record id of a read, from the path as sent: the decoded path has lost `%2F` from `/`."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    segments = raw.split(b"?", 1)[0].split(b"/", 3)  # b'', b'v1', entity, id (some raw_paths keep the query)
+    try:
+        return unquote_to_bytes(segments[3]).decode() if len(segments) == 4 else ""
+    except UnicodeDecodeError:
+        raise ApiError(404, "record_not_found", "the record id in the path is not UTF-8 once percent-decoded") from None
 
 
 __all__ = ["UnknownEntity", "app_from_env", "create_app"]

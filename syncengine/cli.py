@@ -218,6 +218,7 @@ def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
         workers=workers,
         access_log=False,  # the app logs one JSON line per request
         log_level="warning",
+        timeout_keep_alive=settings.keep_alive_timeout,  # an idle connection holds nothing for long
     )
 
 

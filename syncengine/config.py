@@ -10,6 +10,8 @@
 | SYNCENGINE_IDEMPOTENCY_TTL       | 3600 seconds: how long an Idempotency-Key replays  |
 | SYNCENGINE_IDEMPOTENCY_WAIT      | 30 seconds: how long a repeat waits for the first request with its key before 409 |
 | SYNCENGINE_MAX_VERSION_SKEW      | 300 seconds: a Modified_Time further ahead of the clock is INVALID |
+| SYNCENGINE_BODY_TIMEOUT          | 30 seconds: a body not all sent this long after its request began is 408 |
+| SYNCENGINE_KEEP_ALIVE_TIMEOUT    | 5 seconds: how long `serve` keeps an idle keep-alive connection open |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
 """
 
@@ -37,6 +39,8 @@ class Settings:
     idempotency_ttl: float = 3600.0
     idempotency_wait: float = 30.0
     max_version_skew: float = 300.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5
     log_level: str = "INFO"
 
     @classmethod
@@ -51,6 +55,10 @@ class Settings:
             idempotency_ttl=_number(environ, "SYNCENGINE_IDEMPOTENCY_TTL", cls.idempotency_ttl),
             idempotency_wait=_number(environ, "SYNCENGINE_IDEMPOTENCY_WAIT", cls.idempotency_wait),
             max_version_skew=_number(environ, "SYNCENGINE_MAX_VERSION_SKEW", cls.max_version_skew),
+            body_timeout=_number(environ, "SYNCENGINE_BODY_TIMEOUT", cls.body_timeout),
+            keep_alive_timeout=int(
+                _number(environ, "SYNCENGINE_KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout, integer=True)
+            ),
             log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
         )
 

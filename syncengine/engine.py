@@ -53,7 +53,8 @@ from syncengine.pipeline import (
 )
 from syncengine.report import SyncReport
 from syncengine.store import open_database, store_for
-from syncengine.tables import TENANT_LENGTH, build_metadata
+from syncengine.tables import build_metadata
+from syncengine.tenants import check_name
 
 OUTBOX = "syncengine_outbox"
 #: The most records of waiting calls that are joined into one batch (a larger call runs alone).
@@ -129,8 +130,7 @@ class SyncEngine:
         (see the module's docstring); the report holds this call's records only.
         """
         tables = self._tables.get(entity) or self._tables[self.catalog.entity(entity).name]
-        if not tenant or len(tenant) > TENANT_LENGTH:
-            raise ValueError(f"a tenant name is 1 to {TENANT_LENGTH} characters, got {tenant!r}")
+        check_name(tenant)  # a TenantError (ValueError) that says the pattern
         if dry_run:
             batches = _batches(read_ahead(tables.entity, records))
             (report,) = await self._transaction(tables, tenant, batches, dry_run=True)

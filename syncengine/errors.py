@@ -25,7 +25,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from syncengine.descriptors import UnknownEntity
 from syncengine.engine import ContendedError, SchemaError
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
-from syncengine.payloads import PayloadError
+from syncengine.payloads import PayloadError, TooDeep
 
 logger = logging.getLogger("syncengine.http")
 
@@ -47,6 +47,8 @@ def to_api_error(exc: Exception) -> ApiError:
     """The HTTP meaning of an exception."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, TooDeep):
+        return ApiError(400, "json_too_deep", str(exc))
     if isinstance(exc, PayloadError):
         code = "malformed_json" if str(exc).startswith("malformed JSON") else "invalid_body"
         return ApiError(400, code, str(exc))
@@ -102,6 +104,7 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     request_id = request.scope.get("state", {}).get("request_id")
     if error.status_code >= 500:
         logger.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
+    # A client gone (499) is said once, by the request's log line: it is no error of ours.
     log = request.scope.get("state", {}).get("log")
     if isinstance(log, dict):
         log["error"] = error.error

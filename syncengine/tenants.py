@@ -30,7 +30,10 @@ from syncengine.tables import TENANT_LENGTH, engine_table
 
 TENANTS = "syncengine_tenants"
 KEY_PREFIX = "sk_"
-_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{TENANT_LENGTH - 1}}}$")
+#: What a tenant name is, for `tenant add` and for the engine: ASCII letters, digits, `_`, `.`
+#: and `-`, starting with a letter or digit; nothing else, not even a trailing newline.
+TENANT_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{TENANT_LENGTH - 1}}}$"
+_NAME = re.compile(TENANT_PATTERN.removesuffix("$") + r"\Z")
 _tenants = engine_table(TENANTS)
 #: How long a server process trusts a key it has checked: a key replaced with `syncengine tenant
 #: key` stops working in every running server within this many seconds.
@@ -58,10 +61,11 @@ def hash_key(key: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    """`name`, if it is a tenant name (TENANT_PATTERN); else TenantError, which says the pattern."""
+    if not isinstance(name, str) or not _NAME.match(name):
         raise TenantError(
             f"tenant name {name!r} must be 1 to {TENANT_LENGTH} letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"starting with a letter or digit ({TENANT_PATTERN})"
         )
     return name
 

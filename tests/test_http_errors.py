@@ -105,8 +105,8 @@ CASES = [
         "/v1/sync/students?dry_run=perhaps",
         {"json": [student()]},
         400,
-        "invalid_request",
-        "invalid request: dry_run: Expected `bool`, got `str`",
+        "invalid_query_parameter",
+        "query parameter 'dry_run' must be true or false (or 1 or 0), got 'perhaps'; nothing was written",
         id="bad-dry-run",
     ),
     pytest.param(

@@ -64,7 +64,7 @@ def test_add_key_list_on_sqlite(tmp_path: Path) -> None:
         (
             ("add", "two words"),
             "error: tenant name 'two words' must be 1 to 64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit\n",
+            "starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$)\n",
         ),
     ],
 )
