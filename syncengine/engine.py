@@ -111,7 +111,8 @@ class SyncEngine:
 
     @classmethod
     def open(cls, settings: Settings, **database_options: Any) -> SyncEngine:
-        return cls(load_catalog(settings.entities), open_database(settings.database_url, **database_options))
+        database = open_database(settings.database_url, settings.database_timeouts, **database_options)
+        return cls(load_catalog(settings.entities), database)
 
     async def sync(self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False) -> SyncReport:
         """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back.
