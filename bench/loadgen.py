@@ -3,7 +3,8 @@
     python -m bench.loadgen SPEC.json        # prints the result as one JSON object
 
 The spec names the server (loopback only), the path, the headers, a file of request bodies (one
-JSON document a line, each sent once), how many connections, and the mode:
+JSON document a line, each sent once, or over and over with `repeat`), how many connections, and
+the mode:
 
 - `closed`: every connection sends its next body as soon as its last answer is in (max rate);
 - `open`: bodies are offered at `rate` per second on a fixed schedule, whatever the server
@@ -43,6 +44,8 @@ class Spec:
     max_seconds: float = 30.0
     grace: float = 30.0
     count: dict[str, str] = field(default_factory=dict)
+    #: Send the bodies over and over (closed loop), until `max_requests` or `max_seconds`.
+    repeat: bool = False
 
     def check(self) -> None:
         if self.host not in LOOPBACK:
@@ -176,8 +179,9 @@ async def run(spec: Spec) -> dict[str, Any]:
 
     async def closed_loop(connection: Connection) -> None:
         nonlocal sent
-        while sent < len(requests) and time.perf_counter() < stop_at:
-            data = requests[sent]
+        total = (spec.max_requests or len(requests)) if spec.repeat else len(requests)
+        while sent < total and time.perf_counter() < stop_at:
+            data = requests[sent % len(requests)]
             sent += 1
             begun = time.perf_counter()
             try:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import baseline, http, limit, memory, peer, pipeline, scale
+from bench import baseline, flood, http, limit, memory, peer, pipeline, scale
 from bench.databases import Databases, log
 from bench.measure import Measurement, figures_table, targets, targets_table
 from bench.settings import FULL, SMOKE, Sizes, sized
@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale.run,
     "memory": memory.run,
     "peer": peer.run,
+    "flood": flood.run,  # item 13 of issue 13: one tenant's flood against another's writes
 }
 
 

@@ -5,6 +5,7 @@ plain `alembic` (with alembic.ini) reads them from the environment instead.
 """
 
 import asyncio
+import dataclasses
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -58,7 +59,8 @@ def run_sync(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    database = open_database(settings.database_url)
+    # Bounded connect and lock waits; a migration's statements may take as long as they need.
+    database = open_database(settings.database_url, dataclasses.replace(settings.database_timeouts, statement=None))
     async with database.connect() as connection:
         await connection.run_sync(run_sync)
         await connection.commit()

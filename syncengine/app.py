@@ -39,6 +39,7 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import Message
 
 from syncengine import migrate
+from syncengine.admission import admitted
 from syncengine.config import Settings
 from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.edge import RequestBody, check_encoding, check_write_query
@@ -48,6 +49,7 @@ from syncengine.idempotency import IdempotencyKeys, check_key, request_hash
 from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
+from syncengine.store import unavailable
 from syncengine.tenants import KeyCache, Tenant
 
 logger = logging.getLogger("syncengine.http")
@@ -227,7 +229,8 @@ def _presented_key(request: Request[Any, Any, Any]) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
-AUTHENTICATED = {"tenant": Provide(authenticated_tenant)}
+# A request that touches a tenant's data waits for its turn once its key is checked (admission.py).
+AUTHENTICATED = {"tenant": Provide(admitted(authenticated_tenant))}
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -412,13 +415,16 @@ async def ready_head(request: Request[Any, Any, Any]) -> None:
 async def _readiness(request: Request[Any, Any, Any]) -> Response[bytes]:
     service = _service(request)
     database = service.engine.database
-    try:
-        async with database.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        current = await migrate.current(database)
+    try:  # a probe wants its answer soon: a stalled database is "not ready" within the connect timeout
+        async with asyncio.timeout(service.settings.db_connect_timeout):
+            async with database.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            current = await migrate.current(database)
     except Exception as error:  # any failure to reach the database means "not ready"
-        logger.warning("readiness check failed", extra={"fields": {"error": type(error).__name__}})
-        raise ApiError(503, "database_unavailable", f"the database does not answer: {type(error).__name__}") from None
+        reason = (unavailable(error) or ("", type(error).__name__))[1]
+        raise ApiError(
+            503, "database_unavailable", f"the database does not answer: {reason}", {"Retry-After": "5"}
+        ) from None
     if service.head is not None and current != service.head:
         raise ApiError(
             503,

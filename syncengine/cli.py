@@ -42,7 +42,40 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Commands whose database cannot be reached say so in one line, not with a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            problem = _database_problem(error)
+            if problem is None:
+                raise
+            _fail(problem)
+
+
+def _database_problem(error: BaseException) -> str | None:
+    """One line on a database that cannot be reached or opened: its URL (without the password),
+    what went wrong and what to check; None for any other error."""
+    from syncengine.config import DEFAULT_DATABASE_URL
+    from syncengine.store import unavailable
+
+    url = _safe_url(os.environ.get("SYNCENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    check = "check that SYNCENGINE_DATABASE_URL is right"
+    trouble = unavailable(error)
+    if trouble is not None:
+        kind, reason = trouble
+        if kind == "busy":
+            return f"the database at {url} is busy ({reason}); try again, or raise SYNCENGINE_DB_LOCK_TIMEOUT"
+        return f"cannot reach the database at {url} ({reason}): {check}, and that it runs and accepts connections there"
+    if url.startswith("sqlite") and "unable to open database file" in str(getattr(error, "orig", None)):
+        why = "unable to open database file"
+        return f"cannot open the database at {url} ({why}): {check}, and that its folder exists and is writable"
+    return None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """syncengine: Zoho CRM records in, validated and fingerprinted, out to Moodle."""
 
@@ -240,7 +273,7 @@ def _run_tenant_command(entities: Path | None, command: Any) -> Any:
         _fail(str(error))
 
     async def run() -> Any:
-        database = open_database(settings.database_url)
+        database = open_database(settings.database_url, settings.database_timeouts)
         try:
             return await command(database)
         finally:

@@ -12,6 +12,13 @@
 | SYNCENGINE_MAX_VERSION_SKEW      | 300 seconds: a Modified_Time further ahead of the clock is INVALID |
 | SYNCENGINE_BODY_TIMEOUT          | 30 seconds: a body not all sent this long after its request began is 408 |
 | SYNCENGINE_KEEP_ALIVE_TIMEOUT    | 5 seconds: how long `serve` keeps an idle keep-alive connection open |
+| SYNCENGINE_DB_CONNECT_TIMEOUT    | 5 seconds: opening a connection, or waiting for a pooled one |
+| SYNCENGINE_DB_STATEMENT_TIMEOUT  | 30 seconds: one statement (PostgreSQL)             |
+| SYNCENGINE_DB_LOCK_TIMEOUT       | 10 seconds: waiting for a lock (PostgreSQL's lock_timeout, SQLite's busy_timeout) |
+| SYNCENGINE_MAX_ACTIVE_REQUESTS   | the database pool's connections less 2: requests at work at once in a process |
+| SYNCENGINE_TENANT_MAX_ACTIVE_REQUESTS | 3/4 of the above: requests at work of one tenant |
+| SYNCENGINE_MAX_WAITING_REQUESTS  | 4 x the above but one: requests waiting for a turn before 503/429 |
+| SYNCENGINE_ADMISSION_WAIT        | 10 seconds: how long a request waits for its turn  |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
 """
 
@@ -21,6 +28,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from syncengine.store import Timeouts
 
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
 
@@ -41,6 +52,14 @@ class Settings:
     max_version_skew: float = 300.0
     body_timeout: float = 30.0
     keep_alive_timeout: int = 5
+    db_connect_timeout: float = 5.0
+    db_statement_timeout: float = 30.0
+    db_lock_timeout: float = 10.0
+    #: None: sized from the database pool (see syncengine/admission.py).
+    max_active_requests: int | None = None
+    tenant_max_active_requests: int | None = None
+    max_waiting_requests: int | None = None
+    admission_wait: float = 10.0
     log_level: str = "INFO"
 
     @classmethod
@@ -59,8 +78,21 @@ class Settings:
             keep_alive_timeout=int(
                 _number(environ, "SYNCENGINE_KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout, integer=True)
             ),
+            db_connect_timeout=_number(environ, "SYNCENGINE_DB_CONNECT_TIMEOUT", cls.db_connect_timeout),
+            db_statement_timeout=_number(environ, "SYNCENGINE_DB_STATEMENT_TIMEOUT", cls.db_statement_timeout),
+            db_lock_timeout=_number(environ, "SYNCENGINE_DB_LOCK_TIMEOUT", cls.db_lock_timeout),
+            max_active_requests=_count(environ, "SYNCENGINE_MAX_ACTIVE_REQUESTS"),
+            tenant_max_active_requests=_count(environ, "SYNCENGINE_TENANT_MAX_ACTIVE_REQUESTS"),
+            max_waiting_requests=_count(environ, "SYNCENGINE_MAX_WAITING_REQUESTS"),
+            admission_wait=_number(environ, "SYNCENGINE_ADMISSION_WAIT", cls.admission_wait),
             log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
         )
+
+    @property
+    def database_timeouts(self) -> Timeouts:
+        from syncengine.store import Timeouts
+
+        return Timeouts(self.db_connect_timeout, self.db_statement_timeout, self.db_lock_timeout)
 
     @property
     def migrations_dir(self) -> Path:
@@ -79,3 +111,10 @@ def _number(environ: Mapping[str, str], name: str, default: float, *, integer: b
         kind = "a positive whole number" if integer else "a positive number"
         raise ConfigError(f"{name} must be {kind}, got {raw!r}")
     return value
+
+
+def _count(environ: Mapping[str, str], name: str) -> int | None:
+    """A positive whole number, or None where the variable is not set."""
+    if not environ.get(name):
+        return None
+    return int(_number(environ, name, 0, integer=True))

@@ -117,11 +117,8 @@ class SyncEngine:
 
     @classmethod
     def open(cls, settings: Settings, **database_options: Any) -> SyncEngine:
-        return cls(
-            load_catalog(settings.entities),
-            open_database(settings.database_url, **database_options),
-            max_version_skew=settings.max_version_skew,
-        )
+        database = open_database(settings.database_url, settings.database_timeouts, **database_options)
+        return cls(load_catalog(settings.entities), database, max_version_skew=settings.max_version_skew)
 
     async def sync(self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False) -> SyncReport:
         """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back.

@@ -26,6 +26,7 @@ from syncengine.descriptors import UnknownEntity
 from syncengine.engine import ContendedError, SchemaError
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from syncengine.payloads import PayloadError, TooDeep
+from syncengine.store import Trouble, unavailable
 
 logger = logging.getLogger("syncengine.http")
 
@@ -77,6 +78,9 @@ def to_api_error(exc: Exception) -> ApiError:
             f"a value in this request cannot be stored ({reason}); nothing was written: "
             "check the records for numbers beyond 64 bits and text with NUL characters",
         )
+    trouble = unavailable(exc)
+    if trouble is not None:
+        return _database_trouble(*trouble)
     if isinstance(exc, SchemaError):
         return ApiError(503, "schema_missing", str(exc))
     if isinstance(exc, ContendedError):
@@ -88,6 +92,17 @@ def to_api_error(exc: Exception) -> ApiError:
         headers = {k: v for k, v in (exc.headers or {}).items()}
         return ApiError(exc.status_code, code, _http_message(exc, code), headers)
     return ApiError(500, "internal_error", "internal error")
+
+
+def _database_trouble(kind: Trouble, reason: str) -> ApiError:
+    """503 for a database that cannot be reached or did not answer in time, or that is there but
+    made a wait run past its budget (SYNCENGINE_DB_*_TIMEOUT)."""
+    then = "send the request again after Retry-After seconds (a batch is one transaction: applied whole or not at all)"
+    if kind == "busy":
+        return ApiError(503, "database_busy", f"the database is busy: {reason}; {then}", {"Retry-After": "1"})
+    return ApiError(
+        503, "database_unavailable", f"the database cannot be reached: {reason}; {then}", {"Retry-After": "5"}
+    )
 
 
 def render(error: ApiError, request_id: str | None = None) -> bytes:
@@ -102,8 +117,11 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     """Litestar's exception handler for every exception."""
     error = to_api_error(exc)
     request_id = request.scope.get("state", {}).get("request_id")
-    if error.status_code >= 500:
+    if error.status_code == 500:
         logger.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
+    elif error.status_code > 500:  # a known state (database away, busy): no traceback to read
+        fields = {"request_id": request_id, "error": error.error, "reason": error.message}
+        logger.warning("service unavailable", extra={"fields": fields})
     # A client gone (499) is said once, by the request's log line: it is no error of ours.
     log = request.scope.get("state", {}).get("log")
     if isinstance(log, dict):

@@ -61,7 +61,7 @@ def prepare_schema(settings: Settings) -> None:
 
 
 async def _current(settings: Settings) -> str | None:
-    database = open_database(settings.database_url)
+    database = open_database(settings.database_url, settings.database_timeouts)
     try:
         return await migrate.current(database)
     finally:
@@ -72,7 +72,7 @@ def first_tenant_key(settings: Settings) -> str | None:
     """Create the `default` tenant on a database without tenants; its key, shown once, or None."""
 
     async def create() -> str | None:
-        database = open_database(settings.database_url)
+        database = open_database(settings.database_url, settings.database_timeouts)
         try:
             return await ensure_first_tenant(database, FIRST_TENANT)
         finally:

@@ -25,21 +25,27 @@ write a batch's rows and its outbox rows), and whether a failed transaction is t
   (`fetch`'s `hold`) takes it exclusively before it reads, so it waits for the writers in
   flight to end, then runs alone. (Processes of a syncengine before 2026-11-30, which took
   other advisory locks, must not write beside this one: stop them all before starting it.)
-- SQLite: `executemany` of an insert (rows not found) and of an upsert; write transactions
-  start with `BEGIN IMMEDIATE` so that two writers queue instead of failing, and the file runs
-  in WAL mode.
+- SQLite: `executemany` of an insert (rows not found) and of an upsert; the pipeline's write
+  transactions start with `BEGIN IMMEDIATE` so that two writers queue instead of failing, and
+  the file runs in WAL mode, so that reads (a plain, deferred BEGIN) never wait for a writer.
+
+Every wait on the database has a bound (`Timeouts`): connecting, a statement, a lock, a pooled
+connection. `unavailable` tells the errors that mean the database cannot be reached or did not
+answer in time from the others, for the HTTP and command-line edges to say so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -122,15 +128,135 @@ def database_url(url: str) -> str:
     return url
 
 
-def open_database(url: str, **options: Any) -> AsyncEngine:
-    """An engine for `url`, set up for how syncengine uses its dialect."""
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds each wait on the database may last (None: no bound of ours).
+
+    - `connect`: opening a connection (asyncpg's `timeout`), and waiting for one of the pool's;
+    - `statement`: one statement (PostgreSQL's `statement_timeout`; the client gives up a second
+      later, asyncpg's `command_timeout`, should the server not answer at all);
+    - `lock`: waiting for a lock (PostgreSQL's `lock_timeout`, SQLite's `busy_timeout`).
+    """
+
+    connect: float | None = 5.0
+    statement: float | None = 30.0
+    lock: float | None = 10.0
+
+
+#: SQLite's `busy_timeout` where no `Timeouts` are given, as before they were.
+SQLITE_BUSY_SECONDS = 30.0
+
+
+def open_database(url: str, timeouts: Timeouts | None = None, **options: Any) -> AsyncEngine:
+    """An engine for `url`, set up for how syncengine uses its dialect, with `timeouts` (see
+    `Timeouts`). Statement parameters never appear in SQLAlchemy's errors or logs: they hold
+    record contents and key hashes."""
     url = database_url(url)
+    options["hide_parameters"] = True
     if url.startswith("postgresql+asyncpg://"):
         options = _plan_each_statement(options)
+        if timeouts is not None:
+            options = _bound_postgres_waits(options, timeouts)
+    elif timeouts is not None and timeouts.connect is not None:
+        options.setdefault("pool_timeout", timeouts.connect)
     engine = create_async_engine(url, **options)
     if engine.dialect.name == "sqlite":
-        _serialise_sqlite_writers(engine)
+        lock = SQLITE_BUSY_SECONDS if timeouts is None or timeouts.lock is None else timeouts.lock
+        _serialise_sqlite_writers(engine, lock)
+    else:
+        _skip_closed_connections(engine)
     return engine
+
+
+def _bound_postgres_waits(options: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
+    """asyncpg's connect and command timeouts, the server's statement and lock timeouts, and
+    the pool's wait for a connection; a caller's own settings win."""
+    connect_args = dict(options.get("connect_args") or {})
+    server: dict[str, str] = {}
+    if timeouts.statement is not None:
+        server["statement_timeout"] = str(int(timeouts.statement * 1000))
+        connect_args.setdefault("command_timeout", timeouts.statement + 1)
+    if timeouts.lock is not None:
+        server["lock_timeout"] = str(int(timeouts.lock * 1000))
+    if timeouts.connect is not None:
+        connect_args.setdefault("timeout", timeouts.connect)
+        options = {"pool_timeout": timeouts.connect} | options
+    connect_args["server_settings"] = server | dict(connect_args.get("server_settings") or {})
+    return options | {"connect_args": connect_args}
+
+
+def _skip_closed_connections(engine: AsyncEngine) -> None:
+    """A pooled connection whose server went away is not lent out: the pool opens another.
+
+    A free check (the socket is closed), not a round trip like `pool_pre_ping`: after the
+    database restarts, requests get new connections instead of one failure per pooled one.
+    """
+
+    @sa.event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+Trouble = Literal["unavailable", "busy"]
+
+
+def unavailable(error: BaseException) -> tuple[Trouble, str] | None:
+    """Whether `error` says the database cannot be reached or did not answer in time
+    ("unavailable"), or that it is there but a wait ran past its budget ("busy": a lock, the
+    pool, a statement); and a short reason without any statement, parameter or password.
+
+    >>> unavailable(ConnectionRefusedError(111, "Connection refused"))
+    ('unavailable', 'ConnectionRefusedError: Connection refused')
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = _trouble_of(current)
+        if found is not None:
+            return found
+        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
+def _lost(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be reached or stopped answering."""
+    trouble = unavailable(error)
+    return trouble is not None and trouble[0] == "unavailable"
+
+
+#: SQLSTATEs of a database that is there but refused to wait longer, and of one going away.
+_BUSY_STATES = {"55P03": "lock wait past lock_timeout", "57014": "statement ran past statement_timeout",
+                "53300": "too many connections"}  # fmt: skip
+_GONE_STATES = ("08", "57P")
+
+
+def _trouble_of(error: BaseException) -> tuple[Trouble, str] | None:
+    if isinstance(error, sa.exc.TimeoutError):  # the pool: no connection came free in time
+        return "busy", "every pooled database connection stayed in use past the wait for one"
+    if isinstance(error, sa.exc.OperationalError) and "database is locked" in str(error.orig):
+        return "busy", "the SQLite file stayed locked by another writer past busy_timeout"
+    if type(error).__name__ == "OperationalError" and "database is locked" in str(error):
+        return "busy", "the SQLite file stayed locked by another writer past busy_timeout"
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
+    if sqlstate in _BUSY_STATES:
+        return "busy", _BUSY_STATES[sqlstate]
+    if sqlstate.startswith(_GONE_STATES) or isinstance(
+        error, (asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError)
+    ):
+        return "unavailable", f"{type(error).__name__}: the connection to the database was lost"
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return "unavailable", "the database did not answer in time"
+    if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
+        return "unavailable", f"{type(error).__name__}: the connection to the database was lost"
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return "unavailable", "the connection to the database was lost"
+    if isinstance(error, OSError):  # refused, reset, no route, unknown host...
+        return "unavailable", f"{type(error).__name__}: {error.strerror or error}"
+    return None
 
 
 def _plan_each_statement(options: dict[str, Any]) -> dict[str, Any]:
@@ -156,20 +282,31 @@ def store_for(engine: AsyncEngine | AsyncConnection) -> Store:
     raise ValueError(f"unsupported database '{name}': use a postgresql:// or sqlite:/// URL")
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
-    """pysqlite's own transaction handling defers locks; take the write lock at BEGIN instead."""
+#: The execution option of a connection whose transactions write: SQLite takes the write lock at
+#: their BEGIN (`_serialise_sqlite_writers`).
+WRITES = "syncengine_writes"
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine, busy_seconds: float) -> None:
+    """Transactions begin with our BEGIN, not pysqlite's: `BEGIN IMMEDIATE` (the write lock, so
+    that writers queue instead of failing when one upgrades from reading) on connections with
+    the `WRITES` option, a plain deferred BEGIN elsewhere, so that reads take no lock at all
+    (WAL: they read a snapshot beside the writer). A transaction that writes first (an INSERT,
+    as the tenant and key statements do) waits for the lock at that statement, as long as
+    BEGIN IMMEDIATE would. A lock wait lasts at most `busy_seconds`."""
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={int(busy_seconds * 1000)}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writes = connection.get_execution_options().get(WRITES, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 class SqliteStore:
@@ -181,10 +318,12 @@ class SqliteStore:
 
     @contextlib.asynccontextmanager
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[AsyncConnection]:
-        async with database.connect() as conn, conn.begin() as transaction:
-            yield conn
-            if rollback:
-                await transaction.rollback()
+        async with database.connect() as conn:
+            await conn.execution_options(**{WRITES: True})
+            async with conn.begin() as transaction:
+                yield conn
+                if rollback:
+                    await transaction.rollback()
 
     async def fetch(
         self,
@@ -306,14 +445,17 @@ class PostgresStore:
             try:
                 try:
                     yield session
-                except BaseException:
-                    if session.begun:
+                except BaseException as error:
+                    if session.begun and not conn.is_closed() and not _lost(error):
                         await conn.execute("ROLLBACK")
                     raise
                 if session.begun:
                     await conn.execute("ROLLBACK" if rollback else "COMMIT")
-            except BaseException:
-                if conn.is_closed():
+            except BaseException as error:
+                # A connection that broke, or whose server stopped answering, is not lent again
+                # (nor sent a ROLLBACK, which would wait as long again): the server ends the
+                # transaction when the connection goes.
+                if conn.is_closed() or _lost(error):
                     await lent.invalidate()
                 raise
 

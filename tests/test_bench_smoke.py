@@ -47,6 +47,11 @@ def test_smoke_run_prints_every_scenario() -> None:
     expected |= {("raw COPY", "postgresql", case, "10,000") for case in cases[:3]}
     expected |= {("scale", "postgresql", "NEW into 100", "1,000"), ("scale", "postgresql", "NEW into 1,000", "1,000")}
     expected |= {("memory", "postgresql", "file load", "1,000")}
+    expected |= {
+        ("flood", "postgresql", f"other's writes {quantile}, {case}", "1")
+        for quantile in ("p50", "p99")
+        for case in ("alone", "during the flood")
+    }
     assert expected <= rows, sorted(expected - rows)
     peer = {row for row in rows if row[0] == "dlt merge"}
     assert peer in (
