@@ -50,7 +50,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -143,11 +143,8 @@ class IdempotencyKeys:
         self.ttl = ttl
         self.wait = wait
         self._locks: _HolderLocks = (
-            _AdvisoryLocks(database) if database.dialect.name == "postgresql" else _FileLocks(database.url.database)
+            _AdvisoryLocks(database) if database.dialect.name == "postgresql" else _FileLocks.of(database.url.database)
         )
-        #: The locks this process holds: a lock is re-entrant within its holder (a PostgreSQL
-        #: session, a process's fcntl locks), so a request of this process asks here first.
-        self._held: set[bytes] = set()
 
     async def claim(self, tenant: str, endpoint: str, key: str, digest: str) -> Claim | StoredResponse:
         """A `Claim` if this request now holds the key; else the stored response to replay.
@@ -245,22 +242,23 @@ class IdempotencyKeys:
             await conn.execute(_keys.delete().where(_keys.c.id == row, answer))
 
     async def _hold(self, lock: bytes) -> bool:
-        if lock in self._held:
+        held = self._locks.held
+        if lock in held:
             return False
-        self._held.add(lock)  # before the lock is asked for: a request of this process may ask meanwhile
+        held.add(lock)  # before the lock is asked for: a request of this process may ask meanwhile
         taken = False
         try:
             taken = await self._locks.try_hold(lock)
         finally:
             if not taken:
-                self._held.discard(lock)
+                held.discard(lock)
         return taken
 
     async def _let_go(self, lock: bytes) -> None:
         try:
             await self._locks.let_go(lock)
         finally:  # only now: until then, a request of this process must not take it
-            self._held.discard(lock)
+            self._locks.held.discard(lock)
 
 
 def _lock_key(tenant: str, endpoint: str, key: str) -> bytes:
@@ -269,6 +267,10 @@ def _lock_key(tenant: str, endpoint: str, key: str) -> bytes:
 
 
 class _HolderLocks(Protocol):
+    #: The locks held through this: a lock is re-entrant within its holder (a PostgreSQL
+    #: session, a process's fcntl locks), so a request asks here first.
+    held: set[bytes]
+
     async def try_hold(self, lock: bytes) -> bool:
         """Take the lock if no process holds it; whether it was taken."""
 
@@ -286,6 +288,7 @@ class _AdvisoryLocks:
         self._lent: AsyncConnection | None = None
         self._conn: Any = None
         self._turn = asyncio.Lock()  # one statement at a time on the connection
+        self.held: set[bytes] = set()
 
     async def try_hold(self, lock: bytes) -> bool:
         async with self._turn:
@@ -327,13 +330,25 @@ def _int4s(lock: bytes) -> tuple[int, int]:
 class _FileLocks:
     """SQLite: fcntl locks on one byte each of a file beside the database, which the kernel
     drops with the process. fcntl locks belong to the process, and closing any descriptor of
-    the file drops them all: the file is opened once per process and kept open."""
+    the file drops them all: one object per file and process (`of`) opens it once, keeps it
+    open while it is used, and knows which of the locks the process holds."""
 
-    def __init__(self, database: str | None) -> None:
-        in_memory = not database or database == ":memory:" or database.startswith("file::memory:")
-        self.path = None if in_memory else f"{database}-idempotency.lock"
+    _open: ClassVar[dict[tuple[int, str | None], _FileLocks]] = {}
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.held: set[bytes] = set()
+        self.users = 0
         self._fd: int | None = None
         self._pid = 0
+
+    @classmethod
+    def of(cls, database: str | None) -> _FileLocks:
+        in_memory = not database or database == ":memory:" or database.startswith("file:")
+        path = None if in_memory or database is None else os.path.abspath(f"{database}-idempotency.lock")
+        locks = cls._open.setdefault((os.getpid(), path), cls(path))
+        locks.users += 1
+        return locks
 
     async def try_hold(self, lock: bytes) -> bool:
         fd = self._file()
@@ -353,6 +368,10 @@ class _FileLocks:
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, _offset(lock))
 
     async def close(self) -> None:
+        self.users -= 1
+        if self.users > 0:
+            return
+        self._open.pop((os.getpid(), self.path), None)
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
