@@ -26,6 +26,7 @@ import msgspec
 import pytest
 
 from syncengine.engine import SyncEngine
+from syncengine.idempotency import Claim, ClaimLost, IdempotencyKeys
 from tests.conftest import Databases, count_rows
 from tests.records import student
 from tests.service import running_api, statuses
@@ -112,6 +113,23 @@ async def test_calls_sharing_a_transaction_each_store_their_own_answer(engine: S
         assert await count_rows(database, "students") == 12
         for record in batches["doomed"]:
             assert await engine.fetch_record("school", "students", record["id"]) is None
+
+
+async def test_a_holder_whose_claim_was_taken_over_writes_nothing(engine: SyncEngine) -> None:
+    """A holder taken for dead (say its lock connection dropped) while it still runs: another
+    request deleted its claim and took the key. Its answer finds no claim row, so its batch
+    is rolled back instead of being written beside the other's."""
+    keys = IdempotencyKeys(engine.database, ttl=3600, wait=0.001)
+    try:
+        claim = await keys.claim("school", "/v1/sync/students", "taken-over", "digest")
+        assert isinstance(claim, Claim)
+        await keys.release(claim)  # as the request that took the key over did
+        with pytest.raises(ClaimLost, match="another request took over this request's Idempotency-Key"):
+            await engine.sync("school", "students", [student("3001")], answer=keys.answer(claim, lambda _: b"{}"))
+        assert await count_rows(engine.database, "students") == 0
+        await keys.let_go(claim)
+    finally:
+        await keys.close()
 
 
 # A real server, SIGKILLed while a keyed request is in flight
