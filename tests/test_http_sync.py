@@ -258,3 +258,13 @@ async def test_a_write_conflict_is_not_stored_as_the_keys_answer(databases: Any,
         retry = await api.sync("students", records, headers=headers)
         assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
         assert set(statuses(retry)) == {"UPDATED"}
+
+
+async def test_a_keyed_batch_that_writes_nothing_stores_its_answer_too(api: Api) -> None:
+    """All UNCHANGED: no record is written, the answer is (PostgreSQL begins the transaction for it)."""
+    await api.sync("students", [student("3001")])
+    headers = {"Idempotency-Key": "unchanged-1"}
+    first = await api.sync("students", [student("3001")], headers=headers)
+    again = await api.sync("students", [student("3001")], headers=headers)
+    assert statuses(first) == ["UNCHANGED"] and "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content

@@ -27,6 +27,7 @@ import pytest
 
 from syncengine.engine import SyncEngine
 from syncengine.idempotency import Claim, ClaimLost, IdempotencyKeys
+from syncengine.report import SyncReport
 from tests.conftest import Databases, count_rows
 from tests.records import student
 from tests.service import running_api, statuses
@@ -90,29 +91,44 @@ async def test_a_transaction_that_fails_after_writing_leaves_neither_rows_nor_an
 
 
 async def test_calls_sharing_a_transaction_each_store_their_own_answer(engine: SyncEngine, dialect: str) -> None:
-    """One call's answer is refused: the shared transaction fails, its calls run again one by
-    one; the others commit with their own answers, the refused one leaves nothing."""
-    database = engine.database
-    async with running_api(engine, idempotency_wait=0) as api:
-        async with database.begin() as conn:
-            for sql in REFUSE_ANSWER[dialect]:
-                await conn.exec_driver_sql(sql)
-        keys = ["k0", "k1", "doomed", "k3", "k4"]
-        batches = {key: [student(f"{3100 + 10 * n + i}") for i in range(3)] for n, key in enumerate(keys)}
-        responses = await asyncio.gather(
-            *(api.sync("students", batches[key], headers={"Idempotency-Key": key}) for key in keys)
-        )
-        answers = dict(zip(keys, responses, strict=True))
-        assert answers.pop("doomed").status_code == 500
-        for key, response in answers.items():
-            assert response.status_code == 200 and statuses(response) == ["NEW"] * 3, key
-            ids = [result["zoho_student_id"] for result in response.json()["results"]]
-            assert ids == [record["id"] for record in batches[key]], key
-            replay = await api.sync("students", batches[key], headers={"Idempotency-Key": key})
-            assert replay.headers["idempotent-replayed"] == "true" and replay.content == response.content
-        assert await count_rows(database, "students") == 12
-        for record in batches["doomed"]:
-            assert await engine.fetch_record("school", "students", record["id"]) is None
+    """Calls sent at once: the first runs, the rest wait and share the next transaction (see
+    tests/test_group_commit.py). One of them has its answer refused: the shared transaction
+    fails and its calls run again one by one; the others commit, each with its own answer,
+    and the refused one leaves nothing."""
+    async with engine.database.begin() as conn:
+        for sql in REFUSE_ANSWER[dialect]:
+            await conn.exec_driver_sql(sql)
+    keys = IdempotencyKeys(engine.database, ttl=3600, wait=0.001)
+    names = ["k0", "k1", "k2", "doomed", "k4", "k5"]
+    claims = [await keys.claim("school", "/v1/sync/students", name, "digest") for name in names]
+    batches = [[student(f"{3100 + 10 * n + i}") for i in range(3)] for n in range(len(names))]
+    try:
+        calls = [
+            engine.sync("school", "students", batch, answer=keys.answer(claim, _report_json))  # type: ignore[arg-type]
+            for claim, batch in zip(claims, batches, strict=True)
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        for claim in claims:
+            await keys.let_go(claim)  # type: ignore[arg-type]
+        await keys.close()
+    async with engine.database.connect() as conn:
+        stored = dict((await conn.exec_driver_sql("SELECT key, response FROM syncengine_idempotency_keys")).all())
+    for name, outcome, batch in zip(names, outcomes, batches, strict=True):
+        if name == "doomed":
+            assert isinstance(outcome, Exception) and "refused" in str(outcome)
+            assert stored[name] is None
+            for record in batch:
+                assert await engine.fetch_record("school", "students", record["id"]) is None
+        else:
+            assert isinstance(outcome, SyncReport), outcome
+            assert [r.zoho_id for r in outcome.results] == [record["id"] for record in batch], name
+            assert bytes(stored[name]) == _report_json(outcome), name  # its own answer, with its rows
+    assert await count_rows(engine.database, "students") == 15
+
+
+def _report_json(report: SyncReport) -> bytes:
+    return msgspec.json.encode(report.to_builtins())
 
 
 async def test_a_holder_whose_claim_was_taken_over_writes_nothing(engine: SyncEngine) -> None:
