@@ -210,8 +210,13 @@ class IdempotencyKeys:
         await self._delete(claim.row, answered=False)
 
     async def let_go(self, claim: Claim) -> None:
-        """Give up the claim's lock, once its request is answered (or failed): always, last."""
-        await self._let_go(claim.lock)
+        """Give up the claim's lock, once its request is answered (or failed): always, last.
+        Never raises: the answer is what it is by now (and a lock not given up is dropped, see
+        `_AdvisoryLocks.let_go`)."""
+        try:
+            await self._let_go(claim.lock)
+        except Exception:
+            log.warning("could not give up an idempotency key's lock", exc_info=True)
 
     async def purge(self) -> int:
         """Delete expired keys; return how many."""
@@ -296,25 +301,32 @@ class _AdvisoryLocks:
             return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *_int4s(lock)))
 
     async def let_go(self, lock: bytes) -> None:
+        """Should the unlock fail (or be cancelled), the connection is dropped, and every lock
+        with it: a lock left held would keep its key "in use" for as long as the process runs
+        (a holder of another key then looks dead, which the answer's check on its claim row
+        covers)."""
         async with self._turn:
             if self._conn is not None and not self._conn.is_closed():
-                await self._conn.fetchval("SELECT pg_advisory_unlock($1, $2)", *_int4s(lock))
+                try:
+                    await self._conn.fetchval("SELECT pg_advisory_unlock($1, $2)", *_int4s(lock))
+                except BaseException:
+                    await self._drop()
+                    raise
 
     async def close(self) -> None:
         async with self._turn:
-            lent, self._lent, self._conn = self._lent, None, None
-            if lent is not None:
-                with contextlib.suppress(Exception):  # closing: a broken connection has nothing to close
-                    await lent.invalidate()  # not back to the pool: it would keep the locks
+            await self._drop()
+
+    async def _drop(self) -> None:
+        lent, self._lent, self._conn = self._lent, None, None
+        if lent is not None:
+            with contextlib.suppress(Exception):  # a broken connection has nothing to close
+                await lent.invalidate()  # not back to the pool: it would keep the locks
                 await lent.close()
 
     async def _connection(self) -> Any:
         if self._conn is not None and self._conn.is_closed():
-            lent, self._lent, self._conn = self._lent, None, None
-            if lent is not None:
-                with contextlib.suppress(Exception):
-                    await lent.invalidate()
-                    await lent.close()
+            await self._drop()
         if self._conn is None:
             self._lent = await self.database.connect()
             self._conn = (await self._lent.get_raw_connection()).driver_connection
