@@ -45,10 +45,11 @@ from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
-from syncengine.idempotency import IdempotencyKeys, check_key, request_hash
+from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
+from syncengine.report import SyncReport
 from syncengine.store import unavailable
 from syncengine.tenants import KeyCache, Tenant
 
@@ -136,6 +137,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
+            await service.keys.close()
             if owned:
                 await service.engine.close()
 
@@ -311,25 +313,30 @@ async def sync_request(
     if idempotency_key is None:
         return _json(await sync_body(service, entity, tenant, body, media_type, dry_run, log))
     key = check_key(idempotency_key)
-    endpoint = request.url.path
     digest = request_hash(media_type, "dry_run" if dry_run else "", body)
-    stored = await service.keys.claim(tenant.name, endpoint, key, digest)
-    if stored is not None:
+    claim = await service.keys.claim(tenant.name, request.url.path, key, digest)
+    if isinstance(claim, StoredResponse):
         log["idempotent_replay"] = True
-        return _json(stored.body, stored.status_code, {"Idempotent-Replayed": "true"})
+        return _json(claim.body, claim.status_code, {"Idempotent-Replayed": "true"})
     try:
-        content = await sync_body(service, entity, tenant, body, media_type, dry_run, log)
-    except Exception as exc:
-        error = to_api_error(exc)
-        if error.status_code >= 500:
-            await service.keys.release(tenant.name, endpoint, key)
-            raise
-        log["error"] = error.error
-        content = render(error)
-        await service.keys.complete(tenant.name, endpoint, key, error.status_code, content)
-        return _json(content, error.status_code, error.headers)
-    await service.keys.complete(tenant.name, endpoint, key, 200, content)
-    return _json(content)
+        # The answer commits with the batch; a dry run's is stored after it (it wrote nothing).
+        answer = None if dry_run else service.keys.answer(claim, _report_json)
+        try:
+            content = await sync_body(service, entity, tenant, body, media_type, dry_run, log, answer)
+        except Exception as exc:
+            error = to_api_error(exc)
+            if error.status_code == 409 or error.status_code >= 500:  # "try again": not the key's answer
+                await service.keys.release(claim)
+                raise
+            log["error"] = error.error
+            content = render(error)
+            await service.keys.complete(claim, error.status_code, content)
+            return _json(content, error.status_code, error.headers)
+        if answer is None:
+            await service.keys.complete(claim, 200, content)
+        return _json(content)
+    finally:
+        await service.keys.let_go(claim)
 
 
 async def sync_body(
@@ -340,8 +347,10 @@ async def sync_body(
     media_type: str,
     dry_run: bool,
     log: dict[str, Any],
+    answer: Answer | None = None,
 ) -> bytes:
-    """Parse, check the batch size, run the pipeline; the report as JSON bytes."""
+    """Parse, check the batch size, run the pipeline (storing `answer` with the batch); the
+    report as JSON bytes."""
     records = parse_body(body, media_type)
     log["records"] = len(records)
     limit = service.settings.max_records
@@ -352,8 +361,12 @@ async def sync_body(
             f"{len(records)} records in one request; the limit is {limit} (SYNCENGINE_MAX_RECORDS): "
             "send them in smaller batches",
         )
-    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run)
+    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
     log["counts"] = {status: count for status, count in report.summary.items() if count}
+    return answer.body(report) if answer is not None else _report_json(report)
+
+
+def _report_json(report: SyncReport) -> bytes:
     return msgspec.json.encode(report.to_builtins())
 
 

@@ -32,7 +32,7 @@ import datetime as dt
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, Entity, load_catalog
+from syncengine.idempotency import Answer, ClaimLost
 from syncengine.pipeline import (
     LOOKUP_CACHE_SECONDS,
     EntityTables,
@@ -52,7 +53,7 @@ from syncengine.pipeline import (
     sync_batch,
 )
 from syncengine.report import SyncReport
-from syncengine.store import open_database, store_for
+from syncengine.store import StoredAnswer, open_database, store_for
 from syncengine.tables import build_metadata
 from syncengine.tenants import check_name
 
@@ -120,14 +121,20 @@ class SyncEngine:
         database = open_database(settings.database_url, settings.database_timeouts, **database_options)
         return cls(load_catalog(settings.entities), database, max_version_skew=settings.max_version_skew)
 
-    async def sync(self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False) -> SyncReport:
+    async def sync(
+        self, tenant: str, entity: str, records: Iterable[Any], *, dry_run: bool = False, answer: Answer | None = None
+    ) -> SyncReport:
         """Run the pipeline on `records` as one transaction; with `dry_run`, roll it back.
 
         The transaction may be shared with concurrent calls for the same tenant and entity
-        (see the module's docstring); the report holds this call's records only.
+        (see the module's docstring); the report holds this call's records only. `answer` (an
+        idempotency key's, see idempotency.py) is stored in the transaction that writes this
+        call's records, rendered from its report: the two commit together or not at all.
         """
         tables = self._tables.get(entity) or self._tables[self.catalog.entity(entity).name]
         check_name(tenant)  # a TenantError (ValueError) that says the pattern
+        if dry_run and answer is not None:
+            raise ValueError("a dry run is rolled back: store its answer after it, on its own")
         if dry_run:
             batches = _batches(read_ahead(tables.entity, records))
             (report,) = await self._transaction(tables, tenant, batches, dry_run=True)
@@ -135,23 +142,25 @@ class SyncEngine:
         lane = self._lane(tenant, tables)
         records = records if isinstance(records, list | tuple) else list(records)
         if lane.waiting or not lane.may_start(len(records)):
-            return await self._wait(lane, parse_records(tables.entity, records))
+            return await self._wait(lane, parse_records(tables.entity, records), answer)
         read = read_ahead(tables.entity, records)
         ids = read.ids if isinstance(read, Unparsed) else _ids(read)
         if lane.overlaps(ids):  # a batch in flight has some of these records: this call waits for it
-            return await self._wait(lane, _parsed(tables.entity, read))
+            return await self._wait(lane, _parsed(tables.entity, read), answer)
         token = lane.start(ids)
         try:
             batches = _batches(read)
-            (report,) = await self._transaction(tables, tenant, batches, ids, on_fetched=self._opener(lane, token))
+            (report,) = await self._transaction(
+                tables, tenant, batches, ids, on_fetched=self._opener(lane, token), answers=[answer]
+            )
         finally:
             lane.finish(token)
             self._start_waiting(lane, tables, tenant)
         return report
 
-    async def _wait(self, lane: _Lane, records: list[Incoming]) -> SyncReport:
+    async def _wait(self, lane: _Lane, records: list[Incoming], answer: Answer | None) -> SyncReport:
         """Queue parsed records as a call of the lane's; they are synced when the lane gets to them."""
-        call = _Call(records, _ids(records), asyncio.get_running_loop().create_future())
+        call = _Call(records, _ids(records), asyncio.get_running_loop().create_future(), answer)
         lane.waiting.append(call)
         return await call.report
 
@@ -206,14 +215,19 @@ class SyncEngine:
             try:
                 batches = [call.records for call in group]
                 ids = lane.busy[token]
-                reports = await self._transaction(tables, tenant, batches, ids, on_fetched=self._opener(lane, token))
+                answers = [call.answer for call in group]
+                reports = await self._transaction(
+                    tables, tenant, batches, ids, on_fetched=self._opener(lane, token), answers=answers
+                )
             except Exception as error:
                 if len(group) == 1:
                     _settle(group[0], error=error)
                     return
                 for call in group:  # on their own, so that one call's failure is not another's
                     try:
-                        (report,) = await self._transaction(tables, tenant, [call.records], call.ids)
+                        (report,) = await self._transaction(
+                            tables, tenant, [call.records], call.ids, answers=[call.answer]
+                        )
                     except Exception as alone:
                         _settle(call, error=alone)
                     else:
@@ -238,9 +252,11 @@ class SyncEngine:
         *,
         dry_run: bool = False,
         on_fetched: Callable[[set[str]], None] | None = None,
+        answers: Sequence[Answer | None] = (),
     ) -> list[SyncReport]:
         """One transaction over `batches`, in order; one report per batch (one for records not
-        parsed yet, see `read_ahead`). `ids` are the records' ids, where known. A transaction
+        parsed yet, see `read_ahead`). `ids` are the records' ids, where known. `answers`, one
+        per batch where given, are stored in the transaction (`_store_answers`). A transaction
         that lost a race is run again."""
         records = batches if isinstance(batches, Unparsed) else list(itertools.chain.from_iterable(batches))
         for attempt in itertools.count(1):
@@ -252,6 +268,9 @@ class SyncEngine:
                         ids=ids,
                         version_skew=self.version_skew,
                     )  # fmt: skip
+                    reports = _split(report, batches, dry_run)
+                    if any(answers):
+                        await self._store_answers(conn, answers, reports)
                 break
             except Exception as error:
                 if _is_missing_table(error):
@@ -269,14 +288,18 @@ class SyncEngine:
                     "another writer changed some of these records first; running the batch again",
                     extra={"fields": {"tenant": tenant, "entity": tables.entity.name, "attempt": attempt + 1}},
                 )
-        if isinstance(batches, Unparsed) or len(batches) == 1:
-            report.dry_run = dry_run
-            return [report]
-        reports, start = [], 0
-        for batch in batches:
-            reports.append(SyncReport(report.entity, report.id_key, report.results[start : start + len(batch)]))
-            start += len(batch)
         return reports
+
+    async def _store_answers(self, conn: Any, answers: Sequence[Answer | None], reports: list[SyncReport]) -> None:
+        """Each call's answer, in its claim row: should one have been taken over (its holder was
+        taken for dead), the transaction fails, so that its batch is not written twice."""
+        stored = [
+            StoredAnswer(answer.row, 200, answer.body(report), answer.expires_at())
+            for answer, report in zip(answers, reports, strict=True)
+            if answer is not None
+        ]
+        if await self.store.write_answers(conn, stored) != len(stored):
+            raise ClaimLost("another request took over this request's Idempotency-Key; nothing of it was written")
 
     async def fetch_record(self, tenant: str, entity: str, zoho_id: str) -> dict[str, Any] | None:
         """One stored record of a tenant, with its fingerprint, timestamps and Moodle delivery state.
@@ -337,6 +360,7 @@ class _Call:
     records: list[Incoming]
     ids: set[str]
     report: asyncio.Future[SyncReport]
+    answer: Answer | None = None
 
 
 @dataclass(slots=True)
@@ -373,6 +397,18 @@ class _Lane:
         del self.busy[token]
         if self.opening is token:
             self.opening = None
+
+
+def _split(report: SyncReport, batches: list[list[Incoming]] | Unparsed, dry_run: bool) -> list[SyncReport]:
+    """The report of a transaction, as one report per batch."""
+    if isinstance(batches, Unparsed) or len(batches) == 1:
+        report.dry_run = dry_run
+        return [report]
+    reports, start = [], 0
+    for batch in batches:
+        reports.append(SyncReport(report.entity, report.id_key, report.results[start : start + len(batch)]))
+        start += len(batch)
+    return reports
 
 
 def _ids(records: Iterable[Incoming]) -> set[str]:

@@ -52,6 +52,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from syncengine.tables import engine_table
+
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
 #: PostgreSQL's SQLSTATEs of the races `PostgresStore.retryable` runs again: a unique
@@ -99,6 +101,10 @@ class Store(Protocol):
         """Insert `new` (rows the transaction's fetch did not find), update `changed` (every given
         column but `created_at`, where the natural key is, if still at its version) and insert
         `queued` (the outbox rows); a write that finds a row changed since fails (`retryable`)."""
+
+    async def write_answers(self, conn: Any, answers: Sequence[StoredAnswer]) -> int:
+        """Store each answer in its idempotency key's claim row (by id, if still unanswered), in
+        the transaction of the batch it answers; how many rows were."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +384,17 @@ class SqliteStore:
                 ]
                 await conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
+    async def write_answers(self, conn: AsyncConnection, answers: Sequence[StoredAnswer]) -> int:
+        stored = 0
+        for answer in answers:
+            statement = (
+                _KEYS.update()
+                .where(_KEYS.c.id == answer.row, _KEYS.c.status_code.is_(None))
+                .values(status_code=answer.status_code, response=answer.body, expires_at=answer.expires_at)
+            )
+            stored += (await conn.execute(statement)).rowcount
+        return stored
+
 
 @functools.cache
 def _sqlite_insert(
@@ -522,6 +539,37 @@ class PostgresStore:
             await conn.execute(_with(first) + last, *params)
         elif await conn.fetchval(_with(statements) + f"SELECT count(*) FROM {updated}", *params) != len(changed.values):
             raise RowsChanged(f"rows of {changed.table.name} changed after this transaction fetched them")
+
+    async def write_answers(self, session: _Session, answers: Sequence[StoredAnswer]) -> int:
+        """One statement for all of them; it begins the transaction if the batch wrote nothing."""
+        conn = await session.begin()
+        status: str = await conn.execute(
+            _ANSWERS_SQL,
+            [answer.row for answer in answers],
+            [answer.status_code for answer in answers],
+            [answer.body for answer in answers],
+            [answer.expires_at for answer in answers],
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """An idempotency key's answer, for its claim row (see idempotency.py)."""
+
+    row: int
+    status_code: int
+    body: bytes
+    expires_at: dt.datetime
+
+
+_KEYS = engine_table("syncengine_idempotency_keys")
+_ANSWERS_SQL = (
+    "UPDATE syncengine_idempotency_keys AS k "
+    "SET status_code = a.status_code, response = a.response, expires_at = a.expires_at "
+    "FROM unnest(CAST($1 AS BIGINT[]), CAST($2 AS INTEGER[]), CAST($3 AS BYTEA[]), CAST($4 AS TIMESTAMPTZ[])) "
+    "AS a(id, status_code, response, expires_at) WHERE k.id = a.id AND k.status_code IS NULL"
+)
 
 
 def _with(statements: list[str]) -> str:

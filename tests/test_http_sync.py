@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import pytest
 
 from syncengine.engine import SyncEngine
+from syncengine.idempotency import Claim, IdempotencyKeys, request_hash
 from tests.conftest import count_rows
 from tests.records import class_, enrollment, program, student
 from tests.service import Api, running_api, statuses
@@ -189,3 +192,81 @@ async def test_expired_keys_are_purged_and_can_be_reused(engine: SyncEngine) -> 
         assert await count_rows(engine.database, "syncengine_idempotency_keys") == 0
         again = await api.sync("programs", [program("1002")], headers=headers)
         assert statuses(again) == ["NEW"]
+
+
+async def test_a_keyed_dry_run_replays_and_writes_nothing(api: Api) -> None:
+    """A dry run's answer is stored after it, on its own (nothing was written to be atomic with)."""
+    headers, params = {"Idempotency-Key": "dry-1"}, {"dry_run": "true"}
+    first = await api.sync("students", [student("3001")], headers=headers, params=params)
+    again = await api.sync("students", [student("3001")], headers=headers, params=params)
+    assert first.json()["dry_run"] is True and statuses(first) == ["NEW"]
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert await count_rows(api.engine.database, "students") == 0
+
+
+@pytest.mark.parametrize("holder", ["alive", "dead"])
+async def test_a_claim_without_an_answer_is_waited_for_only_while_its_holder_lives(
+    engine: SyncEngine, holder: str
+) -> None:
+    """Another process's claim (its own IdempotencyKeys, with its own lock): while it holds the
+    key, a repeat waits and gets 409; once it is gone without an answer, a repeat runs at once."""
+    body = msgspec.json.encode([student("3001")])
+    digest = request_hash("application/json", "", body)
+    other = IdempotencyKeys(engine.database, ttl=3600, wait=0.001)
+    claim = await other.claim("school", "/v1/sync/students", "held-1", digest)
+    assert isinstance(claim, Claim)
+    if holder == "dead":
+        await other.let_go(claim)  # as its process's end would: the claim row stays, unanswered
+    try:
+        async with running_api(engine, idempotency_wait=0.001) as api:
+            headers = api.auth() | {"Idempotency-Key": "held-1", "Content-Type": "application/json"}
+            response = await api.http.post("/v1/sync/students", content=body, headers=headers)
+            if holder == "alive":
+                assert response.status_code == 409, response.text
+                assert response.json()["error"] == "idempotency_key_in_use"
+                assert await count_rows(engine.database, "students") == 0
+            else:
+                assert response.status_code == 200 and "idempotent-replayed" not in response.headers
+                assert statuses(response) == ["NEW"]
+                replay = await api.http.post("/v1/sync/students", content=body, headers=headers)
+                assert replay.headers["idempotent-replayed"] == "true"
+    finally:
+        await other.close()
+
+
+@pytest.mark.postgres
+async def test_a_write_conflict_is_not_stored_as_the_keys_answer(databases: Any, catalog: Any) -> None:
+    """A keyed batch loses its race (one attempt allowed): the test changes its rows after the
+    batch fetched them, before it writes them. That is a 409 `write_conflict`, and the claim is
+    let go, so that the retry with the same key runs instead of replaying the 409."""
+    database = await databases.create("postgresql", catalog)
+    ids = [str(7000 + i) for i in range(40)]
+    where = f"tenant_id = 'school' AND zoho_id IN ({', '.join(repr(i) for i in ids)})"
+    async with running_api(SyncEngine(catalog, database, race_attempts=1)) as api:
+        await api.sync("students", [student(i) for i in ids])
+        records, headers = [student(i, First_Name="A") for i in ids], {"Idempotency-Key": "race-1"}
+        async with database.connect() as locker:
+            await locker.begin()
+            await locker.exec_driver_sql(f"SELECT 1 FROM students WHERE {where} FOR UPDATE")
+            request = asyncio.create_task(api.sync("students", records, headers=headers))
+            while not await count_rows(database, "pg_locks WHERE NOT granted"):  # its update waits for our locks
+                assert not request.done(), request.result().text
+                await asyncio.sleep(0.01)
+            await locker.exec_driver_sql(f"UPDATE students SET updated_at = now() WHERE {where}")
+            await locker.commit()
+        first = await request
+        assert (first.status_code, first.json()["error"]) == (409, "write_conflict"), first.text
+        assert await count_rows(database, "syncengine_idempotency_keys") == 0
+        retry = await api.sync("students", records, headers=headers)
+        assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
+        assert set(statuses(retry)) == {"UPDATED"}
+
+
+async def test_a_keyed_batch_that_writes_nothing_stores_its_answer_too(api: Api) -> None:
+    """All UNCHANGED: no record is written, the answer is (PostgreSQL begins the transaction for it)."""
+    await api.sync("students", [student("3001")])
+    headers = {"Idempotency-Key": "unchanged-1"}
+    first = await api.sync("students", [student("3001")], headers=headers)
+    again = await api.sync("students", [student("3001")], headers=headers)
+    assert statuses(first) == ["UNCHANGED"] and "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
