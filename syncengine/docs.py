@@ -36,6 +36,7 @@ ASSETS = {
 DISTRIBUTION = "swagger-ui-py"
 # A year, and never revalidated: a new Swagger UI comes with a new version, so a new path.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+_NOT_INSTALLED = f"{DISTRIBUTION} is not installed: run `pip install -e .` (it ships the /schema page's files)"
 
 
 def assets_path() -> str:
@@ -71,9 +72,7 @@ class SwaggerPage(SwaggerRenderPlugin):
 
     def receive_router(self, router: Router) -> None:
         super().receive_router(router)
-        router.register(
-            get(f"/assets/{_version()}/{{name:str}}", include_in_schema=False, sync_to_thread=False)(asset)
-        )
+        router.register(get(f"/assets/{_version()}/{{name:str}}", include_in_schema=False, sync_to_thread=False)(asset))
 
 
 def asset(name: FromPath[str]) -> Response[bytes]:
@@ -101,7 +100,7 @@ def _static_directory() -> Path:
     # find_spec locates the package without importing it (its __init__ loads jinja2 and more).
     spec = importlib.util.find_spec("swagger_ui")
     if spec is None or spec.origin is None:
-        raise RuntimeError(f"{DISTRIBUTION} is not installed: run `pip install -e .` (it ships the /schema page's files)")
+        raise RuntimeError(_NOT_INSTALLED)
     return Path(spec.origin).parent / "static"
 
 
@@ -110,6 +109,4 @@ def _version() -> str:
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(
-            f"{DISTRIBUTION} is not installed: run `pip install -e .` (it ships the /schema page's files)"
-        ) from None
+        raise RuntimeError(_NOT_INSTALLED) from None

@@ -12,17 +12,23 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from syncengine.docs import ASSETS, CACHE_CONTROL, assets_path
+from syncengine.docs import assets_path
 from tests.test_serve import environment, serving
 
 # Names and values an HTML page loads something from; a `//host` value is another host too.
 _LINKS = re.compile(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""", re.IGNORECASE)
 _CSS_URLS = re.compile(r"""url\(\s*["']?([^"')]*)""")
+CONTENT_TYPES = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui-standalone-preset.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
 # One operation of the rendered Swagger UI: its method, then its path.
 _OPERATION = re.compile(r'opblock-summary-method">(\w+)</span>.*?data-path="([^"]+)"', re.DOTALL)
 
@@ -37,13 +43,13 @@ def chromium() -> str:
     return path
 
 
-async def render(base: str, page: str, tmp_path: Path) -> tuple[str, list[dict[str, Any]]]:
+async def render(base: str, page: str, tmp_path: Path) -> tuple[str, list[str]]:
     """The DOM of `page` once its scripts have run, and the requests Chromium started for it.
 
     Every host but 127.0.0.1 is closed: names resolve to nothing, and whatever is not 127.0.0.1
     (an IP address too) goes to a proxy on a port where nothing listens.
     """
-    net_log = tmp_path / "net-log.json"
+    net_log = tmp_path / f"net-log-{len(list(tmp_path.glob('net-log-*')))}.json"
     process = await asyncio.create_subprocess_exec(
         chromium(),
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
@@ -61,21 +67,13 @@ async def render(base: str, page: str, tmp_path: Path) -> tuple[str, list[dict[s
     return dom.decode(), page_requests(net_log, base)
 
 
-def page_requests(net_log: Path, base: str) -> list[dict[str, Any]]:
-    """The requests the page made (not Chromium's own, such as its update checks): those started
-    for a document of the service's site, or by the service's origin."""
+def page_requests(net_log: Path, base: str) -> list[str]:
+    """The URLs the page asked for: requests started by the service's origin (its files, its
+    scripts' fetches, its stylesheets' fonts), not Chromium's own (update checks, autofill)."""
     log = json.loads(net_log.read_text())
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    site = base.rsplit(":", 1)[0]  # http://127.0.0.1
-    requests = []
-    for event in log["events"]:
-        params = event.get("params") or {}
-        if event["type"] != start_job:
-            continue
-        top_site = (params.get("network_isolation_key") or "").split(" ")[0]
-        if top_site == site or params.get("initiator") == base:
-            requests.append(params)
-    return requests
+    events = (event.get("params") or {} for event in log["events"] if event["type"] == start_job)
+    return [params["url"] for params in events if params.get("initiator") == base]
 
 
 async def test_the_page_renders_every_endpoint_with_the_network_closed(
@@ -85,19 +83,21 @@ async def test_the_page_renders_every_endpoint_with_the_network_closed(
     async with serving([], environment(), project) as (base, _):
         entities = httpx.get(f"{base}/v1/entities").json()["entities"]
         dom, requests = await render(base, "/schema", tmp_path)
+        # An operation opened by its link: its parameters, its request body and example rendered.
+        opened, opened_requests = await render(base, "/schema#/sync/sync_enrollments", tmp_path)
 
     operations = set(_OPERATION.findall(dom))
     expected = {("POST", entity["endpoint"]) for entity in entities} | {("GET", "/v1/{entity}/{zoho_id}")}
     assert len(expected) > 5 and expected <= operations, (sorted(expected - operations), dom[-3000:])
     assert ("GET", "/v1/health") in operations
+    assert "Idempotency-Key" in opened and "Request body" in opened and "Try it out" in opened, opened[-3000:]
 
-    urls = [request["url"] for request in requests]
-    elsewhere = [url for url in urls if not url.startswith(f"{base}/")]
-    assert not elsewhere, f"the page asked other hosts for {elsewhere}"
-    # The log is read right: the page's own files are in it.
-    assets = assets_path()
-    for name in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
-        assert f"{base}{assets}/{name}" in urls, urls
+    for urls in (requests, opened_requests):
+        elsewhere = [url for url in urls if not url.startswith(f"{base}/")]
+        assert not elsewhere, f"the page asked other hosts for {elsewhere}"
+        # The log is read right: the page's own files are in it.
+        for name in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+            assert f"{base}{assets_path()}/{name}" in urls, urls
 
 
 async def test_the_page_and_its_files_name_no_other_host(project_copy: Callable[[], Path]) -> None:
@@ -105,7 +105,7 @@ async def test_the_page_and_its_files_name_no_other_host(project_copy: Callable[
     async with serving([], environment(), project) as (base, _):
         async with httpx.AsyncClient(base_url=base) as http:
             pages = {path: await http.get(path) for path in ("/schema", "/schema/swagger")}
-            files = {name: await http.get(f"{assets_path()}/{name}") for name in ASSETS}
+            files = {name: await http.get(f"{assets_path()}/{name}") for name in CONTENT_TYPES}
             unknown = await http.get(f"{assets_path()}/swagger-initializer.js")
             document = await http.get("/schema/openapi.json")
             other_pages = {path: (await http.get(path)).status_code for path in ("/schema/redoc", "/schema/elements")}
@@ -117,8 +117,9 @@ async def test_the_page_and_its_files_name_no_other_host(project_copy: Callable[
         assert all(link.startswith(f"{assets_path()}/") for link in links), links
     for name, response in files.items():
         assert response.status_code == 200, name
-        assert response.headers["content-type"].split(";")[0] == ASSETS[name], name
-        assert response.headers["cache-control"] == CACHE_CONTROL, name
+        assert response.headers["content-type"] == CONTENT_TYPES[name], name
+        # The path holds the version: a new Swagger UI is a new URL, so the files never go stale.
+        assert response.headers["cache-control"] == "public, max-age=31536000, immutable", name
         assert response.headers["x-content-type-options"] == "nosniff", name
     # The stylesheet draws from data: URLs only (no fonts, no images from elsewhere).
     css_urls = _CSS_URLS.findall(files["swagger-ui.css"].text)
