@@ -8,7 +8,8 @@ Routes, all JSON:
   request schema; `?dry_run=true` runs the pipeline and rolls back.
 - `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
   sent as `%2F`).
-- `GET /v1/entities`, `GET|HEAD /v1/health`, `GET|HEAD /v1/ready`; OpenAPI at `/schema`.
+- `GET /v1/entities`, `GET|HEAD /v1/health`, `GET|HEAD /v1/ready`; the API's page at `/schema`
+  (Swagger UI, its files served from `/schema/assets/`: `docs.py`), OpenAPI at `/schema/openapi.json`.
 
 The tenant comes from the API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`). Errors are
 mapped to HTTP in `errors.py` only.
@@ -42,6 +43,7 @@ from syncengine import migrate
 from syncengine.admission import admitted
 from syncengine.config import Settings
 from syncengine.descriptors import Entity, UnknownEntity
+from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
@@ -156,6 +158,8 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
             description="Zoho CRM records in, validated and fingerprinted, out to Moodle.",
             components=components(engine.catalog),
             use_handler_docstrings=True,
+            path=SCHEMA_PATH,
+            render_plugins=documentation_plugins(),  # Swagger UI, its files served by us: no CDN
         ),
         logging_config=None,
     )
