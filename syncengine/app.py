@@ -351,7 +351,7 @@ async def sync_body(
 ) -> bytes:
     """Parse, check the batch size, run the pipeline (storing `answer` with the batch); the
     report as JSON bytes."""
-    records = parse_body(body, media_type)
+    records = parse_body(body, media_type, entity)
     log["records"] = len(records)
     limit = service.settings.max_records
     if len(records) > limit:
