@@ -51,7 +51,7 @@ from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
 from syncengine.store import unavailable
-from syncengine.tenants import KeyCache, Tenant
+from syncengine.tenants import CredentialError, KeyCache, Tenant, presented_key
 
 logger = logging.getLogger("syncengine.http")
 JSON = "application/json"
@@ -211,7 +211,7 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
             "the API key is not valid: it is unknown or was replaced by `syncengine tenant key NAME`",
             {"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    claimed = request.headers.get("x-tenant-id")
+    claimed = _single_header(request, "X-Tenant-ID")
     if claimed is not None and claimed != tenant.name:
         raise ApiError(
             403,
@@ -224,11 +224,21 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
 
 
 def _presented_key(request: Request[Any, Any, Any]) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return request.headers.get("x-api-key", "").strip() or None
+    headers = request.headers
+    try:
+        return presented_key(headers.getall("authorization", []), headers.getall("x-api-key", []))
+    except CredentialError as error:
+        raise ApiError(
+            401, "malformed_credentials", str(error), {"WWW-Authenticate": 'Bearer error="invalid_request"'}
+        ) from None
+
+
+def _single_header(request: Request[Any, Any, Any], name: str) -> str | None:
+    """The value of a header that may be sent once: which of two would count is no guess to make."""
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, "repeated_header", f"the {name} header is sent {len(values)} times: send it once")
+    return values[0] if values else None
 
 
 # A request that touches a tenant's data waits for its turn once its key is checked (admission.py).
@@ -307,6 +317,7 @@ async def sync_request(
     service = _service(request)
     log = request.scope["state"]["log"]
     log.update(entity=entity.name, dry_run=dry_run)
+    _single_header(request, "Idempotency-Key")
     media_type = _media_type(request)
     check_encoding(request)
     body = await read_body(request)
