@@ -146,7 +146,9 @@ async def test_credentials_that_hold_no_usable_key_say_what_is_wrong(
     api: Api, headers: Any, error: str, message: str | None
 ) -> None:
     key = api.keys["school"]
-    sent = [(name, value.format(key=key)) for name, value in (headers.items() if isinstance(headers, dict) else headers)]
+    sent = [
+        (name, value.format(key=key)) for name, value in (headers.items() if isinstance(headers, dict) else headers)
+    ]
     for method, path in [("POST", "/v1/sync/students"), ("GET", "/v1/students/3001")]:
         response = await api.http.request(method, path, headers=sent, content=b"[]")
         body = assert_ours(response)
