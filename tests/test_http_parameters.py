@@ -140,7 +140,6 @@ CREDENTIALS = [
 ]  # fmt: skip
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize(("headers", "error", "message"), CREDENTIALS)
 async def test_credentials_that_hold_no_usable_key_say_what_is_wrong(
     api: Api, headers: Any, error: str, message: str | None
@@ -159,7 +158,6 @@ async def test_credentials_that_hold_no_usable_key_say_what_is_wrong(
         assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize(
     "headers",
     [
