@@ -53,7 +53,7 @@ from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
 from syncengine.store import unavailable
-from syncengine.tenants import KeyCache, Tenant
+from syncengine.tenants import CredentialError, KeyCache, Tenant, presented_key
 
 logger = logging.getLogger("syncengine.http")
 JSON = "application/json"
@@ -215,7 +215,7 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
             "the API key is not valid: it is unknown or was replaced by `syncengine tenant key NAME`",
             {"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    claimed = request.headers.get("x-tenant-id")
+    claimed = _single_header(request, "X-Tenant-ID")
     if claimed is not None and claimed != tenant.name:
         raise ApiError(
             403,
@@ -228,11 +228,21 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
 
 
 def _presented_key(request: Request[Any, Any, Any]) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return request.headers.get("x-api-key", "").strip() or None
+    headers = request.headers
+    try:
+        return presented_key(headers.getall("authorization", []), headers.getall("x-api-key", []))
+    except CredentialError as error:
+        raise ApiError(
+            401, "malformed_credentials", str(error), {"WWW-Authenticate": 'Bearer error="invalid_request"'}
+        ) from None
+
+
+def _single_header(request: Request[Any, Any, Any], name: str) -> str | None:
+    """The value of a header that may be sent once: which of two would count is no guess to make."""
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, "repeated_header", f"the {name} header is sent {len(values)} times: send it once")
+    return values[0] if values else None
 
 
 # A request that touches a tenant's data waits for its turn once its key is checked (admission.py).
@@ -311,6 +321,7 @@ async def sync_request(
     service = _service(request)
     log = request.scope["state"]["log"]
     log.update(entity=entity.name, dry_run=dry_run)
+    _single_header(request, "Idempotency-Key")
     media_type = _media_type(request)
     check_encoding(request)
     body = await read_body(request)
@@ -355,7 +366,7 @@ async def sync_body(
 ) -> bytes:
     """Parse, check the batch size, run the pipeline (storing `answer` with the batch); the
     report as JSON bytes."""
-    records = parse_body(body, media_type)
+    records = parse_body(body, media_type, entity)
     log["records"] = len(records)
     limit = service.settings.max_records
     if len(records) > limit:

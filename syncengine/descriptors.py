@@ -38,6 +38,8 @@ SYSTEM_COLUMNS = frozenset(
     | {"created_at", "updated_at", "deleted_at"}
 )
 ENGINE_TABLE_PREFIX = "syncengine_"
+#: The keys of a form webhook that name the record and the event, not a field (in any case).
+FORM_WEBHOOK_KEYS = ("id", "zoho_id", "event")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: The field types a rule may compare (`RuleSpec`), and the words of each comparison.
 ORDERED_TYPES = ("date", "datetime", "integer", "decimal")
@@ -84,6 +86,8 @@ class Field:
     default: Any = None
     target: str | None = None
     description: str | None = None
+    #: Other keys a form webhook may send the field as (`FieldSpec.aliases`).
+    aliases: tuple[str, ...] = ()
 
     @property
     def is_lookup(self) -> bool:
@@ -140,14 +144,26 @@ class Entity:
     description: str | None = None
     moodle: Any = None
     rules: tuple[Rule, ...] = ()
+    version_aliases: tuple[str, ...] = ()
     lookups: tuple[Field, ...] = field(init=False)
     requires: tuple[str, ...] = field(init=False)
+    #: A form webhook's keys, lower-cased, to the Zoho names they stand for: each field's API
+    #: name and aliases, and the version field's (`{"modified_time": "Modified_Time"}`).
+    form_keys: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         lookups = tuple(f for f in self.fields if f.is_lookup)
         object.__setattr__(self, "lookups", lookups)
         required = dict.fromkeys(f.target for f in lookups if f.required)
         object.__setattr__(self, "requires", tuple(t for t in required if t))
+        names = [(f.source, (f.source, *f.aliases)) for f in self.fields]
+        if self.version_field is not None:
+            names.append((self.version_field, (self.version_field, *self.version_aliases)))
+        form_keys: dict[str, str] = {}
+        for source, keys in names:
+            for key in keys:
+                form_keys.setdefault(key.lower(), source)
+        object.__setattr__(self, "form_keys", form_keys)
 
     @property
     def id_key(self) -> str:
@@ -335,6 +351,7 @@ class _Checker:
                     owner = "a system column" if column in SYSTEM_COLUMNS else f"field '{columns[column]}'"
                     self.report(field_path, f"column '{column}' clashes with {owner}; rename the field", key=True)
                 columns.setdefault(column, field_name)
+        self._form_keys(path, raw, fields)
         self._rules(path, raw.get("rules"), fields)
         moodle = _valid_parts({"moodle": raw.get("moodle")}, MoodleSpec).get("moodle")
         if moodle is not None and isinstance(raw.get("fields"), dict):
@@ -342,6 +359,59 @@ class _Checker:
                 if field_name != "zoho_id" and field_name not in raw["fields"]:
                     valid = ", ".join(["zoho_id", *raw["fields"]])
                     self.report((*path, "moodle", "fields", param), f"unknown field '{field_name}' (valid: {valid})")
+
+    def _form_keys(self, path: tuple[str, ...], raw: dict[str, Any], fields: dict[str, FieldSpec]) -> None:
+        """A form webhook's keys match in any case, so each key (an API name or an alias) may
+        stand for one Zoho name only; an alias is none of the webhook's own keys."""
+        taken: dict[str, tuple[str, str]] = {}  # lower-cased key: (the Zoho name, who claims it)
+        for field_name, spec in fields.items():
+            source = spec.from_ or field_name
+            where = (*path, "fields", field_name, *(("from",) if spec.from_ else ()))
+            owner = taken.setdefault(source.lower(), (source, f"Zoho field '{source}' of field '{field_name}'"))
+            if owner[0] != source:
+                self.report(
+                    where,
+                    f"Zoho field '{source}' clashes with {owner[1]}: form keys match in any case, "
+                    "so one key would name both; map only one of them",
+                    key=not spec.from_,
+                )
+        version = raw.get("version_field")
+        if isinstance(version, str):
+            owner = taken.setdefault(version.lower(), (version, f"version_field '{version}'"))
+            if owner[0] != version:
+                self.report(
+                    (*path, "version_field"),
+                    f"'{version}' differs from {owner[1]} only in case: spell it '{owner[0]}'",
+                )
+        claims = [
+            ((*path, "fields", name, "aliases"), spec.from_ or name, f"field '{name}'", spec.aliases or [])
+            for name, spec in fields.items()
+        ]
+        aliases = raw.get("version_aliases")
+        if isinstance(aliases, list) and all(isinstance(alias, str) for alias in aliases):
+            if not isinstance(version, str):
+                self.report((*path, "version_aliases"), "needs version_field: name the Zoho field of the version first")
+            else:
+                claims.append(((*path, "version_aliases"), version, "version_field", aliases))
+        for where, source, whose, keys in claims:
+            for index, alias in enumerate(keys):
+                lower = alias.lower()
+                if not alias.strip():
+                    problem = "is empty: remove it"
+                elif lower == source.lower():
+                    problem = f"is the Zoho name '{source}' in another case; form keys match in any case: remove it"
+                elif lower in FORM_WEBHOOK_KEYS:
+                    problem = f"is a key of the form webhook itself ({', '.join(FORM_WEBHOOK_KEYS)}): choose another"
+                elif lower in taken and taken[lower][0] == source:
+                    problem = "is repeated: remove it"
+                elif lower in taken:
+                    problem = (
+                        f"clashes with {taken[lower][1]} (form keys match in any case): remove it or choose another"
+                    )
+                else:
+                    taken[lower] = (source, f"alias '{alias}' of {whose}")
+                    continue
+                self.report((*where, index), f"alias '{alias}' {problem}")
 
     def _rules(self, path: tuple[str, ...], raw: Any, fields: dict[str, FieldSpec]) -> None:
         for index, rule in _valid_items(raw, RuleSpec):
@@ -371,7 +441,7 @@ class _Checker:
     def _field(self, path: tuple[str, ...], spec: FieldSpec, known: set[str]) -> None:
         kind = FIELD_TYPES[spec.type]
         given = {f.encode_name for f in msgspec.structs.fields(FieldSpec) if getattr(spec, f.name) is not None}
-        for option in sorted(given - COMMON_OPTIONS - kind.options - {"required"}):
+        for option in sorted(given - COMMON_OPTIONS - kind.options - {"required", "aliases"}):
             valid = ", ".join(sorted(kind.options)) or "none"
             self.report(
                 (*path, option),
@@ -438,6 +508,7 @@ def _build_entity(name: str, spec: EntitySpec) -> Entity:
                 default=default,
                 target=field_spec.entity,
                 description=field_spec.description,
+                aliases=tuple(field_spec.aliases or ()),
             )
         )
     by_name = {f.name: f for f in fields}
@@ -453,6 +524,7 @@ def _build_entity(name: str, spec: EntitySpec) -> Entity:
         source=spec.source,
         fields=tuple(fields),
         version_field=spec.version_field,
+        version_aliases=tuple(spec.version_aliases),
         description=spec.description,
         moodle=spec.moodle,
         rules=rules,

@@ -6,7 +6,9 @@ Accepted, as JSON:
 - a Notifications API callback `{"ids": [...], "operation": "insert|update|delete", "module": ...}`:
   deletions become delete records, updates become patches of their `affected_values`.
 As a form (`application/x-www-form-urlencoded`): one record, as a workflow webhook sends it;
-`zoho_id` names the record and `event=delete` makes it a deletion.
+`zoho_id` names the record and `event=delete` makes it a deletion. A form's keys match the
+entity's Zoho names and their aliases in any case (`modified_time` is `Modified_Time`): a
+webhook's keys are typed by hand. JSON keys are Zoho's API names, exactly.
 
 The records of an array or an envelope stay JSON text (`msgspec.Raw`) until the pipeline decodes
 each straight into its entity's Struct (`pipeline.parse_records`). So a JSON body's nesting is
@@ -21,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
+from syncengine.descriptors import FORM_WEBHOOK_KEYS, Entity
 from syncengine.pipeline import DELETED_KEY, ID_KEYS, decode_json
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -170,21 +173,40 @@ def records_from_json(document: Any) -> list[Any]:
     return [document]
 
 
-def records_from_form(body: bytes) -> list[Any]:
+def records_from_form(body: bytes, entity: Entity | None = None) -> list[Any]:
     """One record from a form body; `zoho_id` and `event` are the webhook's own keys.
 
     Each field is `name=value`, once, and UTF-8 once its %-escapes are decoded: `%FF%FE` is
-    refused, naming its field, not read as U+FFFD.
+    refused, naming its field, not read as U+FFFD. With the `entity`, each key that matches one
+    of its Zoho names or aliases in any case becomes that Zoho name (`Entity.form_keys`):
+
+        >>> records_from_form(b"zoho_id=7&modified_time=2026-02-10T09:20:13Z", enrollments)
+        [{'zoho_id': '7', 'Modified_Time': '2026-02-10T09:20:13Z'}]
     """
+    if body.lstrip()[:1] in (b"{", b"["):  # `curl -d '{...}'` sends JSON as a form unless told
+        raise PayloadError(
+            f"the body looks like JSON, but its Content-Type is {FORM_CONTENT_TYPE} (what `curl -d` sends "
+            "when no Content-Type is given): send it with 'Content-Type: application/json'"
+        )
+    form_keys = entity.form_keys if entity is not None else {}
     fields: dict[str, Any] = {}
+    sent_as: dict[str, str] = {}
     for number, pair in enumerate(body.split(b"&") if body else (), start=1):
         raw_name, equals, raw_value = pair.partition(b"=")
         if not equals:
             raise PayloadError(f"malformed form body: field {number} has no '=': send name=value pairs joined by '&'")
         name = _form_text(raw_name, None)
-        if name in fields:
-            raise PayloadError(f"malformed form body: the field {name!r} appears more than once; send it once")
-        fields[name] = _form_text(raw_value, name)
+        lower = name.lower()
+        key = lower if lower in FORM_WEBHOOK_KEYS else form_keys.get(lower, name)
+        if key in fields:
+            if sent_as[key] == name:
+                raise PayloadError(f"malformed form body: the field {name!r} appears more than once; send it once")
+            raise PayloadError(
+                f"malformed form body: the fields {sent_as[key]!r} and {name!r} both stand for {key!r} "
+                "(form keys match in any case, and aliases too); send one of them"
+            )
+        sent_as[key] = name
+        fields[key] = _form_text(raw_value, name)
     if fields.pop("event", "").lower() == "delete":
         fields[DELETED_KEY] = True
     return [fields]
@@ -203,11 +225,12 @@ def _form_text(raw: bytes, name: str | None) -> str:
         ) from None
 
 
-def parse_body(body: bytes, content_type: str | None = "application/json") -> list[Any]:
-    """The records of an HTTP body or a file, by its content type."""
+def parse_body(body: bytes, content_type: str | None = "application/json", entity: Entity | None = None) -> list[Any]:
+    """The records of an HTTP body or a file, by its content type; a form's keys matched to
+    `entity`'s Zoho names (`records_from_form`)."""
     media_type = (content_type or "application/json").split(";")[0].strip().lower()
     if media_type == FORM_CONTENT_TYPE:
-        return records_from_form(body)
+        return records_from_form(body, entity)
     check_depth(body)
     return _json_records(body)
 

@@ -31,10 +31,14 @@ class Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
 
 
 class FieldSpec(Spec, kw_only=True, frozen=True):
-    """One mapped Zoho field. `from` is the Zoho API name; it defaults to the field's name."""
+    """One mapped Zoho field. `from` is the Zoho API name; it defaults to the field's name.
+
+    `aliases` are other keys a form webhook may send the field as (`[student_id]`); a form's keys
+    match the API name and the aliases in any case. JSON bodies use the API name, exactly."""
 
     type: FieldTypeName
     from_: str | None = msgspec.field(default=None, name="from")
+    aliases: list[str] | None = None
     required: bool = False
     default: Any = None
     description: str | None = None
@@ -70,12 +74,14 @@ class RuleSpec(Spec, kw_only=True, frozen=True):
 
 
 class EntitySpec(Spec, kw_only=True, frozen=True):
-    """One synced Zoho module."""
+    """One synced Zoho module. `version_field` names the Zoho field holding a record's version
+    (`Modified_Time`); `version_aliases` are other keys a form webhook may send it as."""
 
     source: str
     singular: str
     description: str | None = None
     version_field: str | None = None
+    version_aliases: list[str] = []
     fields: dict[str, FieldSpec]
     rules: list[RuleSpec] = []
     moodle: MoodleSpec | None = None

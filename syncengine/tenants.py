@@ -7,6 +7,9 @@
 A key carries 256 random bits, so a plain SHA-256 is enough to store it: there is nothing to
 guess, and no slow hash is needed to protect it.
 
+A request presents its key as `Authorization: Bearer KEY` or `X-API-Key: KEY` (`presented_key`);
+a header that is there but holds no usable key says what is wrong with it, never the key.
+
 The HTTP service checks keys through a `KeyCache`, which trusts a valid key for a second instead
 of asking the database on every request (BEGIN, SELECT, ROLLBACK: three round trips of the
 eleven a single-record webhook made).
@@ -43,6 +46,60 @@ _rotations = 0  # rotations done in this process; a change empties every KeyCach
 
 class TenantError(ValueError):
     """A tenant command cannot be done; the message says why and what to do."""
+
+
+class CredentialError(ValueError):
+    """A request's credential headers hold no usable key; the message says what is wrong (never
+    the key) and how to send one."""
+
+
+#: How a request sends its key, for messages.
+SEND_KEY = "send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+#: An Authorization scheme that may be shown back (Basic, Token, Zoho-oauthtoken); a key may not.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}\Z")
+
+
+def presented_key(authorization: list[str], api_key: list[str]) -> str | None:
+    """The key of a request's `Authorization` and `X-API-Key` headers (each as its list of values),
+    or None when it sends neither; CredentialError when a header is there but holds no key.
+
+    An `Authorization` of another scheme is ignored when `X-API-Key` holds the key (a proxy may
+    use it); when both hold a key, they must be the same one.
+
+        >>> presented_key(["sk_abc"], [])
+        CredentialError: the Authorization header has no scheme (the word Bearer and a space before
+        the key): send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'
+    """
+    for name, values in (("Authorization", authorization), ("X-API-Key", api_key)):
+        if len(values) > 1:
+            raise CredentialError(f"the {name} header is sent {len(values)} times: send one key, in one header")
+    header = api_key[0].strip() if api_key else None
+    bearer, problem = _bearer(authorization[0].strip()) if authorization else (None, None)
+    if header and bearer and not hmac.compare_digest(header.encode(), bearer.encode()):
+        raise CredentialError("the Authorization and X-API-Key headers hold different keys: send one of them")
+    if header or bearer:
+        return header or bearer
+    if problem is None and header == "":
+        problem = "the X-API-Key header is empty"
+    if problem is not None:
+        raise CredentialError(f"{problem}: {SEND_KEY}")
+    return None
+
+
+def _bearer(authorization: str) -> tuple[str | None, str | None]:
+    """The key of an `Authorization` value, or what is wrong with it (without the key)."""
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not authorization:
+        return None, "the Authorization header is empty"
+    if scheme.lower() == "bearer":
+        return (credentials, None) if credentials else (None, "the Authorization header says Bearer but holds no key")
+    if scheme.rstrip(":").lower() == "bearer":
+        return None, "the Authorization header has a ':' after Bearer"
+    if not credentials or scheme.startswith(KEY_PREFIX):
+        return None, "the Authorization header has no scheme (the word Bearer and a space before the key)"
+    shown = f" '{scheme}'" if _SCHEME.match(scheme) else ""
+    return None, f"the Authorization scheme{shown} is not accepted, only Bearer"
 
 
 @dataclass(frozen=True)

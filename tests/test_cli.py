@@ -60,6 +60,24 @@ def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert result.stderr == f"2 problems in {broken}\n"
 
 
+def test_check_reports_form_keys_that_clash(tmp_path: Path) -> None:
+    clashing = tmp_path / "clashing.yaml"
+    clashing.write_text(
+        ENTITIES.read_text().replace(
+            "student_number: {from: Name, type: string, max_length: 50}",
+            "student_number: {from: Name, type: string, max_length: 50, aliases: [email, modified_time]}",
+        )
+    )
+    result = run("check", "--entities", str(clashing))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{clashing}:47:76: entities.students.fields.student_number.aliases.0: alias 'email' clashes with "
+        "Zoho field 'Email' of field 'email' (form keys match in any case): remove it or choose another",
+        f"{clashing}:47:83: entities.students.fields.student_number.aliases.1: alias 'modified_time' clashes "
+        "with version_field 'Modified_Time' (form keys match in any case): remove it or choose another",
+    ]
+
+
 def test_dry_run_prints_a_table_and_writes_nothing(database: dict[str, str]) -> None:
     result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=database)
     assert result.returncode == 0, result.stderr

@@ -85,7 +85,7 @@ BROKEN = [
         """,
         [
             "e.yaml:6:5: entities.programs.colour: unknown key 'colour' "
-            "(valid: description, fields, moodle, rules, singular, source, version_field)",
+            "(valid: description, fields, moodle, rules, singular, source, version_aliases, version_field)",
             "e.yaml:8:40: entities.programs.fields.name.type: unknown type 'strin' (valid: string, text, email, "
             "integer, decimal, boolean, date, datetime, choice, multichoice, lookup)",
             "e.yaml:9:56: entities.programs.fields.price.min: not a valid decimal: expected a number such as 4500.50 (ASCII digits, a point), got 'abc'",
@@ -236,6 +236,52 @@ BROKEN = [
         ],
         id="rules between fields",
     ),
+    pytest.param(
+        """
+        version: 1
+        entities:
+          students:
+            source: BTEC_Students
+            singular: student
+            version_field: modified_time
+            version_aliases: [last_modified, Event, student_no]
+            fields:
+              name: {from: Name, type: string, aliases: [full_name, NAME]}
+              number: {from: Number, type: string, aliases: [full_name, name, student_no, Student_No, ""]}
+              modified: {from: Modified_Time, type: datetime}
+              code: {type: string, aliases: [Zoho_Id]}
+              code_two: {from: Code, type: string}
+          programs:
+            source: Products
+            singular: program
+            version_aliases: [changed]
+            fields:
+              name: {from: Product_Name, type: string}
+        """,
+        [
+            "e.yaml:6:20: entities.students.version_field: 'modified_time' differs from Zoho field "
+            "'Modified_Time' of field 'modified' only in case: spell it 'Modified_Time'",
+            "e.yaml:7:38: entities.students.version_aliases.1: alias 'Event' is a key of the form webhook "
+            "itself (id, zoho_id, event): choose another",
+            "e.yaml:7:45: entities.students.version_aliases.2: alias 'student_no' clashes with alias "
+            "'student_no' of field 'number' (form keys match in any case): remove it or choose another",
+            "e.yaml:9:61: entities.students.fields.name.aliases.1: alias 'NAME' is the Zoho name 'Name' in "
+            "another case; form keys match in any case: remove it",
+            "e.yaml:10:54: entities.students.fields.number.aliases.0: alias 'full_name' clashes with alias "
+            "'full_name' of field 'name' (form keys match in any case): remove it or choose another",
+            "e.yaml:10:65: entities.students.fields.number.aliases.1: alias 'name' clashes with Zoho field "
+            "'Name' of field 'name' (form keys match in any case): remove it or choose another",
+            "e.yaml:10:83: entities.students.fields.number.aliases.3: alias 'Student_No' is repeated: remove it",
+            "e.yaml:10:95: entities.students.fields.number.aliases.4: alias '' is empty: remove it",
+            "e.yaml:12:38: entities.students.fields.code.aliases.0: alias 'Zoho_Id' is a key of the form "
+            "webhook itself (id, zoho_id, event): choose another",
+            "e.yaml:13:24: entities.students.fields.code_two.from: Zoho field 'Code' clashes with Zoho field "
+            "'code' of field 'code': form keys match in any case, so one key would name both; map only one of them",
+            "e.yaml:17:22: entities.programs.version_aliases: needs version_field: name the Zoho field of the "
+            "version first",
+        ],
+        id="form keys and aliases",
+    ),
 ]  # fmt: skip
 
 
@@ -247,6 +293,19 @@ def test_broken_descriptors_report_every_problem_with_its_place(text: str, expec
 def test_a_valid_minimal_descriptor_loads() -> None:
     catalog = parse_catalog(textwrap.dedent(VALID))
     assert [f.source for f in catalog.entity("programs").fields] == ["Product_Name"]
+
+
+def test_form_keys_are_each_zoho_name_and_alias_in_lower_case() -> None:
+    catalog = parse_catalog(
+        textwrap.dedent(VALID).replace("required: true}", "required: true, aliases: [Title]}")
+        + "    version_field: Modified_Time\n    version_aliases: [changed_at]\n"
+    )
+    assert catalog.entity("programs").form_keys == {
+        "product_name": "Product_Name",
+        "title": "Product_Name",
+        "modified_time": "Modified_Time",
+        "changed_at": "Modified_Time",
+    }
 
 
 def test_unreadable_file_says_what_to_do(tmp_path: object) -> None:

@@ -158,7 +158,7 @@ async def test_no_key_is_401(api: Api) -> None:
 async def test_bad_key_is_401(api: Api, headers: dict[str, str]) -> None:
     response = await api.http.post("/v1/sync/students", json=[student()], headers=headers)
     assert response.status_code == 401
-    assert response.json()["error"] in ("invalid_api_key", "missing_api_key")
+    assert response.json()["error"] in ("invalid_api_key", "malformed_credentials")
     assert "sk_not-a-real-key" not in response.text
 
 
