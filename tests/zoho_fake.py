@@ -85,6 +85,7 @@ class ZohoFake:
     tokens_granted: int = 0
     calls: list[Call] = field(default_factory=list)
     tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry (clock)
+    issued: list[str] = field(default_factory=list)  # every access token ever granted
     grants: list[float] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     call_times: list[float] = field(default_factory=list)
@@ -127,6 +128,7 @@ class ZohoFake:
             self.tokens_granted += 1
             access = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
             self.tokens[access] = now + TOKEN_LIFETIME
+            self.issued.append(access)
         scope = "ZohoCRM.modules.ALL"
         return 200, {"access_token": access, "scope": scope, "api_domain": self.url, "token_type": "Bearer",
                      "expires_in": TOKEN_LIFETIME}  # fmt: skip
