@@ -224,7 +224,8 @@ class ZohoClient:
                 else:
                     found[str(item["id"])] = item
             for record_id in batch:
-                results[record_id] = found.get(record_id) or RecordError("NOT_FOUND", f"no {module} record {record_id}")
+                missing = RecordError("NOT_FOUND", f"no {module} record {record_id}")
+                results[record_id] = found[record_id] if record_id in found else missing
         return results
 
     async def pages(
