@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -337,6 +338,10 @@ class FakeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), Handler)
         self.fake = fake
         fake.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out is gone: not news
+            super().handle_error(request, client_address)
 
 
 @contextmanager
