@@ -199,6 +199,10 @@ def _decimal(raw: Any, options: Options) -> Decimal:
         value = Decimal(repr(raw))  # the shortest text that reads back as this float, as JSON wrote it
     elif isinstance(raw, str) and _DECIMAL.fullmatch(raw):
         value = Decimal(raw)
+    elif isinstance(raw, TooLarge):  # a JSON integer beyond 64 bits: a number, only too long
+        raise ValueError(
+            f"{_kind(raw)} is too large (at most {DECIMAL_PRECISION - DECIMAL_SCALE} digits before the point)"
+        )
     else:
         raise ValueError(f"expected a number such as 4500.50 (ASCII digits, a point), got {_kind(raw)}")
     if not value.is_finite():
