@@ -106,7 +106,7 @@ def _text(raw: Any, options: Options) -> str:
     for transform in options.transforms:
         value = transform(value)
     if options.required and value.isspace():
-        raise ValueError("is required, but holds only spaces")
+        raise ValueError("is required: expected text, got only spaces")
     if options.max_length is not None and len(value) > options.max_length:
         raise ValueError(f"is {len(value)} characters long; the maximum is {options.max_length}")
     if options.pattern is not None and not options.pattern.fullmatch(value):
@@ -133,7 +133,8 @@ def _email(raw: Any, options: Options) -> str:
     hidden = _first_hidden(value)
     if hidden is not None:
         raise ValueError(
-            f"{_short(value)} contains a control or invisible character (U+{ord(hidden):04X}); an email address cannot"
+            f"{_short(value)} contains a control or invisible character (U+{ord(hidden):04X}): "
+            "expected an email address (name@domain.tld) without one"
         )
     match = _EMAIL.fullmatch(value)
     if match is None:
@@ -198,6 +199,10 @@ def _decimal(raw: Any, options: Options) -> Decimal:
         value = Decimal(repr(raw))  # the shortest text that reads back as this float, as JSON wrote it
     elif isinstance(raw, str) and _DECIMAL.fullmatch(raw):
         value = Decimal(raw)
+    elif isinstance(raw, TooLarge):  # a JSON integer beyond 64 bits: a number, only too long
+        raise ValueError(
+            f"{_kind(raw)} is too large (at most {DECIMAL_PRECISION - DECIMAL_SCALE} digits before the point)"
+        )
     else:
         raise ValueError(f"expected a number such as 4500.50 (ASCII digits, a point), got {_kind(raw)}")
     if not value.is_finite():
