@@ -26,10 +26,7 @@ ENTITIES = ROOT / "entities.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "zoho"  # copies of ../shared/fixtures/zoho, so a clone tests alone
 POSTGRES_URL = os.environ.get("SYNCENGINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-]
+DIALECTS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(scope="session")

@@ -122,12 +122,7 @@ async def test_a_wait_past_its_bound_is_refused() -> None:
 
 def test_the_limits_are_sized_from_the_pool_unless_set(engine: SyncEngine) -> None:
     sized = Admission.for_database(Settings(), engine.database)
-    assert (sized.active, sized.tenant_active, sized.waiting, sized.wait) == (
-        13,
-        9,
-        52,
-        10.0,
-    )  # a pool of 5 + 10 overflow
+    assert (sized.active, sized.tenant_active, sized.waiting, sized.wait) == (13, 9, 52, 10.0)  # a pool of 5 + 10 overflow
     given = Settings(max_active_requests=4, tenant_max_active_requests=2, max_waiting_requests=1, admission_wait=0.5)
     admission = Admission.for_database(given, engine.database)
     assert (admission.active, admission.tenant_active, admission.waiting, admission.wait) == (4, 2, 1, 0.5)

@@ -149,10 +149,7 @@ def test_db_revision_writes_a_migration_for_a_new_entity(tmp_path: Path, project
     entities = project_copy()
     env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'rev.db'}", "SYNCENGINE_ENTITIES": str(entities)}
     assert run("db", "upgrade", env=env).returncode == 0
-    entities.write_text(
-        entities.read_text()
-        + "  rooms:\n    source: Rooms\n    singular: room\n    fields:\n      name: {from: Name, type: string}\n"
-    )
+    entities.write_text(entities.read_text() + "  rooms:\n    source: Rooms\n    singular: room\n    fields:\n      name: {from: Name, type: string}\n")
     result = run("db", "revision", "-m", "add rooms", env=env)
     assert result.returncode == 0, result.stderr
     written = Path(result.stdout.split()[1].rstrip(";"))
