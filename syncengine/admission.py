@@ -218,7 +218,7 @@ class Admission:
                 "nothing of this request was done: send it again after Retry-After seconds",
                 headers,
             )
-        if mine >= self._share():
+        if mine >= self._share() or self._queues.get(tenant):  # its own requests fill its share, or wait
             return ApiError(
                 429,
                 "tenant_over_share",
