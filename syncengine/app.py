@@ -53,7 +53,7 @@ from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
 from syncengine.store import unavailable
-from syncengine.tenants import CredentialError, KeyCache, Tenant, presented_key
+from syncengine.tenants import CredentialError, KeyCache, Tenant, TenantError, check_name, presented_key
 
 logger = logging.getLogger("syncengine.http")
 JSON = "application/json"
@@ -132,7 +132,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
         # out of the garbage collector's view, full collections walk only what requests make.
         gc.collect()
         gc.freeze()
-        purger = asyncio.create_task(_purge_expired_keys(service))
+        purger = asyncio.create_task(service.keys.purge_forever(min(settings.idempotency_ttl, 300.0)))
         try:
             yield
         finally:
@@ -181,18 +181,6 @@ def _service(request: Request[Any, Any, Any]) -> Service:
     return service
 
 
-async def _purge_expired_keys(service: Service) -> None:
-    interval = min(service.settings.idempotency_ttl, 300.0)
-    while True:
-        try:
-            removed = await service.keys.purge()
-            if removed:
-                logger.info("purged expired idempotency keys", extra={"fields": {"removed": removed}})
-        except Exception:  # a database blip must not stop the purging for good
-            logger.warning("could not purge expired idempotency keys", exc_info=True)
-        await asyncio.sleep(interval)
-
-
 # Authentication
 
 
@@ -215,6 +203,16 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
             "the API key is not valid: it is unknown or was replaced by `syncengine tenant key NAME`",
             {"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    try:
+        check_name(tenant.name)
+    except TenantError as error:  # stored by an older version, whose names were freer
+        raise ApiError(
+            403,
+            "tenant_name_refused",
+            f"the API key belongs to a tenant stored under a name this version refuses: {error}; "
+            "ask the operator to add the tenant again under a valid name (`syncengine tenant add NAME`) "
+            "and send the new tenant's key",
+        ) from None
     claimed = _single_header(request, "X-Tenant-ID")
     if claimed is not None and claimed != tenant.name:
         raise ApiError(
@@ -225,6 +223,13 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
         )
     request.scope["state"]["log"]["tenant"] = tenant.name
     return tenant
+
+
+def _key_known(request: Request[Any, Any, Any]) -> bool:
+    """Whether the request's key is checked without the database: none (401), or one the
+    process has checked within the last second."""
+    key = _presented_key(request)
+    return key is None or _service(request).api_keys.knows(key)
 
 
 def _presented_key(request: Request[Any, Any, Any]) -> str | None:
@@ -246,7 +251,7 @@ def _single_header(request: Request[Any, Any, Any], name: str) -> str | None:
 
 
 # A request that touches a tenant's data waits for its turn once its key is checked (admission.py).
-AUTHENTICATED = {"tenant": Provide(admitted(authenticated_tenant))}
+AUTHENTICATED = {"tenant": Provide(admitted(authenticated_tenant, _key_known))}
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(

@@ -226,6 +226,7 @@ def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
     import uvicorn
 
     from syncengine import migrate, startup
+    from syncengine.edge import HeaderTimeout
 
     settings = _settings(entities)
     try:
@@ -252,6 +253,7 @@ def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
         access_log=False,  # the app logs one JSON line per request
         log_level="warning",
         timeout_keep_alive=settings.keep_alive_timeout,  # an idle connection holds nothing for long
+        http=HeaderTimeout,  # nor one that trickles its headers (SYNCENGINE_HEADER_TIMEOUT)
     )
 
 

@@ -11,12 +11,13 @@
 | SYNCENGINE_IDEMPOTENCY_WAIT      | 30 seconds: how long a repeat waits for the first request with its key before 409 |
 | SYNCENGINE_MAX_VERSION_SKEW      | 300 seconds: a Modified_Time further ahead of the clock is INVALID |
 | SYNCENGINE_BODY_TIMEOUT          | 30 seconds: a body not all sent this long after its request began is 408 |
+| SYNCENGINE_HEADER_TIMEOUT        | 10 seconds: request line and headers not all sent by then are 408 |
 | SYNCENGINE_KEEP_ALIVE_TIMEOUT    | 5 seconds: how long `serve` keeps an idle keep-alive connection open |
 | SYNCENGINE_DB_CONNECT_TIMEOUT    | 5 seconds: opening a connection, or waiting for a pooled one |
 | SYNCENGINE_DB_STATEMENT_TIMEOUT  | 30 seconds: one statement (PostgreSQL)             |
 | SYNCENGINE_DB_LOCK_TIMEOUT       | 10 seconds: waiting for a lock (PostgreSQL's lock_timeout, SQLite's busy_timeout) |
-| SYNCENGINE_MAX_ACTIVE_REQUESTS   | the database pool's connections less 2: requests at work at once in a process |
-| SYNCENGINE_TENANT_MAX_ACTIVE_REQUESTS | 3/4 of the above: requests at work of one tenant |
+| SYNCENGINE_MAX_ACTIVE_REQUESTS   | the pool's connections less 2: turns at work in a process (admission.py) |
+| SYNCENGINE_TENANT_MAX_ACTIVE_REQUESTS | 3/4 of the above: turns at work of one tenant |
 | SYNCENGINE_MAX_WAITING_REQUESTS  | 4 x the above but one: requests waiting for a turn before 503/429 |
 | SYNCENGINE_ADMISSION_WAIT        | 10 seconds: how long a request waits for its turn  |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
@@ -51,6 +52,7 @@ class Settings:
     idempotency_wait: float = 30.0
     max_version_skew: float = 300.0
     body_timeout: float = 30.0
+    header_timeout: float = 10.0
     keep_alive_timeout: int = 5
     db_connect_timeout: float = 5.0
     db_statement_timeout: float = 30.0
@@ -75,6 +77,7 @@ class Settings:
             idempotency_wait=_number(environ, "SYNCENGINE_IDEMPOTENCY_WAIT", cls.idempotency_wait),
             max_version_skew=_number(environ, "SYNCENGINE_MAX_VERSION_SKEW", cls.max_version_skew),
             body_timeout=_number(environ, "SYNCENGINE_BODY_TIMEOUT", cls.body_timeout),
+            header_timeout=_number(environ, "SYNCENGINE_HEADER_TIMEOUT", cls.header_timeout),
             keep_alive_timeout=int(
                 _number(environ, "SYNCENGINE_KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout, integer=True)
             ),

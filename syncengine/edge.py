@@ -10,16 +10,25 @@
   and then closes the connection (`RequestBody.linger`). A client that sends its whole body
   before it reads (Python's urllib) then reads the answer instead of a connection reset, as
   nginx's lingering close does.
+- The request line and headers: whole within `header_timeout` seconds of the connection's
+  opening, or of the answer before on a kept-alive connection (`HeaderTimeout`, the HTTP
+  protocol `serve` gives uvicorn, which bounds no such wait itself); past it, 408 and the
+  connection closes, so a client that trickles its headers (slowloris) holds nothing for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 from litestar import Request
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from syncengine.config import Settings
 from syncengine.errors import ApiError
 
 #: The query parameters of `POST /v1/sync/{entity}`.
@@ -32,6 +41,7 @@ CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 LINGER_FACTOR = 4
 #: The status logged for a request whose client went away before its body had arrived (nginx's).
 CLIENT_CLOSED = 499
+logger = logging.getLogger("syncengine.http")
 
 
 async def check_write_query(request: Request[Any, Any, Any]) -> None:
@@ -95,11 +105,19 @@ class RequestBody:
         self._receive = receive
         self.limit, self.timeout = limit, timeout
         self.length = int(length) if length.isdigit() else None
-        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        self.complete = not (chunked or self.length)  # all of it has arrived (or there is none)
+        self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        self.complete = not (self.chunked or self.length)  # all of it has arrived (or there is none)
         self.awaits_continue = headers.get(b"expect", b"").lower() == b"100-continue"
         self.received = False  # the app has asked for the body at least once
         self.deadline = asyncio.get_running_loop().time() + timeout
+
+    @property
+    def announced(self) -> int | None:
+        """The body's size as its headers tell it: Content-Length, 0 for none, None for a
+        chunked body (its size is known once it is read)."""
+        if self.length is not None:
+            return self.length
+        return None if self.chunked else 0
 
     async def receive(self) -> Any:
         self.received = True
@@ -163,3 +181,75 @@ class RequestBody:
         except TimeoutError:
             pass
         return True
+
+
+class HeaderTimeout(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with a bound on the wait for a request's line and
+    headers: SYNCENGINE_HEADER_TIMEOUT seconds from the connection's opening, or from the end of
+    the answer before. Past it, the connection gets 408 and is closed.
+
+        uvicorn.run(app, http=HeaderTimeout)   # what `syncengine serve` does
+
+    The bound is read from the environment of the process that serves (a worker of `serve
+    --workers N` too), since uvicorn makes the protocol itself.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout()
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._stop_waiting()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        next_has_headers = bool(self.pipeline)  # a pipelined request, whose headers are in already
+        super().on_response_complete()
+        if not next_has_headers and not self.transport.is_closing():
+            self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_waiting(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        body = msgspec.json.encode(
+            {
+                "status": "error",
+                "status_code": 408,
+                "error": "header_timeout",
+                "message": f"the request line and headers did not arrive within {self.header_timeout:g} seconds "
+                "(SYNCENGINE_HEADER_TIMEOUT): send them at once",
+            }
+        )
+        head = (
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
+        logger.info("request", extra={"fields": {"status": 408, "error": "header_timeout", "client": client}})
+
+
+@functools.cache
+def header_timeout() -> float:
+    """SYNCENGINE_HEADER_TIMEOUT of this process's environment (`Settings.header_timeout`)."""
+    return Settings.from_env().header_timeout

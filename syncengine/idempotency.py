@@ -56,6 +56,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine.report import SyncReport
+from syncengine.store import unavailable
 from syncengine.tables import IDEMPOTENCY_KEY_LENGTH, engine_table
 
 #: An unanswered claim (its holder died, and no retry came) is purged after this long at least.
@@ -223,6 +224,22 @@ class IdempotencyKeys:
         async with self.database.begin() as conn:
             result = await conn.execute(_keys.delete().where(_keys.c.expires_at <= _now()))
         return int(result.rowcount)
+
+    async def purge_forever(self, interval: float) -> None:
+        """`purge` every `interval` seconds, until cancelled. A failure (the database away, most
+        often) is one log line with its reason, not a traceback, and the next round tries again."""
+        while True:
+            try:
+                removed = await self.purge()
+            except Exception as error:  # a database blip must not stop the purging for good
+                trouble = unavailable(error)
+                reason = trouble[1] if trouble is not None else type(error).__name__
+                fields = {"reason": reason, "retry_in_s": interval}
+                log.warning("could not purge expired idempotency keys; trying again later", extra={"fields": fields})
+            else:
+                if removed:
+                    log.info("purged expired idempotency keys", extra={"fields": {"removed": removed}})
+            await asyncio.sleep(interval)
 
     async def close(self) -> None:
         """Close the lock connection (PostgreSQL) or file (SQLite)."""

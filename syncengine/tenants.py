@@ -213,6 +213,11 @@ class KeyCache:
             )
         return await asyncio.shield(asking)
 
+    def knows(self, key: str) -> bool:
+        """Whether `authenticate(key)` answers without the database (a valid key checked within `ttl`)."""
+        cached = self._valid.get(hash_key(key))
+        return self._rotations == _rotations and cached is not None and cached[0] > time.monotonic()
+
     async def _ask(self, digest: str) -> Tenant | None:
         tenant = await _tenant_of(self.database, digest)
         now = time.monotonic()

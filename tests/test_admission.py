@@ -114,7 +114,7 @@ async def test_a_wait_past_its_bound_is_refused() -> None:
         refusal = await refused(admission, "b")
     assert (refusal.status_code, refusal.error) == (503, "server_busy")
     assert refusal.message == (
-        "this server has 1 requests at work, its limit (SYNCENGINE_MAX_ACTIVE_REQUESTS), and no turn "
+        "this server has 1 turns at work, its limit (SYNCENGINE_MAX_ACTIVE_REQUESTS), and no turn "
         "came free within 0.05 s; nothing of this request was done: send it again after Retry-After seconds"
     )
     assert admission.at_work == 0
