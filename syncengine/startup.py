@@ -80,7 +80,7 @@ def command_name() -> str:
     project folder). Anything else running us (pytest, a server embedding the app) gets `syncengine`.
     """
     program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    if program.name == "__main__.py":  # python -m syncengine: the script installed beside this Python
+    if program.name == "__main__.py" and program.parent.name == "syncengine":  # python -m syncengine
         program = Path(sys.executable).with_name("syncengine")
     if program.name != "syncengine" or not program.is_file():
         return "syncengine"
