@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import asyncpg
+from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_URL  # noqa: E402
+from tests.conftest import POSTGRES_URL
 
 
 async def ensure_database(url: str) -> str | None:
