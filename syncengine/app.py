@@ -52,6 +52,7 @@ from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
+from syncengine.startup import command_name
 from syncengine.store import unavailable
 from syncengine.tenants import CredentialError, KeyCache, Tenant, TenantError, check_name, presented_key
 
@@ -192,7 +193,7 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
             401,
             "missing_api_key",
             "no API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY' "
-            "(`syncengine tenant add NAME` creates a tenant and its key)",
+            f"(`{command_name()} tenant add NAME` creates a tenant and its key)",
             {"WWW-Authenticate": "Bearer"},
         )
     tenant = await _service(request).api_keys.authenticate(key)
@@ -200,7 +201,7 @@ async def authenticated_tenant(request: Request[Any, Any, Any]) -> Tenant:
         raise ApiError(
             401,
             "invalid_api_key",
-            "the API key is not valid: it is unknown or was replaced by `syncengine tenant key NAME`",
+            f"the API key is not valid: it is unknown or was replaced by `{command_name()} tenant key NAME`",
             {"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     try:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ import click
 import msgspec
 
 from syncengine.config import ConfigError, Settings
-from syncengine.descriptors import DescriptorError, UnknownEntity, load_catalog
+from syncengine.descriptors import Catalog, DescriptorError, Entity, UnknownEntity, load_catalog
 from syncengine.engine import SchemaError, SyncEngine
-from syncengine.payloads import PayloadError, parse_body
+from syncengine.payloads import FORM_CONTENT_TYPE, PayloadError, parse_body
 from syncengine.report import SyncReport
 from syncengine.spec import json_schema
 
@@ -38,8 +39,37 @@ def _settings(entities: Path | None) -> Settings:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_pasteable(message)}", err=True)
     sys.exit(1)
+
+
+def _pasteable(message: str) -> str:
+    """`message` with its `syncengine ...` hints (from any module) spelled as this shell can run them."""
+    from syncengine.startup import command_name
+
+    command = command_name()
+    return message if command == "syncengine" else message.replace("`syncengine ", f"`{command} ")
+
+
+def _prepare(settings: Settings) -> None:
+    """Bring the schema up (SQLite, silently) or check it (PostgreSQL), as every command that
+    needs it does; a problem stops the command with its message."""
+    from syncengine import migrate, startup
+
+    try:
+        startup.prepare_schema(settings)
+    except DescriptorError as error:
+        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
+    except (migrate.MigrationsNotFound, startup.SchemaBehind) as error:
+        _fail(str(error))
+
+
+def _require_tenant(settings: Settings, name: str) -> None:
+    from syncengine import startup
+
+    known = startup.tenant_names(settings)
+    if name not in known:
+        _fail(startup.unknown_tenant_message(name, known))
 
 
 class _Commands(click.Group):
@@ -105,47 +135,120 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 
+#: A body that starts with `name=` is a form: no JSON text can (a bare JSON word is never followed by `=`).
+_FORM_START = re.compile(rb"\s*[^\s{}\[\]\"=&]*=")
+
+
+def read_records(file: Path, form: bool = False, entity: Entity | None = None) -> list[Any]:
+    """The records of a payload file ("-": standard input), in any shape the HTTP endpoint takes:
+    JSON (an envelope, an array, a record, a notification callback) or a form body, told by its
+    content (it starts with `name=`) or by `form`. With `entity`, a form's keys are matched to its
+    fields as the endpoint matches them (any case, aliases)."""
+    try:
+        body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as error:
+        _fail(f"cannot read {file}: {error.strerror}")
+    is_form = form or _FORM_START.match(body) is not None
+    try:
+        return parse_body(body, FORM_CONTENT_TYPE if is_form else "application/json", entity)
+    except PayloadError as error:
+        _fail(f"{file}: {error}")
+    raise AssertionError("unreachable")  # _fail exits
+
+
 @main.command("dry-run")
 @click.argument("entity")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--tenant", default="default", show_default=True, help="The tenant whose data to compare with.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON the HTTP endpoint returns.")
+@click.option("--form", is_flag=True, help="Read FILE as a form body (one that starts with name= is one anyway).")
 @ENTITIES_OPTION
-def dry_run(entity: str, file: Path, tenant: str, as_json: bool, entities: Path | None) -> None:
+def dry_run(entity: str, file: Path, tenant: str, as_json: bool, form: bool, entities: Path | None) -> None:
     """Show what syncing FILE into ENTITY would do, without writing anything.
 
-    FILE holds {"data": [...]}, a JSON array of records, or one record ("-" reads standard input).
+    FILE holds any body POST /v1/sync/ENTITY takes: {"data": [...]}, a JSON array of records, one
+    record, a notification callback, or a form body ("-" reads standard input).
     """
     settings = _settings(entities)
-    try:
-        body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as error:
-        _fail(f"cannot read {file}: {error.strerror}")
-    try:
-        records = parse_body(body)
-    except PayloadError as error:
-        _fail(f"{file}: {error}")
-    try:
-        report = asyncio.run(_dry_run(settings, tenant, entity, records))
-    except DescriptorError as error:
-        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
-    except (UnknownEntity, SchemaError, ValueError) as error:
-        _fail(str(error.args[0]))
+    records = read_records(file, form, _entity(settings, entity))
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    (report,) = _sync(settings, tenant, [(entity, records)], dry_run=True)
     if as_json:
         click.echo(msgspec.json.encode(report.to_builtins()).decode())
     else:
         click.echo(render_table(report))
 
 
-async def _dry_run(settings: Settings, tenant: str, entity: str, records: list[Any]) -> SyncReport:
-    engine = SyncEngine.open(settings)
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--tenant", default="default", show_default=True, help="The tenant to load into.")
+@ENTITIES_OPTION
+def load(folder: Path, tenant: str, entities: Path | None) -> None:
+    """Sync each ENTITY.json file of FOLDER into ENTITY, parents first (`load samples`: a sample school).
+
+    Each file holds any JSON body POST /v1/sync/ENTITY takes. A second load of the same files
+    reports UNCHANGED. (Each entity is its own transaction, so there is no dry run of a whole
+    folder: `dry-run` one file.)
+    """
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    files = {path.stem: path for path in sorted(folder.glob("*.json"))}
+    unknown = sorted(set(files) - set(catalog.entities))
+    if unknown:
+        _fail(
+            f"{files[unknown[0]]}: no entity '{unknown[0]}' (known: {', '.join(catalog.entities)}); "
+            "name each file after the entity its records are for"
+        )
+    if not files:
+        _fail(f"no .json files in {folder}: name each file after its entity, e.g. {folder / 'programs.json'}")
+    batches = [
+        (name, read_records(files[name], entity=described))
+        for name, described in catalog.entities.items()
+        if name in files
+    ]
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    reports = _sync(settings, tenant, batches, dry_run=False)
+    click.echo("\n\n".join(render_table(report, written=True) for report in reports))
+
+
+def _catalog(settings: Settings) -> Catalog:
     try:
-        return await engine.sync(tenant, entity, records, dry_run=True)
-    finally:
-        await engine.close()
+        return load_catalog(settings.entities)
+    except DescriptorError as error:
+        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
+    raise AssertionError("unreachable")  # _fail exits
 
 
-def render_table(report: SyncReport) -> str:
+def _entity(settings: Settings, entity: str) -> Entity:
+    try:
+        return _catalog(settings).entity(entity)
+    except UnknownEntity as error:
+        _fail(str(error.args[0]))
+    raise AssertionError("unreachable")  # _fail exits
+
+
+def _sync(settings: Settings, tenant: str, batches: list[tuple[str, list[Any]]], *, dry_run: bool) -> list[SyncReport]:
+    """Sync each (entity, records) in turn, in one engine; their reports."""
+
+    async def run() -> list[SyncReport]:
+        engine = SyncEngine.open(settings)
+        try:
+            return [await engine.sync(tenant, entity, records, dry_run=dry_run) for entity, records in batches]
+        finally:
+            await engine.close()
+
+    try:
+        return asyncio.run(run())
+    except DescriptorError as error:
+        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
+    except (UnknownEntity, SchemaError, ValueError) as error:
+        _fail(str(error.args[0]))
+    raise AssertionError("unreachable")  # _fail exits
+
+
+def render_table(report: SyncReport, *, written: bool = False) -> str:
     """A readable table of a report: one line per record, details indented under it."""
     id_width = max([len(report.id_key), *(len(r.zoho_id or "-") for r in report.results)])
     lines = [f"{'#':>4}  {report.id_key:<{id_width}}  {'STATUS':<9}  MESSAGE"]
@@ -154,9 +257,9 @@ def render_table(report: SyncReport) -> str:
         for name, (old, new) in (result.changes or {}).items():
             lines.append(f"{'':>{id_width + 18}}{name}: {_show(old)} -> {_show(new)}")
     summary = ", ".join(f"{status} {count}" for status, count in report.summary.items() if count)
-    lines.append(
-        f"dry run of {len(report.results)} {report.entity} records, nothing written: {summary or 'no records'}"
-    )
+    done = "synced" if written else "dry run of"
+    nothing = "" if written else ", nothing written"
+    lines.append(f"{done} {len(report.results)} {report.entity} records{nothing}: {summary or 'no records'}")
     return "\n".join(lines)
 
 
@@ -179,10 +282,15 @@ def upgrade(revision: str, entities: Path | None) -> None:
     settings = _settings(entities)
     click.echo(f"upgrading {_safe_url(settings.database_url)} to {revision} ...", err=True)
     try:
-        migrate.upgrade(settings, revision)
+        applied = migrate.upgrade(settings, revision)
     except (migrate.MigrationsNotFound, DescriptorError) as error:
         _fail(str(error))
-    click.echo("database is up to date", err=True)
+    for script in applied:
+        click.echo(f"applied {script.revision}: {script.doc}", err=True)
+    if applied:
+        click.echo(f"database is now at {applied[-1].revision}", err=True)
+    else:
+        click.echo(f"database is up to date ({revision}): nothing to apply", err=True)
 
 
 @db.command()
@@ -196,13 +304,17 @@ def revision(message: str, entities: Path | None) -> None:
     from syncengine import migrate
 
     settings = _settings(entities)
+    _prepare(settings)
     try:
         path = migrate.revision(settings, message)
     except (migrate.MigrationsNotFound, DescriptorError) as error:
         _fail(str(error))
     except Exception as error:  # alembic raises CommandError for "not up to date" and similar
         _fail(f"{error}; run `syncengine db upgrade` first if the database is behind")
-    click.echo(f"wrote {path}; review it, then run `syncengine db upgrade`")
+    if path is None:
+        click.echo(f"nothing to do: the database already matches {settings.entities}; no migration written")
+        return
+    click.echo(_pasteable(f"wrote {path}; review it, then run `syncengine db upgrade`"))
 
 
 def _safe_url(url: str) -> str:
@@ -225,20 +337,20 @@ def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
     """
     import uvicorn
 
-    from syncengine import migrate, startup
+    from syncengine import startup
     from syncengine.edge import HeaderTimeout
 
     settings = _settings(entities)
-    try:
-        catalog = load_catalog(settings.entities)
-        startup.prepare_schema(settings)
-    except DescriptorError as error:
-        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
-    except (migrate.MigrationsNotFound, startup.SchemaBehind) as error:
-        _fail(str(error))
+    catalog = _catalog(settings)
+    busy = startup.port_problem(host, port)
+    if busy is not None:  # before a first key is made and shown for a server that cannot start
+        _fail(busy)
+    _prepare(settings)
     key = startup.first_tenant_key(settings)
     if key is not None:
         click.echo(startup.first_run_message(catalog, key, host, port))
+    else:
+        click.echo(startup.lost_key_hint(startup.tenant_names(settings)), err=True)
     click.echo(
         f"serving {len(catalog.entities)} entities on http://{host}:{port} ({_safe_url(settings.database_url)})",
         err=True,
@@ -264,15 +376,11 @@ def tenant() -> None:
 
 def _run_tenant_command(entities: Path | None, command: Any) -> Any:
     """Bring the schema up (SQLite) or check it (PostgreSQL), then run `command(database)`."""
-    from syncengine import migrate, startup
     from syncengine.store import open_database
     from syncengine.tenants import TenantError
 
     settings = _settings(entities)
-    try:
-        startup.prepare_schema(settings)
-    except (migrate.MigrationsNotFound, startup.SchemaBehind, DescriptorError) as error:
-        _fail(str(error))
+    _prepare(settings)
 
     async def run() -> Any:
         database = open_database(settings.database_url, settings.database_timeouts)
@@ -319,7 +427,7 @@ def tenant_list(entities: Path | None) -> None:
 
     tenants = _run_tenant_command(entities, list_tenants)
     if not tenants:
-        click.echo("no tenants yet: `syncengine tenant add NAME` creates one", err=True)
+        click.echo(_pasteable("no tenants yet: `syncengine tenant add NAME` creates one"), err=True)
         return
     width = max(len("NAME"), *(len(t.name) for t in tenants))
     click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  KEY ISSUED")

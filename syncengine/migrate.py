@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
@@ -34,13 +35,42 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(settings), revision)
+def upgrade(settings: Settings, revision: str = "head") -> list[Script]:
+    """Bring the database to `revision`; the migrations applied, oldest first (none: it was there)."""
+    import asyncio
+
+    from syncengine.store import open_database
+
+    async def at() -> str | None:
+        database = open_database(settings.database_url, settings.database_timeouts)
+        try:
+            return await current(database)
+        finally:
+            await database.dispose()
+
+    config = alembic_config(settings)
+    before = asyncio.run(at())
+    command.upgrade(config, revision)
+    after = asyncio.run(at())
+    if after == before or after is None:
+        return []
+    applied = ScriptDirectory.from_config(config).iterate_revisions(after, before)
+    return [script for script in reversed(list(applied)) if script is not None]
 
 
 def revision(settings: Settings, message: str) -> Path | None:
-    """Autogenerate a migration from the difference between the descriptors and the database."""
-    script = command.revision(alembic_config(settings), message=message, autogenerate=True)
+    """Autogenerate a migration from the difference between the descriptors and the database.
+
+    None, and no file written, when there is no difference: an empty migration is only noise.
+    """
+
+    def skip_empty(context: Any, revision: Any, directives: list[Any]) -> None:
+        if directives and directives[0].upgrade_ops is not None and directives[0].upgrade_ops.is_empty():
+            directives[:] = []
+
+    script = command.revision(
+        alembic_config(settings), message=message, autogenerate=True, process_revision_directives=skip_empty
+    )
     if isinstance(script, list):
         script = script[0] if script else None
     return Path(script.path) if script is not None else None

@@ -8,7 +8,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shlex
+import shutil
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,7 +23,7 @@ from syncengine import migrate
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, Entity
 from syncengine.store import open_database
-from syncengine.tenants import ensure_first_tenant
+from syncengine.tenants import ensure_first_tenant, list_tenants
 
 FIRST_TENANT = "default"
 
@@ -68,6 +74,90 @@ async def _current(settings: Settings) -> str | None:
         await database.dispose()
 
 
+def command_name() -> str:
+    """`syncengine` as a user can paste it here, for hints: `syncengine` when the PATH finds this
+    very program, else its path (`.venv/bin/syncengine` after `scripts/serve`, run from the
+    project folder). Anything else running us (pytest, a server embedding the app) gets `syncengine`.
+    """
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if program.name == "__main__.py" and program.parent.name == "syncengine":  # python -m syncengine
+        program = Path(sys.executable).with_name("syncengine")
+    if program.name != "syncengine" or not program.is_file():
+        return "syncengine"
+    on_path = shutil.which("syncengine")
+    if on_path is not None and os.path.samefile(on_path, program):
+        return "syncengine"
+    absolute = Path(os.path.abspath(program))  # symlinks kept: the path as the user sees it
+    try:
+        return shlex.quote(str(absolute.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(absolute))
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why `serve` could not listen on host:port (taken, not allowed, no such address), or None.
+
+    Binds as uvicorn will (SO_REUSEADDR), then lets go: checked before anything is printed.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"cannot listen on {host}:{port}: the host is not known ({error.strerror}); check --host"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is taken by another program (a syncengine already serving?): "
+                    f"stop it, or choose another port with --port, e.g. --port {port + 1 if port < 65535 else 8000}"
+                )
+            if error.errno == errno.EACCES:
+                return f"port {port} on {host} needs privileges this user lacks: choose a port above 1023 with --port"
+            return f"cannot listen on {host}:{port} ({error.strerror}): check --host and --port"
+    return None
+
+
+def tenant_names(settings: Settings) -> list[str]:
+    """The names of the tenants of the (migrated) database."""
+
+    async def names() -> list[str]:
+        database = open_database(settings.database_url, settings.database_timeouts)
+        try:
+            return [tenant.name for tenant in await list_tenants(database)]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(names())
+
+
+def unknown_tenant_message(name: str, known: list[str]) -> str:
+    """The error for a tenant `name` not among `known`, with the commands that help."""
+    command = command_name()
+    if not known:
+        return (
+            f"no tenant '{name}': there are no tenants yet; `{command} tenant add {name}` creates it "
+            f"(and `{command} serve` creates 'default' on its first start)"
+        )
+    return (
+        f"no tenant '{name}' (known: {', '.join(known)}): `{command} tenant add {name}` creates it, "
+        f"`{command} tenant list` shows the tenants"
+    )
+
+
+def lost_key_hint(known: list[str]) -> str:
+    """What `serve` says when its tenants exist already: their keys were shown once, how to get new ones."""
+    command = command_name()
+    example = FIRST_TENANT if FIRST_TENANT in known else known[0]
+    return (
+        f"tenants: {', '.join(known)} (their API keys were shown when they were made). A lost key: "
+        f"`{command} tenant key {example}` issues a new one (the old one stops working); "
+        f"more tenants: `{command} tenant add NAME`"
+    )
+
+
 def first_tenant_key(settings: Settings) -> str | None:
     """Create the `default` tenant on a database without tenants; its key, shown once, or None."""
 
@@ -98,6 +188,7 @@ def first_run_message(catalog: Catalog, key: str, host: str, port: int) -> str:
     body = msgspec.json.encode({"data": [example_record(entity)]}).decode()
     address = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     url = f"http://{address}:{port}/v1/sync/{entity.name}?dry_run=true"
+    command = command_name()
     return "\n".join(
         [
             f"Created tenant '{FIRST_TENANT}'. Its API key is shown only this once; store it now:",
@@ -112,7 +203,7 @@ def first_run_message(catalog: Catalog, key: str, host: str, port: int) -> str:
             f"      -d {shlex.quote(body)}",
             "",
             f"API documentation: http://{address}:{port}/schema",
-            "More tenants: `syncengine tenant add NAME`; a new key: `syncengine tenant key NAME`.",
+            f"More tenants: `{command} tenant add NAME`; a new key: `{command} tenant key NAME`.",
             "",
         ]
     )

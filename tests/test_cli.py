@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENTITIES, FIXTURES, ROOT
+from tests.conftest import ENTITIES, FIXTURES, ROOT, Databases
+
+#: The folder of `syncengine`, first on the PATH as in a shell where .venv is activated.
+BIN = str(Path(sys.executable).parent)
+ACTIVATED = {"PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "syncengine", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        env={**os.environ, **ACTIVATED, **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,
@@ -28,11 +35,12 @@ def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None)
 
 @pytest.fixture
 def database(tmp_path: Path) -> dict[str, str]:
-    """A migrated SQLite file, as `syncengine db upgrade` leaves it."""
+    """A migrated SQLite file, as `syncengine db upgrade` leaves it, with the tenants default and north."""
     env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "SYNCENGINE_ENTITIES": str(ENTITIES)}
     upgraded = run("db", "upgrade", env=env)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database is up to date" in upgraded.stderr
+    for name in ("default", "north"):
+        assert run("tenant", "add", name, env=env).returncode == 0
     return env
 
 
@@ -147,11 +155,136 @@ def test_dry_run_bad_input_says_what_and_where(
     assert (result.returncode, result.stderr, result.stdout) == (1, message, "")
 
 
-def test_dry_run_on_an_empty_database_names_the_fix(tmp_path: Path) -> None:
+def test_dry_run_on_a_new_sqlite_file_migrates_it_as_tenant_commands_do(tmp_path: Path) -> None:
+    """Item 6 of issue 14: no "run db upgrade first" on the embedded default; what is missing
+    then is the tenant, and the error says how to make it."""
     env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "error: no tenant 'default': there are no tenants yet; `syncengine tenant add default` creates it "
+        "(and `syncengine serve` creates 'default' on its first start)\n"
+    )
+    assert run("tenant", "add", "default", env=env).returncode == 0
+    result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("dry run of 1 programs records, nothing written: NEW 1\n")
+
+
+async def test_dry_run_on_a_postgresql_database_behind_says_to_upgrade(databases: Databases) -> None:
+    env = {"SYNCENGINE_DATABASE_URL": await databases.fresh_url("postgresql")}
+    result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
     assert result.returncode == 1
-    assert result.stderr == "error: the database has no table for 'programs': run `syncengine db upgrade` first\n"
+    assert "run `syncengine db upgrade` with the same SYNCENGINE_DATABASE_URL" in result.stderr
+
+
+def test_dry_run_of_an_unknown_tenant_lists_the_known_ones(database: dict[str, str]) -> None:
+    result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), "--tenant", "nosuch", env=database)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "error: no tenant 'nosuch' (known: default, north): `syncengine tenant add nosuch` creates it, "
+        "`syncengine tenant list` shows the tenants\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "body"),
+    [
+        ((), "zoho_id=7&Product_Name=HND+in+Computing&Status=Draft"),  # told by its content
+        (("--form",), "{x}=1&zoho_id=7&Product_Name=HND+in+Computing&Status=Draft"),  # told by the flag
+    ],
+)
+def test_dry_run_reads_a_form_body_as_the_endpoint_does(
+    database: dict[str, str], args: tuple[str, ...], body: str
+) -> None:
+    result = run("dry-run", "programs", "-", "--json", *args, env=database, stdin=body)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"] == [{"zoho_program_id": "7", "status": "NEW", "message": "created"}]
+
+
+def test_db_upgrade_names_the_migrations_it_applies(tmp_path: Path) -> None:
+    env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}"}
+    first = run("db", "upgrade", "--revision", "f854d54507b2", env=env)
+    assert first.stderr.splitlines()[1:] == [
+        "applied eaf15f9cb332: nine entities and the outbox",
+        "applied f854d54507b2: tenants and idempotency keys",
+        "database is now at f854d54507b2",
+    ]
+    second = run("db", "upgrade", env=env)
+    assert second.stderr.splitlines()[1:] == [
+        "applied 3c1d0e7a9b52: decimals exact on sqlite",
+        "database is now at 3c1d0e7a9b52",
+    ]
+    third = run("db", "upgrade", env=env)
+    assert third.stderr.splitlines()[1:] == ["database is up to date (head): nothing to apply"]
+
+
+def test_db_revision_without_a_change_writes_nothing(tmp_path: Path, project_copy: Callable[[], Path]) -> None:
+    entities = project_copy()
+    versions = entities.parent / "migrations" / "versions"
+    before = sorted(versions.iterdir())
+    env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'same.db'}", "SYNCENGINE_ENTITIES": str(entities)}
+    result = run("db", "revision", "-m", "nothing", env=env)
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"nothing to do: the database already matches {entities}; no migration written\n",
+    )
+    assert sorted(versions.iterdir()) == before
+
+
+def test_load_samples_gives_new_then_unchanged_for_every_record(database: dict[str, str]) -> None:
+    first = run("load", "samples", env=database)
+    assert first.returncode == 0, first.stderr
+    summaries = [line for line in first.stdout.splitlines() if line.startswith("synced")]
+    assert summaries == [
+        "synced 1 programs records: NEW 1",
+        "synced 1 teachers records: NEW 1",
+        "synced 2 students records: NEW 2",
+        "synced 1 classes records: NEW 1",
+        "synced 2 enrollments records: NEW 2",
+    ]
+    again = run("load", "samples", env=database)
+    assert [line for line in again.stdout.splitlines() if line.startswith("synced")] == [
+        line.replace("NEW", "UNCHANGED") for line in summaries
+    ]
+
+
+def test_load_refuses_a_file_that_names_no_entity(database: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "load"
+    folder.mkdir()
+    (folder / "programmes.json").write_text("[]")
+    result = run("load", str(folder), env=database)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {folder / 'programmes.json'}: no entity 'programmes' (known: programs, teachers, students, units, "
+        "classes, registrations, enrollments, payments, grades); name each file after the entity its records are for\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        (ACTIVATED["PATH"], "syncengine"),  # activated: the name alone
+        (os.defpath, ".venv/bin/syncengine"),  # not on the PATH: the path, from the project folder
+    ],
+)
+def test_hints_name_a_syncengine_that_runs_as_pasted(tmp_path: Path, path: str, hint: str) -> None:
+    """Item 1 of issue 14: run as scripts/serve runs it (.venv/bin/syncengine from the project
+    folder), a hint's command works in that folder, whether or not .venv is activated."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "migrations", project / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ENTITIES, project / "entities.yaml")
+    (project / ".venv").symlink_to(Path(BIN).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCENGINE_")} | {"PATH": path}
+    result = subprocess.run(
+        [".venv/bin/syncengine", "tenant", "list"], cwd=project, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stderr == f"no tenants yet: `{hint} tenant add NAME` creates one\n"
+    pasted = subprocess.run(
+        f"{hint} tenant add school", shell=True, cwd=project, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.startswith("sk_")
 
 
 def test_a_broken_descriptor_stops_dry_run_with_its_problems(database: dict[str, str], tmp_path: Path) -> None:
@@ -167,13 +300,17 @@ def test_db_revision_writes_a_migration_for_a_new_entity(tmp_path: Path, project
     entities = project_copy()
     env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'rev.db'}", "SYNCENGINE_ENTITIES": str(entities)}
     assert run("db", "upgrade", env=env).returncode == 0
-    entities.write_text(entities.read_text() + "  rooms:\n    source: Rooms\n    singular: room\n    fields:\n      name: {from: Name, type: string}\n")
+    entities.write_text(
+        entities.read_text()
+        + "  rooms:\n    source: Rooms\n    singular: room\n    fields:\n      name: {from: Name, type: string}\n"
+    )
     result = run("db", "revision", "-m", "add rooms", env=env)
     assert result.returncode == 0, result.stderr
     written = Path(result.stdout.split()[1].rstrip(";"))
     assert written.parent == entities.parent / "migrations" / "versions"
     assert "op.create_table('rooms'" in written.read_text()
     assert run("db", "upgrade", env=env).returncode == 0
+    assert run("tenant", "add", "default", env=env).returncode == 0
     record = '{"id": "1", "Name": "Lab 2"}'
     synced = run("dry-run", "rooms", "-", "--json", env=env, stdin=record)
     assert json.loads(synced.stdout)["results"] == [{"zoho_room_id": "1", "status": "NEW", "message": "created"}]
