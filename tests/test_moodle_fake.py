@@ -107,6 +107,12 @@ def test_user_clashes_are_the_same_bare_invalidparameter_and_roll_back_the_batch
     assert [u["username"] for u in moodle.users.values()] == ["admin", "s0"]  # s2 was not kept either
 
 
+def test_a_username_twice_in_one_batch_creates_neither(moodle: MoodleFake) -> None:
+    answer = post(moodle, "core_user_create_users", **user(0), **user(1, username="s0"))
+    assert answer.json() == INVALID
+    assert moodle.users.keys() == {2}
+
+
 def test_debuginfo_only_with_debugging_on() -> None:
     with running(debug=True) as moodle:
         post(moodle, "core_user_create_users", **user(0))
