@@ -178,6 +178,17 @@ async def test_answers_that_are_not_moodle_json(status: int, body: bytes, errorc
 
 async def test_the_token_appears_in_no_error_log_or_repr(moodle: MoodleFake, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    ours = logging.getLogger("syncengine")  # other tests may have configured it not to propagate
+    ours.addHandler(caplog.handler)
+    level, ours.level = ours.level, logging.DEBUG
+    try:
+        await _fail_every_way(moodle, caplog)
+    finally:
+        ours.removeHandler(caplog.handler)
+        ours.setLevel(level)
+
+
+async def _fail_every_way(moodle: MoodleFake, caplog: pytest.LogCaptureFixture) -> None:
     texts: list[str] = []
     async with MoodleClient(moodle.url, TOKEN, timeout=0.5) as client:
         texts.append(repr(client))
