@@ -1,0 +1,280 @@
+"""Target kinds: how desired users, categories, courses and enrolments land in Moodle, idempotently.
+
+Delivery hands each operation a client, a `max_input_vars` budget and the desired states, as
+Moodle parameters keyed by its own delivery key; each key gets an `Outcome`: a Moodle id, or a
+`MoodleError` (transient or permanent, with Moodle's code and message). Nothing here knows of
+tenants, entities or storage.
+
+- `deliver` finds what exists (users by idnumber, then username, then email; categories and
+  courses by idnumber), creates the rest and brings the found ones to the desired state: twice is
+  the same as once.
+- Creates go in as few calls as the budget allows; fewer results than records sent means Moodle
+  cut the POST (`max_input_vars`), so the missing ones go again in smaller calls. A failing batch
+  is split to isolate the bad record; an "already exists" answer triggers a look-up, so an
+  existing user with the same email is linked, not duplicated.
+- `set_state` suspends or reactivates users (`suspended`), hides or shows courses (`visible`);
+  `enrol` sends enrolments with their full state (`suspend=1` suspends one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from syncengine.moodle import WS_PARAMETERS, MoodleClient, MoodleError, encode
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    items: str  # the list parameter: users[0][...], courses[0][...]
+    create: str
+    update: str
+    taken: frozenset[str]  # errorcodes of a create that may mean "it already exists"
+    lookups: tuple[str, ...]  # the fields to find an existing one by, in order
+
+
+USER = Kind(
+    "user",
+    "users",
+    "core_user_create_users",
+    "core_user_update_users",
+    frozenset({"invalidparameter"}),
+    ("idnumber", "username", "email"),
+)
+CATEGORY = Kind(
+    "category",
+    "categories",
+    "core_course_create_categories",
+    "core_course_update_categories",
+    frozenset({"categoryidnumbertaken"}),
+    ("idnumber",),
+)
+COURSE = Kind(
+    "course",
+    "courses",
+    "core_course_create_courses",
+    "core_course_update_courses",
+    frozenset({"shortnametaken", "courseidnumbertaken"}),
+    ("idnumber",),
+)
+ENROL = "enrol_manual_enrol_users"
+STATES = {"suspend": {"suspended": 1}, "reactivate": {"suspended": 0}, "hide": {"visible": 0}, "show": {"visible": 1}}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    moodle_id: int | None = None  # None for enrolments, which Moodle gives no id
+    error: MoodleError | None = None
+    created: bool = False
+
+
+def batches(items: list[tuple[str, Params]], budget: int) -> Iterator[list[tuple[str, Params]]]:
+    """Consecutive runs of records whose parameters, with the ws* ones, stay within the budget."""
+    batch: list[tuple[str, Params]] = []
+    used = WS_PARAMETERS
+    for key, params in items:
+        size = len(encode(params))
+        if batch and used + size > budget:
+            yield batch
+            batch, used = [], WS_PARAMETERS
+        batch.append((key, params))
+        used += size
+    if batch:
+        yield batch
+
+
+async def find(client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params]) -> dict[str, int]:
+    """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order."""
+    found: dict[str, int] = {}
+    for name in kind.lookups:
+        wanted = {key: str(p[name]) for key, p in desired.items() if key not in found and p.get(name)}
+        if kind is USER and name == "username":  # Moodle rejects the whole look-up for one upper-case username
+            wanted = {key: value for key, value in wanted.items() if value == value.lower()}
+        if not wanted:
+            continue
+        existing = await _existing(client, kind, name, sorted(set(wanted.values())), desired, budget)
+        found |= {key: existing[_norm(name, value)] for key, value in wanted.items() if _norm(name, value) in existing}
+    return found
+
+
+def _norm(name: str, value: str) -> str:
+    return value.lower() if name == "email" else value  # Moodle compares emails in any case
+
+
+async def _existing(
+    client: MoodleClient, kind: Kind, name: str, values: list[str], desired: Mapping[str, Params], budget: int
+) -> dict[str, int]:
+    """value (emails lower-cased) -> id of the existing record, the lowest id where Moodle holds several."""
+    rows: list[Params] = []
+    if kind is USER:
+        step = max(1, budget - WS_PARAMETERS - 1)
+        for start in range(0, len(values), step):
+            rows += await client.call(
+                "core_user_get_users_by_field", {"field": name, "values": values[start : start + step]}
+            )
+    elif kind is CATEGORY:
+        rows = await client.call("core_course_get_categories", {})  # one call: schools have few categories
+    else:  # courses: list each desired category once, then ask for the ones not seen there
+        listed: list[Params] = []
+        for category in sorted({p["categoryid"] for p in desired.values() if "categoryid" in p}):
+            listed += (await client.call("core_course_get_courses_by_field", {"field": "category", "value": category}))[
+                "courses"
+            ]
+        seen = {str(row.get(name) or "") for row in listed}
+        rows = listed
+        for value in values if len(desired) == 1 else []:  # a single record: an "already exists" look-up
+            if value not in seen:
+                rows += (await client.call("core_course_get_courses_by_field", {"field": name, "value": value}))[
+                    "courses"
+                ]
+    existing: dict[str, int] = {}
+    for row in sorted(rows, key=lambda row: int(row["id"]), reverse=True):
+        if row.get(name):
+            existing[_norm(name, str(row[name]))] = int(row["id"])
+    return existing
+
+
+async def create(client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+    """Create each desired record, or link the existing one an "already exists" answer points to."""
+    outcomes: dict[str, Outcome] = {}
+    for batch in batches(list(desired.items()), budget):
+        await _create_batch(client, kind, budget, batch, outcomes)
+    return outcomes
+
+
+async def _create_batch(
+    client: MoodleClient, kind: Kind, budget: int, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+) -> None:
+    try:
+        answer = await client.call(kind.create, {kind.items: [params for _, params in batch]})
+    except MoodleError as error:
+        if error.transient or len(batch) == 1:
+            await _failed(client, kind, budget, batch, error, outcomes)
+        else:  # one bad record rolls back the batch: halve until it stands alone
+            half = len(batch) // 2
+            await _create_batch(client, kind, budget, batch[:half], outcomes)
+            await _create_batch(client, kind, budget, batch[half:], outcomes)
+        return
+    ids = [int(row["id"]) for row in answer]
+    outcomes |= {key: Outcome(moodle_id, created=True) for (key, _), moodle_id in zip(batch, ids, strict=False)}
+    missing = batch[len(ids) :]
+    if not missing:
+        return
+    if ids:  # Moodle cut the POST: the last record it kept may have lost its trailing fields
+        last_key, last_params = batch[len(ids) - 1]
+        await update(client, kind, budget, {last_key: (ids[-1], last_params)})
+    if not ids and len(missing) == 1:
+        cut = MoodleError(
+            kind.create,
+            "truncated",
+            f"Moodle kept no record of {len(batch)}: its max_input_vars is "
+            "below the budget; lower the tenant's max_input_vars setting",
+            transient=False,
+        )
+        await _failed(client, kind, budget, missing, cut, outcomes)
+        return
+    size = max(1, len(ids) or len(missing) // 2)
+    for start in range(0, len(missing), size):
+        await _create_batch(client, kind, budget, missing[start : start + size], outcomes)
+
+
+async def _failed(
+    client: MoodleClient,
+    kind: Kind,
+    budget: int,
+    batch: list[tuple[str, Params]],
+    error: MoodleError,
+    outcomes: dict[str, Outcome],
+) -> None:
+    found = await find(client, kind, budget, dict(batch)) if error.errorcode in kind.taken and len(batch) == 1 else {}
+    outcomes |= {key: Outcome(found[key]) if key in found else Outcome(error=error) for key, _ in batch}
+
+
+async def update(
+    client: MoodleClient, kind: Kind, budget: int, items: Mapping[str, tuple[int, Params]]
+) -> dict[str, Outcome]:
+    """Bring existing records to their desired parameters; Moodle's per-item warnings become errors."""
+    outcomes: dict[str, Outcome] = {}
+    records = [(key, {**params, "id": moodle_id}) for key, (moodle_id, params) in items.items()]
+    for batch in batches(records, budget):
+        await _update_batch(client, kind, budget, batch, outcomes)
+    return outcomes
+
+
+async def _update_batch(
+    client: MoodleClient, kind: Kind, budget: int, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+) -> None:
+    try:
+        answer = await client.call(kind.update, {kind.items: [params for _, params in batch]})
+    except MoodleError as error:  # categories answer null or throw for the whole batch
+        if error.transient or len(batch) == 1:
+            outcomes |= {key: Outcome(error=error) for key, _ in batch}
+        else:
+            half = len(batch) // 2
+            await _update_batch(client, kind, budget, batch[:half], outcomes)
+            await _update_batch(client, kind, budget, batch[half:], outcomes)
+        return
+    warnings = {int(w["itemid"]): w for w in (answer or {}).get("warnings", []) if "itemid" in w}
+    for key, params in batch:
+        warning = warnings.get(int(params["id"]))
+        outcomes[key] = (
+            Outcome(int(params["id"]))
+            if warning is None
+            else Outcome(
+                error=MoodleError(
+                    kind.update, str(warning.get("warningcode")), str(warning.get("message")), transient=False
+                )
+            )
+        )
+
+
+async def deliver(
+    client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params], known: Mapping[str, int] | None = None
+) -> dict[str, Outcome]:
+    """Make Moodle hold the desired records: find (unless the id is known), create the missing, update the rest."""
+    ids = dict(known or {})
+    ids |= await find(client, kind, budget, {k: p for k, p in desired.items() if k not in ids})
+    created = await create(client, kind, budget, {k: p for k, p in desired.items() if k not in ids})
+    linked = {k: o.moodle_id for k, o in created.items() if o.moodle_id is not None and not o.created}
+    updated = await update(
+        client, kind, budget, {k: (i, desired[k]) for k, i in (ids | linked).items() if k in desired}
+    )
+    return created | updated
+
+
+async def set_state(
+    client: MoodleClient, kind: Kind, budget: int, ids: Mapping[str, int], state: str
+) -> dict[str, Outcome]:
+    """`suspend` / `reactivate` users, `hide` / `show` courses; nothing is deleted."""
+    return await update(client, kind, budget, {key: (moodle_id, STATES[state]) for key, moodle_id in ids.items()})
+
+
+async def enrol(client: MoodleClient, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+    """Manual enrolments with their full state (roleid, userid, courseid, timestart, timeend, suspend).
+
+    Moodle updates an existing enrolment in place, so sending one twice changes nothing more.
+    """
+    outcomes: dict[str, Outcome] = {}
+    for batch in batches(
+        [(key, {"timestart": 0, "timeend": 0, "suspend": 0, **p}) for key, p in desired.items()], budget
+    ):
+        await _enrol_batch(client, batch, outcomes)
+    return outcomes
+
+
+async def _enrol_batch(client: MoodleClient, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]) -> None:
+    try:
+        await client.call(ENROL, {"enrolments": [params for _, params in batch]})
+    except MoodleError as error:
+        if error.transient or len(batch) == 1:
+            outcomes |= {key: Outcome(error=error) for key, _ in batch}
+        else:
+            half = len(batch) // 2
+            await _enrol_batch(client, batch[:half], outcomes)
+            await _enrol_batch(client, batch[half:], outcomes)
+        return
+    outcomes |= {key: Outcome() for key, _ in batch}
