@@ -41,8 +41,10 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import asyncpg  # type: ignore[import-untyped]
@@ -168,6 +170,7 @@ def open_database(url: str, timeouts: Timeouts | None = None, **options: Any) ->
     engine = create_async_engine(url, **options)
     if engine.dialect.name == "sqlite":
         lock = SQLITE_BUSY_SECONDS if timeouts is None or timeouts.lock is None else timeouts.lock
+        _refuse_missing_folder(engine)
         _serialise_sqlite_writers(engine, lock)
     else:
         _skip_closed_connections(engine)
@@ -291,6 +294,18 @@ def store_for(engine: AsyncEngine | AsyncConnection) -> Store:
 #: The execution option of a connection whose transactions write: SQLite takes the write lock at
 #: their BEGIN (`_serialise_sqlite_writers`).
 WRITES = "syncengine_writes"
+
+
+def _refuse_missing_folder(engine: AsyncEngine) -> None:
+    """A database file in a folder that does not exist fails before aiosqlite starts a thread for
+    it: on its own failed connect, aiosqlite leaves its thread to stop after the event loop may
+    be gone, which prints a traceback beside the one line that says what to do."""
+
+    @sa.event.listens_for(engine.sync_engine, "do_connect")
+    def check_folder(_dialect: Any, _record: Any, cargs: list[Any], _cparams: dict[str, Any]) -> None:
+        path = str(cargs[0]) if cargs else ""
+        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).parent.is_dir():
+            raise sqlite3.OperationalError("unable to open database file")
 
 
 def _serialise_sqlite_writers(engine: AsyncEngine, busy_seconds: float) -> None:
