@@ -182,7 +182,9 @@ def error_responses(codes: tuple[str, ...], body: bool = True) -> dict[str, Any]
             if any(carried):
                 headers[name] = header | {"required": all(carried)}
         response: dict[str, Any] = {
-            "description": "; ".join(f"`{code}`: {answer.meaning}" for code, answer in zip(listed, answers, strict=True)),
+            "description": "; ".join(
+                f"`{code}`: {answer.meaning}" for code, answer in zip(listed, answers, strict=True)
+            ),
             "headers": headers,
         }
         if body:
@@ -343,7 +345,9 @@ FIXED_RESPONSES: dict[str, dict[str, Any]] = {
             "the loaded descriptors, parents first",
             {
                 "type": "object",
-                "properties": {"entities": {"type": "array", "items": {"$ref": "#/components/schemas/EntityDescription"}}},
+                "properties": {
+                    "entities": {"type": "array", "items": {"$ref": "#/components/schemas/EntityDescription"}}
+                },
                 "required": ["entities"],
             },
         )
