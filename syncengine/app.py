@@ -49,7 +49,7 @@ from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
-from syncengine.openapi import SECURITY, components, sync_operation
+from syncengine.openapi import SECURITY, components, fixed_operation, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
 from syncengine.startup import command_name
@@ -423,24 +423,24 @@ def _json(content: bytes, status_code: int = 200, headers: dict[str, str] | None
 # Reading
 
 
-@get("/v1/health", tags=["service"], include_in_schema=True)
+@get("/v1/health", tags=["service"], operation_id="health", operation_class=fixed_operation("health"))
 async def health() -> dict[str, str]:
     """Liveness: the process answers. Touches no database."""
     return {"status": "ok"}
 
 
-@head("/v1/health", tags=["service"])
+@head("/v1/health", tags=["service"], operation_id="health_head", operation_class=fixed_operation("health_head"))
 async def health_head() -> None:
     """Liveness, without a body."""
 
 
-@get("/v1/ready", tags=["service"])
+@get("/v1/ready", tags=["service"], operation_id="ready", operation_class=fixed_operation("ready"))
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Readiness: the database answers and its schema is at the latest migration."""
     return await _readiness(request)
 
 
-@head("/v1/ready", tags=["service"])
+@head("/v1/ready", tags=["service"], operation_id="ready_head", operation_class=fixed_operation("ready_head"))
 async def ready_head(request: Request[Any, Any, Any]) -> None:
     """Readiness, without a body: 200, or the 503 of `GET /v1/ready`."""
     await _readiness(request)
@@ -470,7 +470,7 @@ async def _readiness(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(_encode(body))
 
 
-@get("/v1/entities", tags=["service"])
+@get("/v1/entities", tags=["service"], operation_id="entities", operation_class=fixed_operation("entities"))
 async def list_entities(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The loaded descriptors: each entity's endpoint, fields and dependencies, parents first."""
     entities = [_describe(entity) for entity in _service(request).engine.catalog]
@@ -511,7 +511,14 @@ def _describe(entity: Entity) -> dict[str, Any]:
     }
 
 
-@get("/v1/{entity:str}/{zoho_id:path}", dependencies=AUTHENTICATED, security=SECURITY, tags=["records"])
+@get(
+    "/v1/{entity:str}/{zoho_id:path}",
+    dependencies=AUTHENTICATED,
+    security=SECURITY,
+    tags=["records"],
+    operation_id="read_record",
+    operation_class=fixed_operation("read_record"),
+)
 async def read_record(
     request: Request[Any, Any, Any], entity: FromPath[str], tenant: NamedDependency[Tenant]
 ) -> Response[bytes]:

@@ -1,9 +1,12 @@
-"""OpenAPI for the generated endpoints: each entity's request schema, derived from its descriptor.
+"""OpenAPI: each entity's request schema, derived from its descriptor, and every answer of every route.
 
     record_schema(entity)["required"]   # "id" and the Zoho names of the entity's required fields
+    error_responses(READ_ANSWERS)       # {"401": ..., "403": ..., "404": ..., "429": ..., "503": ...}
 
-Litestar builds the rest of the document from the handlers; the request bodies come from here,
-since the sync handlers read their bodies themselves (a record, a list, Zoho's envelope or a form).
+Litestar builds the rest of the document from the handlers; the request bodies and the responses
+come from here, since the handlers read their bodies themselves (a record, a list, Zoho's envelope
+or a form) and answer JSON they encode themselves. `ANSWERS` lists every error code the service
+answers with; each route declares the codes it can give, grouped by status.
 """
 
 from __future__ import annotations
@@ -85,16 +88,119 @@ ERROR_SCHEMA: dict[str, Any] = {
         "message": {"type": "string", "description": "what is wrong, where, and what to do"},
     },
     "required": ["status", "status_code", "error", "message"],
+    "additionalProperties": False,
 }
-ERRORS = {
-    "400": "malformed JSON (with line and column), or a body that is not one of the accepted shapes",
-    "401": "no API key, or an unknown one",
-    "403": "X-Tenant-ID names another tenant than the API key's",
-    "409": "the first request with this Idempotency-Key is still being processed",
-    "413": "the body or the number of records is over the limit",
-    "415": "a Content-Type other than JSON or a form",
-    "422": "this Idempotency-Key was used with another body",
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An error the service answers: its status, when, and the headers it always carries."""
+
+    status: int
+    meaning: str
+    headers: tuple[str, ...] = ()
+
+
+RETRY = ("Retry-After",)
+#: Every error code the service answers with, and its status (raised in errors.py, edge.py,
+#: admission.py and app.py; tests/test_openapi_answers.py holds this table to that code).
+ANSWERS: dict[str, Answer] = {
+    "malformed_json": Answer(400, "the body is not JSON (the message gives line and column) or not UTF-8"),
+    "invalid_body": Answer(400, "the body is JSON but not one of the accepted shapes, or a form field is not UTF-8"),
+    "json_too_deep": Answer(400, "arrays and objects nested deeper than 64 levels"),
+    "unknown_query_parameter": Answer(400, "a query parameter other than dry_run; nothing was written"),
+    "repeated_query_parameter": Answer(400, "dry_run given more than once; nothing was written"),
+    "invalid_query_parameter": Answer(400, "dry_run other than true, false, 1 or 0; nothing was written"),
+    "invalid_idempotency_key": Answer(400, "an Idempotency-Key that is empty, too long or not printable ASCII"),
+    "unstorable_value": Answer(400, "a value the database refused (a number beyond 64 bits, a NUL); nothing written"),
+    "missing_api_key": Answer(401, "no API key", ("WWW-Authenticate",)),
+    "invalid_api_key": Answer(401, "an unknown or replaced API key", ("WWW-Authenticate",)),
+    "tenant_mismatch": Answer(403, "X-Tenant-ID names another tenant than the API key's"),
+    "unknown_entity": Answer(404, "no such entity (the message lists the known ones)"),
+    "record_not_found": Answer(404, "no record with this Zoho id is stored for the tenant"),
+    "body_timeout": Answer(408, "the body did not all arrive within SYNCENGINE_BODY_TIMEOUT"),
+    "idempotency_key_in_use": Answer(409, "the first request with this Idempotency-Key is still running", RETRY),
+    "write_conflict": Answer(409, "other writers kept changing the batch's records; nothing written: resend", RETRY),
+    "body_too_large": Answer(413, "the body is larger than SYNCENGINE_MAX_BODY_BYTES"),
+    "too_many_records": Answer(413, "more records than SYNCENGINE_MAX_RECORDS"),
+    "unsupported_media_type": Answer(415, "a Content-Type other than JSON or a form"),
+    "unsupported_content_encoding": Answer(415, "a compressed body (gzip...): send it uncompressed"),
+    "unsupported_charset": Answer(415, "a charset other than UTF-8"),
+    "idempotency_key_reused": Answer(422, "this Idempotency-Key was used with another body"),
+    "tenant_over_share": Answer(429, "the tenant has its share of the server at work; nothing done", RETRY),
+    "client_disconnected": Answer(499, "never received: logged when the client left before sending its whole body"),
+    "server_busy": Answer(503, "the server is full with other tenants' work; nothing done", RETRY),
+    "database_unavailable": Answer(503, "the database cannot be reached or does not answer", RETRY),
+    "database_busy": Answer(503, "a lock, pool or statement wait ran past its budget", RETRY),
+    "schema_missing": Answer(503, "the database has no table for the entity: run `syncengine db upgrade`"),
+    "schema_behind": Answer(503, "the database schema is behind the code: run `syncengine db upgrade`"),
 }
+#: What a request that touches a tenant's data can answer before its handler runs: the API key's
+#: check (which reads the database) and admission (admission.py).
+TENANT_ANSWERS = (
+    "missing_api_key",
+    "invalid_api_key",
+    "tenant_mismatch",
+    "tenant_over_share",
+    "server_busy",
+    "database_unavailable",
+    "database_busy",
+)
+#: `POST /v1/sync/{entity}`: the query (edge.check_write_query), the body (edge.py, payloads.py),
+#: the Idempotency-Key (idempotency.py) and the batch (engine.py).
+SYNC_ANSWERS = (
+    *("unknown_query_parameter", "repeated_query_parameter", "invalid_query_parameter"),
+    *TENANT_ANSWERS,
+    *("unsupported_media_type", "unsupported_content_encoding", "unsupported_charset"),
+    *("body_too_large", "body_timeout", "client_disconnected", "malformed_json", "invalid_body", "json_too_deep"),
+    *("too_many_records", "invalid_idempotency_key", "idempotency_key_in_use", "idempotency_key_reused"),
+    *("unstorable_value", "write_conflict", "schema_missing"),
+)
+#: `GET /v1/{entity}/{zoho_id}`.
+READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found", "unstorable_value")
+#: `GET|HEAD /v1/ready`.
+READY_ANSWERS = ("database_unavailable", "schema_behind")
+_HEADERS = {
+    "Retry-After": {"description": "seconds to wait before sending the request again", "schema": {"type": "string"}},
+    "WWW-Authenticate": {"description": "the scheme to authenticate with: Bearer", "schema": {"type": "string"}},
+}
+REQUEST_ID = {"description": "the request's id, as logged (X-Request-ID if sent)", "schema": {"type": "string"}}
+
+
+def error_responses(codes: tuple[str, ...], body: bool = True) -> dict[str, Any]:
+    """The OpenAPI responses of these error codes, one per status: the Error schema narrowed to
+    the status and its codes, and the headers every one of them carries (`body=False` for HEAD)."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ANSWERS[code].status, []).append(code)
+    responses: dict[str, Any] = {}
+    for status, listed in sorted(by_status.items()):
+        answers = [ANSWERS[code] for code in listed]
+        headers: dict[str, Any] = {"X-Request-ID": REQUEST_ID}
+        for name, header in _HEADERS.items():
+            carried = [name in answer.headers for answer in answers]
+            if any(carried):
+                headers[name] = header | {"required": all(carried)}
+        response: dict[str, Any] = {
+            "description": "; ".join(
+                f"`{code}`: {answer.meaning}" for code, answer in zip(listed, answers, strict=True)
+            ),
+            "headers": headers,
+        }
+        if body:
+            narrowed = {"properties": {"status_code": {"const": status}, "error": {"enum": listed}}}
+            schema = {"allOf": [{"$ref": "#/components/schemas/Error"}, narrowed]}
+            response["content"] = {"application/json": {"schema": schema}}
+        responses[str(status)] = response
+    return responses
+
+
+def ok(description: str, schema: dict[str, Any] | None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A 200 response; `schema` None for HEAD."""
+    response: dict[str, Any] = {"description": description, "headers": {"X-Request-ID": REQUEST_ID, **(headers or {})}}
+    if schema is not None:
+        response["content"] = {"application/json": {"schema": schema}}
+    return response
 
 
 def report_schema(entity: Entity) -> dict[str, Any]:
@@ -129,15 +235,128 @@ def report_schema(entity: Entity) -> dict[str, Any]:
 
 
 def responses(entity: Entity) -> dict[str, Any]:
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    replayed = {"Idempotent-Replayed": {"schema": {"const": "true"}, "description": "sent on a replay only"}}
     return {
-        "200": {
-            "description": "one result per record, in input order",
-            "headers": {"Idempotent-Replayed": {"schema": {"type": "string"}, "description": "true on a replay"}},
-            "content": {"application/json": {"schema": report_schema(entity)}},
-        },
-        **{code: {"description": text, "content": error} for code, text in ERRORS.items()},
+        "200": ok("one result per record, in input order", report_schema(entity), replayed),
+        **error_responses(SYNC_ANSWERS),
     }
+
+
+def stored_record_schema(entity: Entity) -> dict[str, Any]:
+    """What `GET /v1/{entity}/{zoho_id}` answers for a record of `entity`: every field by its Zoho name."""
+    moment = {"type": "string", "format": "date-time"}
+    maybe_moment = {"type": ["string", "null"], "format": "date-time"}
+    delivery = {
+        "type": "object",
+        "properties": {
+            "operation": {"type": "string"},
+            "state": {"type": "string"},
+            "attempts": {"type": "integer"},
+            "next_attempt_at": moment,
+            "last_error": {"type": ["string", "null"]},
+        },
+        "required": ["operation", "state", "attempts", "next_attempt_at", "last_error"],
+    }
+    sources = [f.source for f in entity.fields]
+    return {
+        "type": "object",
+        "title": f"stored {entity.singular}",
+        "properties": {
+            "entity": {"const": entity.name},
+            entity.id_key: {"type": "string"},
+            "values": {
+                "type": "object",
+                "description": "the stored values by Zoho field name; null where empty",
+                "properties": {source: {} for source in sources},
+                "required": sources,
+                "additionalProperties": False,
+            },
+            "fingerprint": {"type": "string"},
+            "source_version": maybe_moment,
+            "created_at": moment,
+            "updated_at": moment,
+            "deleted_at": maybe_moment,
+            "moodle": {
+                "type": "object",
+                "properties": {
+                    "moodle_id": {"type": ["integer", "null"]},
+                    "delivery": {"oneOf": [{"type": "null"}, delivery]},
+                },
+                "required": ["moodle_id", "delivery"],
+            },
+        },
+        "required": ["entity", entity.id_key, "values", "fingerprint", "source_version", "created_at", "updated_at"],
+    }
+
+
+def stored_name(entity: Entity) -> str:
+    return "Stored" + record_name(entity)
+
+
+DESCRIPTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "singular": {"type": "string"},
+        "source": {"type": "string"},
+        "description": {"type": ["string", "null"]},
+        "endpoint": {"type": "string"},
+        "id_key": {"type": "string"},
+        "version_field": {"type": ["string", "null"]},
+        "requires": {"type": "array", "items": {"type": "string"}},
+        "lookups": {"type": "array", "items": {"type": "string"}},
+        "fields": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "from": {"type": "string"},
+                    "type": {"type": "string"},
+                    "required": {"type": "boolean"},
+                    "entity": {"type": "string"},
+                    "choices": {"type": "array", "items": {"type": "string"}},
+                    "max_length": {"type": "integer"},
+                    "description": {"type": "string"},
+                },
+                "required": ["name", "from", "type", "required"],
+            },
+        },
+    },
+    "required": ["name", "singular", "source", "endpoint", "id_key", "requires", "lookups", "fields"],
+}
+READY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ready"},
+        "database": {"type": "string", "description": "sqlite or postgresql"},
+        "schema_revision": {"type": ["string", "null"]},
+    },
+    "required": ["status", "database", "schema_revision"],
+}
+#: The answers of the fixed routes, by operation id (app.py gives each route its id).
+FIXED_RESPONSES: dict[str, dict[str, Any]] = {
+    "health": {"200": ok("the process answers", {"type": "object", "properties": {"status": {"const": "ok"}}})},
+    "health_head": {"200": ok("the process answers", None)},
+    "ready": {"200": ok("ready", READY_SCHEMA), **error_responses(READY_ANSWERS)},
+    "ready_head": {"200": ok("ready", None), **error_responses(READY_ANSWERS, body=False)},
+    "entities": {
+        "200": ok(
+            "the loaded descriptors, parents first",
+            {
+                "type": "object",
+                "properties": {
+                    "entities": {"type": "array", "items": {"$ref": "#/components/schemas/EntityDescription"}}
+                },
+                "required": ["entities"],
+            },
+        )
+    },
+    "read_record": {
+        "200": ok("the stored record", {"$ref": "#/components/schemas/StoredRecord"}),
+        **error_responses(READ_ANSWERS),
+    },
+}
 
 
 @dataclass
@@ -154,8 +373,17 @@ class RecordComponents(Components):
 
 
 def components(catalog: Catalog) -> Components:
+    entities = list(catalog)
+    stored = {stored_name(entity): stored_record_schema(entity) for entity in entities}
     return RecordComponents(
-        raw_schemas={"Error": ERROR_SCHEMA} | {record_name(entity): record_schema(entity) for entity in catalog},
+        raw_schemas={
+            "Error": ERROR_SCHEMA,
+            **{record_name(entity): record_schema(entity) for entity in entities},
+            **stored,
+            "StoredRecord": {"oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in stored]},
+            "EntityName": {"enum": [entity.name for entity in entities]},
+            "EntityDescription": DESCRIPTION_SCHEMA,
+        },
         security_schemes={
             "BearerAuth": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer KEY"),
             "ApiKeyAuth": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
@@ -176,3 +404,28 @@ def sync_operation(entity: Entity, max_records: int) -> type[Operation]:
 
     SyncOperation.__name__ = SyncOperation.__qualname__ = f"Sync{record_name(entity)}Operation"
     return SyncOperation
+
+
+#: The path parameters of a read, as they are sent: the entity's name, and the id percent-encoded
+#: (litestar would describe a `path` parameter as a URI).
+READ_PARAMETERS = {
+    "entity": {"$ref": "#/components/schemas/EntityName"},
+    "zoho_id": {"type": "string", "minLength": 1, "description": "the Zoho id; `/` as `%2F`, `%` as `%25`"},
+}
+
+
+def fixed_operation(operation_id: str) -> type[Operation]:
+    """An Operation class answering as FIXED_RESPONSES[operation_id] says."""
+    answers = FIXED_RESPONSES[operation_id]
+
+    class FixedOperation(Operation):
+        def to_schema(self) -> dict[str, Any]:
+            schema = super().to_schema()
+            schema["responses"] = answers
+            for parameter in schema.get("parameters", ()):
+                if parameter.get("in") == "path" and parameter.get("name") in READ_PARAMETERS:
+                    parameter["schema"] = READ_PARAMETERS[parameter["name"]]
+            return schema
+
+    FixedOperation.__name__ = FixedOperation.__qualname__ = f"{operation_id.title().replace('_', '')}Operation"
+    return FixedOperation

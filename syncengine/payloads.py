@@ -173,6 +173,19 @@ def records_from_json(document: Any) -> list[Any]:
     return [document]
 
 
+def _looks_like_json(body: bytes) -> bool:
+    """A body that starts as JSON does and is JSON, or has no `name=value` pair at all."""
+    if body.lstrip()[:1] not in (b"{", b"["):
+        return False
+    if b"=" not in body:
+        return True
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
 def records_from_form(body: bytes, entity: Entity | None = None) -> list[Any]:
     """One record from a form body; `zoho_id` and `event` are the webhook's own keys.
 
@@ -183,7 +196,7 @@ def records_from_form(body: bytes, entity: Entity | None = None) -> list[Any]:
         >>> records_from_form(b"zoho_id=7&modified_time=2026-02-10T09:20:13Z", enrollments)
         [{'zoho_id': '7', 'Modified_Time': '2026-02-10T09:20:13Z'}]
     """
-    if body.lstrip()[:1] in (b"{", b"["):  # `curl -d '{...}'` sends JSON as a form unless told
+    if _looks_like_json(body):  # `curl -d '{...}'` sends JSON as a form unless told
         raise PayloadError(
             f"the body looks like JSON, but its Content-Type is {FORM_CONTENT_TYPE} (what `curl -d` sends "
             "when no Content-Type is given): send it with 'Content-Type: application/json'"
