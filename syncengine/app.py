@@ -47,6 +47,7 @@ from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
+from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, fixed_operation, sync_operation
@@ -529,6 +530,10 @@ async def read_record(
     service = _service(request)
     zoho_id = _path_id(request, entity)
     request.scope["state"]["log"]["entity"] = entity
+    try:  # an id no record can have (a NUL, a control character, too long) is looked up nowhere
+        check_id(zoho_id)
+    except ValueError as error:
+        raise ApiError(404, "record_not_found", f"no record can have this id: {error}") from None
     record = await service.engine.fetch_record(tenant.name, entity, zoho_id)
     if record is None:
         singular = service.engine.catalog.entity(entity).singular

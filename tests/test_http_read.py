@@ -151,3 +151,21 @@ async def test_a_tenant_cannot_replay_another_tenants_idempotent_response(api: A
     await api.sync("students", [student("3001")], tenant="other", headers=headers)
     mine = await api.sync("students", [student("3001")], tenant="school", headers=headers)
     assert "idempotent-replayed" not in mine.headers and statuses(mine) == ["NEW"]
+
+
+@pytest.mark.parametrize(
+    ("path_id", "why"),
+    [
+        ("%00", "a record id cannot contain a NUL character"),
+        ("a%07b", "a record id cannot contain a control or invisible character (U+0007)"),
+    ],
+)
+async def test_an_id_no_record_can_have_is_404_on_both_databases(api: Api, path_id: str, why: str) -> None:
+    response = await api.http.get(f"/v1/students/{path_id}", headers=api.auth())
+    assert response.status_code == 404
+    assert response.json() == {
+        "status": "error",
+        "status_code": 404,
+        "error": "record_not_found",
+        "message": f"no record can have this id: {why}",
+    }
