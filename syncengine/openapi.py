@@ -113,11 +113,17 @@ ANSWERS: dict[str, Answer] = {
     "invalid_query_parameter": Answer(400, "dry_run other than true, false, 1 or 0; nothing was written"),
     "invalid_idempotency_key": Answer(400, "an Idempotency-Key that is empty, too long or not printable ASCII"),
     "unstorable_value": Answer(400, "a value the database refused (a number beyond 64 bits, a NUL); nothing written"),
+    "repeated_header": Answer(400, "Idempotency-Key or X-Tenant-ID sent more than once"),
+    "malformed_credentials": Answer(
+        401, "a credential header that holds no usable key (no scheme, another scheme, two keys)", ("WWW-Authenticate",)
+    ),
     "missing_api_key": Answer(401, "no API key", ("WWW-Authenticate",)),
     "invalid_api_key": Answer(401, "an unknown or replaced API key", ("WWW-Authenticate",)),
     "tenant_mismatch": Answer(403, "X-Tenant-ID names another tenant than the API key's"),
+    "tenant_name_refused": Answer(403, "the key's tenant is stored under a name this version refuses: add it again"),
     "unknown_entity": Answer(404, "no such entity (the message lists the known ones)"),
     "record_not_found": Answer(404, "no record with this Zoho id is stored for the tenant"),
+    "asset_not_found": Answer(404, "no such file of the /schema page (not part of this document)"),
     "body_timeout": Answer(408, "the body did not all arrive within SYNCENGINE_BODY_TIMEOUT"),
     "idempotency_key_in_use": Answer(409, "the first request with this Idempotency-Key is still running", RETRY),
     "write_conflict": Answer(409, "other writers kept changing the batch's records; nothing written: resend", RETRY),
@@ -140,7 +146,10 @@ ANSWERS: dict[str, Answer] = {
 TENANT_ANSWERS = (
     "missing_api_key",
     "invalid_api_key",
+    "malformed_credentials",
+    "repeated_header",
     "tenant_mismatch",
+    "tenant_name_refused",
     "tenant_over_share",
     "server_busy",
     "database_unavailable",
@@ -157,7 +166,9 @@ SYNC_ANSWERS = (
     *("unstorable_value", "write_conflict", "schema_missing"),
 )
 #: `GET /v1/{entity}/{zoho_id}`.
-READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found", "unstorable_value")
+READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found")
+#: Answers of routes the document does not describe (the /schema page's own files).
+UNDOCUMENTED_ANSWERS = ("asset_not_found",)
 #: `GET|HEAD /v1/ready`.
 READY_ANSWERS = ("database_unavailable", "schema_behind")
 _HEADERS = {
