@@ -84,9 +84,13 @@ def test_a_student_leaving_the_active_statuses_is_suspended_and_comes_back(schoo
     assert pending.reason == "status is empty; it belongs while one of: Active, Approved, Approved-conditional"
 
 
-def test_a_deleted_student_is_suspended_never_deleted(school: Catalog) -> None:
+def test_a_deleted_student_or_teacher_is_suspended_never_deleted(school: Catalog) -> None:
     (user,) = states(school, "students", STUDENT, deleted=True)
     assert (user.active, user.leave, user.reason, user.params["suspended"]) == (False, "suspend", "deleted", 1)
+    teacher = {"name": "Ada Lovelace", "academic_email": "ada@school.edu"}  # no `leave:`: a user's default
+    (user,) = states(school, "teachers", teacher, deleted=True)
+    assert (user.active, user.leave, user.params["suspended"]) == (False, "suspend", 1)
+    assert user.params["firstname"] == "Ada" and user.params["lastname"] == "Lovelace"
 
 
 def test_a_program_is_a_category_and_a_delete_leaves_it_alone(school: Catalog) -> None:
