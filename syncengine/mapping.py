@@ -196,7 +196,7 @@ def mapping_digest(targets: Sequence[Target], record: Record) -> str:
 
 
 class _Unknown:
-    """A looked-up Moodle id not known yet (`missing`), or its stand-in in the digest."""
+    """A parameter holding a looked-up Moodle id that is not known yet (listed in `missing`)."""
 
 
 _EMPTY = object()
