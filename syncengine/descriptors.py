@@ -29,8 +29,9 @@ from syncengine.fieldtypes import (
     FieldType,
     Options,
 )
+from syncengine.mapping import Target, compile_targets
 from syncengine.sourcemap import Document, YamlError, load_yaml
-from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, MoodleSpec, RuleSpec, Spec
+from syncengine.spec import DescriptorFile, EntitySpec, FieldSpec, RuleSpec, Spec, TargetSpec
 
 #: Columns every entity table has; no field may take these names.
 SYSTEM_COLUMNS = frozenset(
@@ -142,7 +143,8 @@ class Entity:
     fields: tuple[Field, ...]
     version_field: str | None = None
     description: str | None = None
-    moodle: Any = None
+    #: Its Moodle targets (`mapping.desired_states` reads them); None when it does not land in Moodle.
+    moodle: tuple[Target, ...] | None = None
     rules: tuple[Rule, ...] = ()
     version_aliases: tuple[str, ...] = ()
     lookups: tuple[Field, ...] = field(init=False)
@@ -247,7 +249,10 @@ class _Checker:
 
     def _structure(self, value: Any, annotation: Any, path: tuple[str | int, ...]) -> bool:
         struct = _struct_of(annotation)
-        if struct is not None and not (value is None and _is_optional(annotation)):
+        listed = _list_of(annotation)
+        if listed is not None and isinstance(value, list):
+            annotation = listed
+        elif struct is not None and not (value is None and _is_optional(annotation)):
             return self._object(value, struct, path)
         if typing.get_origin(annotation) is dict:
             if not isinstance(value, dict):
@@ -298,6 +303,7 @@ class _Checker:
     def _meaning(self, entities: dict[str, Any]) -> None:
         owners: dict[str, dict[str, str]] = {"singular": {}, "source": {}}
         graph: dict[str, set[str]] = {}
+        mapped = {name for name, raw in entities.items() if isinstance(raw, dict) and raw.get("moodle")}
         for name, raw in entities.items():
             if not isinstance(raw, dict):
                 continue
@@ -310,7 +316,7 @@ class _Checker:
                 if isinstance(value, str):
                     seen.setdefault(value, name)
             fields = _valid_parts(raw.get("fields"), FieldSpec)
-            self._entity(name, raw, fields, set(entities))
+            self._entity(name, raw, fields, set(entities), mapped)
             graph[name] = {f.entity for f in fields.values() if f.entity in entities and f.required}
         try:
             graphlib.TopologicalSorter(graph).prepare()
@@ -322,7 +328,9 @@ class _Checker:
                 key=True,
             )
 
-    def _entity(self, name: str, raw: dict[str, Any], fields: dict[str, FieldSpec], known: set[str]) -> None:
+    def _entity(
+        self, name: str, raw: dict[str, Any], fields: dict[str, FieldSpec], known: set[str], mapped: set[str]
+    ) -> None:
         path: tuple[str, ...] = ("entities", name)
         if not _NAME.match(name) or name.startswith(ENGINE_TABLE_PREFIX):
             self.report(
@@ -353,12 +361,23 @@ class _Checker:
                 columns.setdefault(column, field_name)
         self._form_keys(path, raw, fields)
         self._rules(path, raw.get("rules"), fields)
-        moodle = _valid_parts({"moodle": raw.get("moodle")}, MoodleSpec).get("moodle")
-        if moodle is not None and isinstance(raw.get("fields"), dict):
-            for param, field_name in moodle.fields.items():
-                if field_name != "zoho_id" and field_name not in raw["fields"]:
-                    valid = ", ".join(["zoho_id", *raw["fields"]])
-                    self.report((*path, "moodle", "fields", param), f"unknown field '{field_name}' (valid: {valid})")
+        self._moodle(path, raw, fields, mapped)
+
+    def _moodle(
+        self, path: tuple[str, ...], raw: dict[str, Any], fields: dict[str, FieldSpec], mapped: set[str]
+    ) -> None:
+        """The `moodle:` section, once it is well-formed: see `mapping.compile_targets`."""
+        moodle: TargetSpec | list[TargetSpec | None] | None = None
+        if isinstance(raw.get("moodle"), list):  # the well-formed targets; a broken one keeps its place
+            moodle = [_valid_parts({"target": item}, TargetSpec).get("target") for item in raw["moodle"]]
+        else:
+            moodle = _valid_parts({"moodle": raw.get("moodle")}, TargetSpec).get("moodle")
+        if moodle is None or not isinstance(raw.get("fields"), dict):
+            return
+        broken = set(raw["fields"]) - set(fields)
+        broken |= {str(v["from"]) for v in raw["fields"].values() if isinstance(v, dict) and "from" in v}
+        for where, message, key in compile_targets(path[-1], moodle, fields, mapped, broken)[1]:
+            self.report((*path, "moodle", *where), message, key=key)
 
     def _form_keys(self, path: tuple[str, ...], raw: dict[str, Any], fields: dict[str, FieldSpec]) -> None:
         """A form webhook's keys match in any case, so each key (an API name or an alias) may
@@ -488,11 +507,12 @@ class _Checker:
 
 
 def _build_catalog(spec: DescriptorFile, filename: str) -> Catalog:
-    entities = {name: _build_entity(name, entity) for name, entity in spec.entities.items()}
+    mapped = {name for name, entity in spec.entities.items() if entity.moodle}
+    entities = {name: _build_entity(name, entity, mapped) for name, entity in spec.entities.items()}
     return Catalog({name: entities[name] for name in _dependency_order(spec)}, filename)
 
 
-def _build_entity(name: str, spec: EntitySpec) -> Entity:
+def _build_entity(name: str, spec: EntitySpec, mapped: set[str]) -> Entity:
     fields = []
     for field_name, field_spec in spec.fields.items():
         kind = FIELD_TYPES[field_spec.type]
@@ -526,7 +546,7 @@ def _build_entity(name: str, spec: EntitySpec) -> Entity:
         version_field=spec.version_field,
         version_aliases=tuple(spec.version_aliases),
         description=spec.description,
-        moodle=spec.moodle,
+        moodle=compile_targets(name, spec.moodle, spec.fields, mapped)[0] if spec.moodle else None,
         rules=rules,
     )
 
@@ -607,6 +627,11 @@ def _valid_items(raw: Any, struct: type[S]) -> list[tuple[int, S]]:
 def _struct_of(annotation: Any) -> type[Spec] | None:
     candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
     return next((c for c in candidates if isinstance(c, type) and issubclass(c, Spec)), None)
+
+
+def _list_of(annotation: Any) -> Any:
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return next((c for c in candidates if typing.get_origin(c) is list), None)
 
 
 def _literal_of(annotation: Any) -> tuple[Any, ...] | None:

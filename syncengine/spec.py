@@ -20,9 +20,8 @@ FieldTypeName = Literal[
     "date", "datetime", "choice", "multichoice", "lookup",
 ]  # fmt: skip
 TransformName = Literal["trim", "lower"]
-MoodleTarget = Literal[
-    "user", "course", "category", "enrolment", "group", "group_member", "cohort", "cohort_member",
-]  # fmt: skip
+MoodleKind = Literal["user", "category", "course", "enrolment"]
+LeaveAction = Literal["suspend", "unenrol", "hide", "nothing"]
 Number = int | float | str
 
 
@@ -51,16 +50,21 @@ class FieldSpec(Spec, kw_only=True, frozen=True):
     entity: str | None = None
 
 
-class MoodleSpec(Spec, kw_only=True, frozen=True):
-    """How an entity lands in Moodle: the kind of Moodle object, and which fields feed it.
+class TargetSpec(Spec, kw_only=True, frozen=True):
+    """One Moodle object a record becomes: `{kind: user, params: {username: "{academic_email|lower}"}}`.
 
-    `fields` maps a Moodle parameter to one of the entity's field names (or `zoho_id`);
-    `defaults` gives literal parameters (a category id, a role id).
+    `params` maps a Moodle parameter of the kind to a literal (`5`) or a template (`"{zoho_id}"`,
+    `"{program.moodle_id}"`, `"{name|first_word}"`). `when` lists, per choice field, the values under
+    which the record belongs in Moodle; `leave` says what leaving it (or a delete) does: `suspend`,
+    `unenrol`, `hide` or `nothing` (the kind's default when absent). `name` tells apart several
+    targets of one entity; it defaults to the kind.
     """
 
-    target: MoodleTarget
-    fields: dict[str, str] = {}
-    defaults: dict[str, str | int | bool] = {}
+    kind: MoodleKind
+    name: str | None = None
+    params: dict[str, str | int | bool] = {}
+    when: dict[str, list[str]] = {}
+    leave: LeaveAction | None = None
 
 
 class RuleSpec(Spec, kw_only=True, frozen=True):
@@ -84,7 +88,7 @@ class EntitySpec(Spec, kw_only=True, frozen=True):
     version_aliases: list[str] = []
     fields: dict[str, FieldSpec]
     rules: list[RuleSpec] = []
-    moodle: MoodleSpec | None = None
+    moodle: TargetSpec | list[TargetSpec] | None = None
 
 
 class DescriptorFile(Spec, kw_only=True, frozen=True):

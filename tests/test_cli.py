@@ -79,9 +79,9 @@ def test_check_reports_form_keys_that_clash(tmp_path: Path) -> None:
     result = run("check", "--entities", str(clashing))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        f"{clashing}:47:76: entities.students.fields.student_number.aliases.0: alias 'email' clashes with "
+        f"{clashing}:52:76: entities.students.fields.student_number.aliases.0: alias 'email' clashes with "
         "Zoho field 'Email' of field 'email' (form keys match in any case): remove it or choose another",
-        f"{clashing}:47:83: entities.students.fields.student_number.aliases.1: alias 'modified_time' clashes "
+        f"{clashing}:52:83: entities.students.fields.student_number.aliases.1: alias 'modified_time' clashes "
         "with version_field 'Modified_Time' (form keys match in any case): remove it or choose another",
     ]
 

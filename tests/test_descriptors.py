@@ -175,39 +175,6 @@ BROKEN = [
         """
         version: 1
         entities:
-          students:
-            source: BTEC_Students
-            singular: student
-            fields:
-              email: {from: Email, type: email}
-            moodle:
-              target: learner
-              fields: {username: mail}
-        """,
-        ["e.yaml:9:15: entities.students.moodle.target: unknown target 'learner' (valid: user, course, "
-         "category, enrolment, group, group_member, cohort, cohort_member)"],
-        id="unknown moodle target",
-    ),
-    pytest.param(
-        """
-        version: 1
-        entities:
-          students:
-            source: BTEC_Students
-            singular: student
-            fields:
-              email: {from: Email, type: email}
-            moodle:
-              target: user
-              fields: {username: mail}
-        """,
-        ["e.yaml:10:26: entities.students.moodle.fields.username: unknown field 'mail' (valid: zoho_id, email)"],
-        id="moodle field that does not exist",
-    ),
-    pytest.param(
-        """
-        version: 1
-        entities:
           classes:
             source: BTEC_Classes
             singular: class
