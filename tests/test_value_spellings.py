@@ -37,8 +37,8 @@ entities:
       tags: {from: Tags, type: multichoice, choices: [a, b]}
       email: {from: Email, type: email, transform: [trim]}
     moodle:
-      target: course
-      fields: {idnumber: zoho_id, fullname: email}
+      kind: category
+      params: {idnumber: "{zoho_id}", name: "{email}"}
 """
 )
 TENANT = "school"
