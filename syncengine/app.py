@@ -111,6 +111,18 @@ class SyncService(Litestar):
             logger.info("request", extra={"fields": fields | log | {"duration_ms": duration}})
 
 
+def _start_delivery(settings: Settings, engine: SyncEngine, stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """A delivery worker in this process (unless SYNCENGINE_DELIVERY_WORKER=0 / `serve --no-worker`),
+    woken by the engine after each commit that wrote outbox rows."""
+    if not settings.delivery_worker:
+        return None
+    from syncengine.delivery import Worker
+
+    worker = Worker(engine.catalog, engine.database, settings.delivery_policy)
+    engine.on_commit = worker.wake
+    return asyncio.create_task(worker.run(stop))
+
+
 def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar:
     """The service for `settings`; pass `engine` to share one (it is then not closed here)."""
     configure_logging(settings.log_level)
@@ -135,9 +147,14 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
         gc.collect()
         gc.freeze()
         purger = asyncio.create_task(service.keys.purge_forever(min(settings.idempotency_ttl, 300.0)))
+        stop_delivery = asyncio.Event()
+        delivery = _start_delivery(settings, service.engine, stop_delivery)
         try:
             yield
         finally:
+            stop_delivery.set()
+            if delivery is not None:
+                await delivery
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger

@@ -328,8 +328,9 @@ def _safe_url(url: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", default=8000, type=click.IntRange(0, 65535), show_default=True)
 @click.option("--workers", default=1, type=click.IntRange(min=1), show_default=True, help="Worker processes.")
+@click.option("--no-worker", is_flag=True, help="Deliver nothing to Moodle here: run `syncengine worker` apart.")
 @ENTITIES_OPTION
-def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
+def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | None) -> None:
     """Serve the HTTP API: POST /v1/sync/{entity} for every entity, OpenAPI at /schema.
 
     On SQLite the migrations are applied first; on PostgreSQL the schema must be current
@@ -356,6 +357,8 @@ def serve(host: str, port: int, workers: int, entities: Path | None) -> None:
         err=True,
     )
     os.environ["SYNCENGINE_ENTITIES"] = str(settings.entities)  # for the workers' app factory
+    if no_worker:
+        os.environ["SYNCENGINE_DELIVERY_WORKER"] = "0"
     uvicorn.run(
         "syncengine.app:app_from_env",
         factory=True,
@@ -434,3 +437,64 @@ def tenant_list(entities: Path | None) -> None:
     for t in tenants:
         created, issued = (value.strftime("%Y-%m-%d %H:%M:%SZ") for value in (t.created_at, t.key_created_at))
         click.echo(f"{t.name:<{width}}  {created:<20}  {issued}")
+
+
+@tenant.command("moodle")
+@click.argument("name")
+@click.option("--url", required=True, help="The Moodle site's address (its wwwroot).")
+@click.option(
+    "--token-file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="A file holding the web-service token alone, or - for standard input.",
+)
+@click.option("--max-input-vars", default=1000, show_default=True, type=int, help="The site's PHP max_input_vars.")
+@ENTITIES_OPTION
+def tenant_moodle(name: str, url: str, token_file: Path, max_input_vars: int, entities: Path | None) -> None:
+    """Store tenant NAME's Moodle site and token (the token is never printed)."""
+    from syncengine.sites import SiteError, save_site
+
+    try:
+        token = sys.stdin.read() if str(token_file) == "-" else token_file.read_text()
+    except OSError as error:
+        _fail(f"cannot read the token file {token_file} ({error.strerror}): check the path")
+    settings = _settings(entities)
+    _require_tenant(settings, name)
+    try:
+        _run_tenant_command(entities, lambda database: save_site(database, name, url, token, max_input_vars))
+    except SiteError as error:
+        _fail(str(error))
+    click.echo(f"tenant '{name}' delivers to {url.rstrip('/')} (max_input_vars {max_input_vars})", err=True)
+
+
+@main.command()
+@click.option("--tenant", default=None, help="Deliver this tenant's changes only (default: every tenant).")
+@ENTITIES_OPTION
+def worker(tenant: str | None, entities: Path | None) -> None:
+    """Deliver stored changes to each tenant's Moodle until Ctrl-C or SIGTERM."""
+    import signal
+
+    from syncengine.delivery import Worker
+    from syncengine.store import open_database
+
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    _prepare(settings)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+
+    async def run() -> None:
+        database = open_database(settings.database_url, settings.database_timeouts)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        progress = Worker(catalog, database, settings.delivery_policy, tenant=tenant)
+        progress.on_round = lambda counts: click.echo(f"{counts} (total: {progress.totals})", err=True)
+        click.echo(f"delivering {'tenant ' + tenant if tenant else 'every tenant'}; Ctrl-C stops", err=True)
+        try:
+            await progress.run(stop)
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())

@@ -21,6 +21,12 @@
 | SYNCENGINE_MAX_WAITING_REQUESTS  | 4 x the above but one: requests waiting for a turn before 503/429 |
 | SYNCENGINE_ADMISSION_WAIT        | 10 seconds: how long a request waits for its turn  |
 | SYNCENGINE_LOG_LEVEL             | INFO                                               |
+| SYNCENGINE_DELIVERY_WORKER       | 1: `serve` runs a delivery worker (0: none, as `serve --no-worker`) |
+| SYNCENGINE_DELIVERY_ATTEMPTS     | 20: transient failures (Moodle down, timeouts) before a delivery is dead |
+| SYNCENGINE_DELIVERY_PERMANENT_ATTEMPTS | 3: permanent failures (Moodle refuses the values) before dead |
+| SYNCENGINE_DELIVERY_RETRY_BASE   | 5 seconds: the first retry's delay, doubled each attempt, with jitter |
+| SYNCENGINE_DELIVERY_RETRY_MAX    | 3600 seconds: the longest delay between retries    |
+| SYNCENGINE_DELIVERY_LEASE        | 300 seconds: a claim a killed worker left is taken over after this |
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from syncengine.delivery import Policy
     from syncengine.store import Timeouts
 
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
@@ -63,6 +70,12 @@ class Settings:
     max_waiting_requests: int | None = None
     admission_wait: float = 10.0
     log_level: str = "INFO"
+    delivery_worker: bool = True
+    delivery_attempts: int = 20
+    delivery_permanent_attempts: int = 3
+    delivery_retry_base: float = 5.0
+    delivery_retry_max: float = 3600.0
+    delivery_lease: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -89,6 +102,18 @@ class Settings:
             max_waiting_requests=_count(environ, "SYNCENGINE_MAX_WAITING_REQUESTS"),
             admission_wait=_number(environ, "SYNCENGINE_ADMISSION_WAIT", cls.admission_wait),
             log_level=(environ.get("SYNCENGINE_LOG_LEVEL") or cls.log_level).upper(),
+            delivery_worker=environ.get("SYNCENGINE_DELIVERY_WORKER", "1").strip() not in ("0", "false", "no"),
+            delivery_attempts=int(
+                _number(environ, "SYNCENGINE_DELIVERY_ATTEMPTS", cls.delivery_attempts, integer=True)
+            ),
+            delivery_permanent_attempts=int(
+                _number(
+                    environ, "SYNCENGINE_DELIVERY_PERMANENT_ATTEMPTS", cls.delivery_permanent_attempts, integer=True
+                )
+            ),
+            delivery_retry_base=_number(environ, "SYNCENGINE_DELIVERY_RETRY_BASE", cls.delivery_retry_base),
+            delivery_retry_max=_number(environ, "SYNCENGINE_DELIVERY_RETRY_MAX", cls.delivery_retry_max),
+            delivery_lease=_number(environ, "SYNCENGINE_DELIVERY_LEASE", cls.delivery_lease),
         )
 
     @property
@@ -96,6 +121,18 @@ class Settings:
         from syncengine.store import Timeouts
 
         return Timeouts(self.db_connect_timeout, self.db_statement_timeout, self.db_lock_timeout)
+
+    @property
+    def delivery_policy(self) -> Policy:
+        from syncengine.delivery import Policy
+
+        return Policy(
+            lease=self.delivery_lease,
+            retry_base=self.delivery_retry_base,
+            retry_max=self.delivery_retry_max,
+            attempts=self.delivery_attempts,
+            permanent_attempts=self.delivery_permanent_attempts,
+        )
 
     @property
     def migrations_dir(self) -> Path:

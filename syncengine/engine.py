@@ -104,6 +104,8 @@ class SyncEngine:
         self.version_skew = dt.timedelta(seconds=max_version_skew)
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self.lookups = LookupCache(lookup_cache_seconds)
+        #: Called after a committed batch of an entity that lands in Moodle (wakes a delivery worker).
+        self.on_commit: Callable[[], None] | None = None
         tables = self.metadata.tables
         self._tables = {
             entity.name: EntityTables(
@@ -271,6 +273,8 @@ class SyncEngine:
                     reports = _split(report, batches, dry_run)
                     if any(answers):
                         await self._store_answers(conn, answers, reports)
+                if not dry_run and self.on_commit is not None and tables.entity.moodle:
+                    self.on_commit()
                 break
             except Exception as error:
                 if _is_missing_table(error):

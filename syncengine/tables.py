@@ -111,6 +111,32 @@ def engine_tables(metadata: sa.MetaData) -> None:
         sa.Index(None, "expires_at"),
         comment="Idempotency-Key claims and the responses they replay, until they expire",
     )
+    sa.Table(
+        "syncengine_moodle_links",
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("zoho_id", sa.String(ZOHO_ID_LENGTH), nullable=False),
+        sa.Column("target", sa.String(64), nullable=False, comment="the mapping's target name"),
+        sa.Column("moodle_id", sa.BigInteger, comment="null for enrolments, which Moodle gives no id"),
+        sa.Column("digest", sa.String(64), nullable=False, comment="of what was last sent (mapping.DesiredState)"),
+        sa.Column("active", sa.Boolean, nullable=False, comment="false once its leave action was applied"),
+        sa.Column("delivered_at", Timestamp, nullable=False),
+        sa.UniqueConstraint("tenant_id", "entity", "zoho_id", "target"),
+        comment="What each record's Moodle targets are in Moodle: written by delivery only, never by sync batches",
+    )
+    sa.Table(
+        "syncengine_moodle_sites",
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False, unique=True),
+        sa.Column("url", sa.Text, nullable=False),
+        sa.Column("token", sa.Text, nullable=False, comment="read by the delivery worker only (sites.py)"),
+        sa.Column("max_input_vars", sa.Integer, nullable=False, server_default="1000"),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        comment="Each tenant's Moodle site and web-service token",
+    )
 
 
 _ENGINE_METADATA = sa.MetaData(naming_convention=NAMING_CONVENTION)

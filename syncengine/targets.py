@@ -35,6 +35,8 @@ class Kind:
     update: str
     taken: frozenset[str]  # errorcodes of a create that may mean "it already exists"
     lookups: tuple[str, ...]  # the fields to find an existing one by, in order
+    update_only: frozenset[str] = frozenset()  # parameters the create function does not take
+    create_extra: tuple[tuple[str, Any], ...] = ()  # parameters a create needs that the mapping does not give
 
 
 USER = Kind(
@@ -44,6 +46,8 @@ USER = Kind(
     "core_user_update_users",
     frozenset({"invalidparameter"}),
     ("idnumber", "username", "email"),
+    update_only=frozenset({"suspended"}),
+    create_extra=(("createpassword", 1),),  # no password is synced: Moodle makes one and mails it
 )
 CATEGORY = Kind(
     "category",
@@ -62,6 +66,7 @@ COURSE = Kind(
     ("idnumber",),
 )
 ENROL = "enrol_manual_enrol_users"
+UNENROL = "enrol_manual_unenrol_users"
 STATES = {"suspend": {"suspended": 1}, "reactivate": {"suspended": 0}, "hide": {"visible": 0}, "show": {"visible": 1}}
 
 
@@ -141,7 +146,11 @@ async def _existing(
 async def create(client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
     """Create each desired record, or link the existing one an "already exists" answer points to."""
     outcomes: dict[str, Outcome] = {}
-    for batch in batches(list(desired.items()), budget):
+    items = [
+        (key, {**dict(kind.create_extra), **{k: v for k, v in p.items() if k not in kind.update_only}})
+        for key, p in desired.items()
+    ]
+    for batch in batches(items, budget):
         await _create_batch(client, kind, budget, batch, outcomes)
     return outcomes
 
@@ -278,3 +287,17 @@ async def _enrol_batch(client: MoodleClient, batch: list[tuple[str, Params]], ou
             await _enrol_batch(client, batch[half:], outcomes)
         return
     outcomes |= {key: Outcome() for key, _ in batch}
+
+
+async def unenrol(client: MoodleClient, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+    """Remove manual enrolments (userid, courseid); only where a mapping says `leave: unenrol`."""
+    outcomes: dict[str, Outcome] = {}
+    items = [(key, {"userid": p["userid"], "courseid": p["courseid"]}) for key, p in desired.items()]
+    for batch in batches(items, budget):
+        try:
+            await client.call(UNENROL, {"enrolments": [params for _, params in batch]})
+        except MoodleError as error:
+            outcomes |= {key: Outcome(error=error) for key, _ in batch}
+        else:
+            outcomes |= {key: Outcome() for key, _ in batch}
+    return outcomes
