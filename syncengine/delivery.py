@@ -36,6 +36,7 @@ from syncengine.descriptors import Catalog, Entity
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
 from syncengine.sites import SITES, Site, read_site
+from syncengine.store import unavailable
 from syncengine.tables import build_metadata
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,9 @@ class Worker:
         )
         if self.tenant is not None:
             due = due.where(o.c.tenant_id == self.tenant)
+        async with self.database.connect() as conn:  # a read first: an idle round takes no write lock (SQLite)
+            if (await conn.execute(due.limit(1))).first() is None:
+                return []
         due = due.order_by(o.c.id).limit(self.policy.batch).with_for_update(skip_locked=True)
         mark = {"state": "working", "next_attempt_at": lease}
         returning = (o.c.id, o.c.tenant_id, o.c.entity, o.c.zoho_id, o.c.attempts, o.c.next_attempt_at)
@@ -373,14 +377,20 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set: a round whenever woken, when rows fall due, or every `poll`."""
-        listener = await self._listen()
+        listener: AsyncConnection | None = None
         try:
             while not stop.is_set():
+                if listener is None:  # again each round until it works: the database may be away
+                    listener = await self._listen()
                 self._wake.clear()
                 try:
                     counts = await self.deliver_once()
-                except Exception:  # a database or bug: logged, and tried again after the poll interval
-                    log.exception("delivery round failed")
+                except Exception as error:  # tried again after the poll interval
+                    trouble = unavailable(error)
+                    if trouble is None:
+                        log.exception("delivery round failed")
+                    else:  # a known state of the database: one line, no traceback
+                        log.warning("delivery round failed: the database is %s (%s)", *trouble)
                     counts = Counts()
                 if counts and await self._more_due():
                     continue
@@ -422,7 +432,11 @@ class Worker:
         """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker."""
         if self.database.dialect.name != "postgresql":
             return None
-        conn = await self.database.connect()
+        try:
+            conn = await self.database.connect()
+        except Exception as error:
+            log.warning("could not LISTEN for outbox rows (%s); polling every %s s", error, self.policy.poll)
+            return None
         try:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
