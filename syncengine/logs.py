@@ -39,8 +39,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Send syncengine's logs to standard error as JSON lines (once per process)."""
     logger = logging.getLogger("syncengine")
     logger.setLevel(level)
-    if not any(getattr(handler, "syncengine", False) for handler in logger.handlers):
+    if not any(isinstance(handler.formatter, JsonFormatter) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-        handler.syncengine = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
