@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on standard error.
+"""Logging: syncengine's logs as one JSON object per line on standard error.
 
     {"time": "2026-11-26T13:50:01.123Z", "level": "INFO", "logger": "syncengine.http",
      "message": "request", "request_id": "5f0c...", "tenant": "school", "entity": "<entity>",
