@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import registry
 
 from bench import records
-from bench.databases import ENTITY, OUTBOX, TENANT, Databases, log, reset, vacuum
+from bench.databases import ENTITY, TENANT, Databases, log, reset, vacuum
 from bench.measure import Measurement
 from bench.settings import Sizes
 from syncengine.descriptors import Entity, lookup_columns
 from syncengine.engine import SyncEngine
 from syncengine.pipeline import fingerprint, parse_record
+from syncengine.tables import OUTBOX
 
 COMMIT_EVERY = 100
 

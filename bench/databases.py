@@ -20,11 +20,10 @@ from bench import records
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.store import open_database
-from syncengine.tables import build_metadata
+from syncengine.tables import OUTBOX, build_metadata
 
 TENANT = "school"
 ENTITY = "enrollments"
-OUTBOX = "syncengine_outbox"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

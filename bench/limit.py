@@ -23,9 +23,10 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from bench import records
-from bench.databases import ENTITY, OUTBOX, TENANT, Databases, log, reset, vacuum
+from bench.databases import ENTITY, TENANT, Databases, log, reset, vacuum
 from bench.measure import Measurement
 from bench.settings import Sizes
+from syncengine.tables import OUTBOX
 
 UNNEST_BATCH = 1_000
 COPY_BATCH = 10_000

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncengine.tables import TENANT_LENGTH, engine_table
+from syncengine.tables import TENANT_LENGTH, TENANTS, engine_table
 
-TENANTS = "syncengine_tenants"
 KEY_PREFIX = "sk_"
 #: What a tenant name is, for `tenant add` and for the engine: ASCII letters, digits, `_`, `.`
 #: and `-`, starting with a letter or digit; nothing else, not even a trailing newline.
