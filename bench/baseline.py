@@ -72,7 +72,7 @@ async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: reg
                             zoho_column, local_column = lookup_columns(fld.name)
                             key = (str(fld.target), str(values[fld.name]))
                             if key not in parent_ids:
-                                target = tables[fld.target]  # type: ignore[index]
+                                target = tables[key[0]]
                                 parent_ids[key] = (
                                     await session.execute(
                                         sa.select(target.c.id).where(

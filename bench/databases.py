@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints, and there are no stubs
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints, and there are no stubs
 import msgspec
 
 from bench import records
