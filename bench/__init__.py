@@ -1,0 +1,1 @@
+"""The benchmark: how fast syncengine is, against what (bench/README.md)."""

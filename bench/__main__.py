@@ -1,3 +1,5 @@
+"""`python -m bench`: the whole benchmark (bench/run.py)."""
+
 import sys
 
 from bench.run import main

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import registry
 
 from bench import records
-from bench.databases import ENTITY, OUTBOX, TENANT, Databases, log, reset, vacuum
+from bench.databases import ENTITY, TENANT, Databases, log, reset, vacuum
 from bench.measure import Measurement
 from bench.settings import Sizes
 from syncengine.descriptors import Entity, lookup_columns
 from syncengine.engine import SyncEngine
 from syncengine.pipeline import fingerprint, parse_record
+from syncengine.tables import OUTBOX
 
 COMMIT_EVERY = 100
 
@@ -71,7 +72,7 @@ async def naive_load(engine: SyncEngine, rows: list[dict[str, Any]], mapper: reg
                             zoho_column, local_column = lookup_columns(fld.name)
                             key = (str(fld.target), str(values[fld.name]))
                             if key not in parent_ids:
-                                target = tables[fld.target]  # type: ignore[index]
+                                target = tables[key[0]]
                                 parent_ids[key] = (
                                     await session.execute(
                                         sa.select(target.c.id).where(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints, and there are no stubs
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,11 +20,10 @@ from bench import records
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.store import open_database
-from syncengine.tables import build_metadata
+from syncengine.tables import OUTBOX, build_metadata
 
 TENANT = "school"
 ENTITY = "enrollments"
-OUTBOX = "syncengine_outbox"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

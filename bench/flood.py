@@ -88,7 +88,8 @@ async def _loadgen(server: Server, spec: dict[str, Any], bodies: Sequence[bytes]
     stamp = uuid.uuid4().hex[:8]
     body_file, spec_file = workdir / f"flood-bodies-{stamp}.jsonl", workdir / f"flood-spec-{stamp}.json"
     body_file.write_bytes(b"".join(body + b"\n" for body in bodies))
-    spec = {"port": server.port, "bodies": str(body_file), "grace": 30.0} | spec
+    given: dict[str, Any] = {"port": server.port, "bodies": str(body_file), "grace": 30.0}
+    spec = given | spec
     spec_file.write_text(json.dumps(spec))
     try:
         out = await _command(

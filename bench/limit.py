@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints, and there are no stubs
 import msgspec
 
 from bench import records
-from bench.databases import ENTITY, OUTBOX, TENANT, Databases, log, reset, vacuum
+from bench.databases import ENTITY, TENANT, Databases, log, reset, vacuum
 from bench.measure import Measurement
 from bench.settings import Sizes
+from syncengine.tables import OUTBOX
 
 UNNEST_BATCH = 1_000
 COPY_BATCH = 10_000

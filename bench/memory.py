@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -96,7 +97,7 @@ async def run(databases: Databases, sizes: Sizes) -> list[Measurement]:
     ]
 
 
-async def load_file(path: Path, url: str, options: dict[str, object], batch: int) -> dict[str, object]:
+async def load_file(path: Path, url: str, options: dict[str, Any], batch: int) -> dict[str, object]:
     from syncengine.descriptors import load_catalog
     from syncengine.engine import SyncEngine
     from syncengine.store import open_database

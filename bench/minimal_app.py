@@ -21,14 +21,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints, and there are no stubs
 import msgspec
 from litestar import Litestar, Request, Response, post
 
 from bench.limit import COLUMNS, TYPES  # the same enrollment columns as the raw limit
+from syncengine.tables import OUTBOX
 
 ENTITY = "enrollments"
-OUTBOX = "syncengine_outbox"
 UPSERT = f"""
 WITH up AS (
     INSERT INTO {ENTITY} AS t (tenant_id, {", ".join(COLUMNS)}, created_at, updated_at)

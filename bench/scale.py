@@ -10,11 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from bench import records
-from bench.databases import ENTITY, OUTBOX, TENANT, Databases, log, reset, vacuum
+from bench.databases import ENTITY, TENANT, Databases, log, reset, vacuum
 from bench.measure import Measurement
 from bench.pipeline import expect, load
 from bench.settings import Sizes
 from syncengine.engine import SyncEngine
+from syncengine.tables import OUTBOX
 
 BATCH = 1_000
 #: Seeded rows take zoho ids far above the loaded ones, so the two never meet.

@@ -1,3 +1,5 @@
+"""`python -m syncengine`: the `syncengine` command (cli.py)."""
+
 from syncengine.cli import main
 
 main()

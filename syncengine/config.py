@@ -1,4 +1,4 @@
-"""Configuration, from the environment.
+"""Settings: every `SYNCENGINE_*` variable of the environment, read and checked in one place.
 
 | variable                         | default                                            |
 |----------------------------------|----------------------------------------------------|

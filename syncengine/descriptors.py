@@ -186,12 +186,6 @@ class Catalog:
         except KeyError:
             raise UnknownEntity(name, self.entities) from None
 
-    def by_source(self, module: str) -> Entity:
-        for entity in self.entities.values():
-            if entity.source == module:
-                return entity
-        raise UnknownEntity(module, (e.source for e in self.entities.values()))
-
     def __iter__(self) -> Iterator[Entity]:
         return iter(self.entities.values())
 

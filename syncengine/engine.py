@@ -54,10 +54,9 @@ from syncengine.pipeline import (
 )
 from syncengine.report import SyncReport
 from syncengine.store import StoredAnswer, open_database, store_for
-from syncengine.tables import build_metadata
+from syncengine.tables import OUTBOX, build_metadata
 from syncengine.tenants import check_name
 
-OUTBOX = "syncengine_outbox"
 #: The most records of waiting calls that are joined into one batch (a larger call runs alone).
 GROUP_RECORDS = 1000
 #: Records of a batch that may run beside two others of its lane (see `_Lane.may_start`).

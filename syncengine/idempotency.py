@@ -57,12 +57,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine.report import SyncReport
 from syncengine.store import unavailable
-from syncengine.tables import IDEMPOTENCY_KEY_LENGTH, engine_table
+from syncengine.tables import IDEMPOTENCY_KEY_LENGTH, IDEMPOTENCY_KEYS, engine_table
 
 #: An unanswered claim (its holder died, and no retry came) is purged after this long at least.
 CLAIM_TIMEOUT = 300.0
 _KEY = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_LENGTH}}}$")
-_keys = engine_table("syncengine_idempotency_keys")
+_keys = engine_table(IDEMPOTENCY_KEYS)
 log = logging.getLogger(__name__)
 
 

@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on standard error.
+"""Logging: syncengine's logs as one JSON object per line on standard error.
 
     {"time": "2026-11-26T13:50:01.123Z", "level": "INFO", "logger": "syncengine.http",
      "message": "request", "request_id": "5f0c...", "tenant": "school", "entity": "<entity>",
@@ -39,8 +39,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Send syncengine's logs to standard error as JSON lines (once per process)."""
     logger = logging.getLogger("syncengine")
     logger.setLevel(level)
-    if not any(getattr(handler, "syncengine", False) for handler in logger.handlers):
+    if not any(isinstance(handler.formatter, JsonFormatter) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-        handler.syncengine = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

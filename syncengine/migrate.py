@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -61,16 +60,10 @@ def upgrade(settings: Settings, revision: str = "head") -> list[Script]:
 def revision(settings: Settings, message: str) -> Path | None:
     """Autogenerate a migration from the difference between the descriptors and the database.
 
-    None, and no file written, when there is no difference: an empty migration is only noise.
+    None, and no file written, when there is no difference: `migrations/env.py` drops an empty
+    revision, whoever asks for it (this, or `alembic revision --autogenerate`).
     """
-
-    def skip_empty(context: Any, revision: Any, directives: list[Any]) -> None:
-        if directives and directives[0].upgrade_ops is not None and directives[0].upgrade_ops.is_empty():
-            directives[:] = []
-
-    script = command.revision(
-        alembic_config(settings), message=message, autogenerate=True, process_revision_directives=skip_empty
-    )
+    script = command.revision(alembic_config(settings), message=message, autogenerate=True)
     if isinstance(script, list):
         script = script[0] if script else None
     return Path(script.path) if script is not None else None

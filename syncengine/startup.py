@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from sqlalchemy.engine import make_url
 
 from syncengine import migrate
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, Entity
-from syncengine.store import open_database
+from syncengine.store import database_url, open_database
 from syncengine.tenants import ensure_first_tenant, list_tenants
 
 FIRST_TENANT = "default"
@@ -46,7 +47,8 @@ class SchemaBehind(RuntimeError):
 
 
 def dialect_of(settings: Settings) -> str:
-    return open_database(settings.database_url).dialect.name
+    """`sqlite` or `postgresql`, read from the URL: no engine is made for it."""
+    return make_url(database_url(settings.database_url)).get_backend_name()
 
 
 def prepare_schema(settings: Settings) -> None:

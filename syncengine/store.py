@@ -54,7 +54,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from syncengine.tables import engine_table
+from syncengine.tables import IDEMPOTENCY_KEYS, engine_table
 
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
@@ -578,9 +578,9 @@ class StoredAnswer:
     expires_at: dt.datetime
 
 
-_KEYS = engine_table("syncengine_idempotency_keys")
+_KEYS = engine_table(IDEMPOTENCY_KEYS)
 _ANSWERS_SQL = (
-    "UPDATE syncengine_idempotency_keys AS k "
+    f"UPDATE {IDEMPOTENCY_KEYS} AS k "
     "SET status_code = a.status_code, response = a.response, expires_at = a.expires_at "
     "FROM unnest(CAST($1 AS BIGINT[]), CAST($2 AS INTEGER[]), CAST($3 AS BYTEA[]), CAST($4 AS TIMESTAMPTZ[])) "
     "AS a(id, status_code, response, expires_at) WHERE k.id = a.id AND k.status_code IS NULL"

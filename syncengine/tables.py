@@ -29,6 +29,11 @@ TENANT_LENGTH = 64
 ZOHO_ID_LENGTH = ID_LENGTH
 IDEMPOTENCY_KEY_LENGTH = 255
 
+#: The engine's fixed tables, by name: code names them through these, never by a string of its own.
+OUTBOX = "syncengine_outbox"
+TENANTS = "syncengine_tenants"
+IDEMPOTENCY_KEYS = "syncengine_idempotency_keys"
+
 
 def build_metadata(catalog: Catalog) -> sa.MetaData:
     """Every entity's table and the engine tables, in one MetaData."""
@@ -70,7 +75,7 @@ def entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
 def engine_tables(metadata: sa.MetaData) -> None:
     """The fixed tables: what the engine needs whatever the descriptors say."""
     sa.Table(
-        "syncengine_outbox",
+        OUTBOX,
         metadata,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
@@ -86,7 +91,7 @@ def engine_tables(metadata: sa.MetaData) -> None:
         comment="Changes waiting to be delivered to Moodle, written with the change itself",
     )
     sa.Table(
-        "syncengine_tenants",
+        TENANTS,
         metadata,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("name", sa.String(TENANT_LENGTH), nullable=False, unique=True),
@@ -96,7 +101,7 @@ def engine_tables(metadata: sa.MetaData) -> None:
         comment="Tenants and the hashes of their API keys; a key itself is never stored",
     )
     sa.Table(
-        "syncengine_idempotency_keys",
+        IDEMPOTENCY_KEYS,
         metadata,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),

@@ -1,7 +1,7 @@
 """Tenants and their API keys: a key is shown once, stored as its SHA-256, compared in constant time.
 
     >>> key = await add_tenant(database, "school")   # 'sk_...', print it once
-    >>> (await authenticate(database, key)).name
+    >>> (await KeyCache(database).authenticate(key)).name
     'school'
 
 A key carries 256 random bits, so a plain SHA-256 is enough to store it: there is nothing to
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncengine.tables import TENANT_LENGTH, engine_table
+from syncengine.tables import TENANT_LENGTH, TENANTS, engine_table
 
-TENANTS = "syncengine_tenants"
 KEY_PREFIX = "sk_"
 #: What a tenant name is, for `tenant add` and for the engine: ASCII letters, digits, `_`, `.`
 #: and `-`, starting with a letter or digit; nothing else, not even a trailing newline.
@@ -165,22 +164,17 @@ async def list_tenants(database: AsyncEngine) -> list[Tenant]:
     return [Tenant(name, _utc(created), _utc(rotated)) for name, created, rotated in rows]
 
 
-async def authenticate(database: AsyncEngine, key: str) -> Tenant | None:
-    """The tenant whose key this is, or None."""
-    return await _tenant_of(database, hash_key(key))
-
-
 async def _tenant_of(database: AsyncEngine, digest: str) -> Tenant | None:
     query = sa.select(_tenants.c.name, _tenants.c.key_hash, _tenants.c.created_at, _tenants.c.key_created_at)
     async with database.connect() as conn:
         row = (await conn.execute(query.where(_tenants.c.key_hash == digest))).first()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
+    if row is None:  # the database compared the hashes: nothing secret is compared here
         return None
     return Tenant(row.name, _utc(row.created_at), _utc(row.key_created_at))
 
 
 class KeyCache:
-    """`authenticate`, with each valid key trusted for `ttl` seconds after the database said so.
+    """The tenant whose key this is, or None; each valid key trusted for `ttl` seconds after the database said so.
 
     Unknown keys are not remembered (they are asked about every time), so the cache holds at
     most one entry per tenant key in use, and a new tenant's key works at once.

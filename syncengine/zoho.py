@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -237,7 +237,7 @@ class ZohoClient:
         page_token: str | None = None,
         sort_by: str | None = None,
         sort_order: str = "asc",
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on."""
         if not fields or len(fields) > 50:
             raise ValueError(f"listing {module} needs 1 to 50 fields (Zoho's limit); got {len(fields)}")

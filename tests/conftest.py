@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,7 +27,10 @@ ENTITIES = ROOT / "entities.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "zoho"  # copies of ../shared/fixtures/zoho, so a clone tests alone
 POSTGRES_URL = os.environ.get("SYNCENGINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-DIALECTS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
+DIALECTS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +59,7 @@ class Databases:
         self.databases.append(name)
         return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
 
-    def url(self, dialect: str) -> tuple[str, dict[str, object]]:
+    def url(self, dialect: str) -> tuple[str, dict[str, Any]]:
         """A URL for a fresh database, and the engine options that keep it apart."""
         if dialect == "sqlite":
             return f"sqlite:///{self.tmp_path / f'{uuid.uuid4().hex[:8]}.db'}", {}

@@ -25,10 +25,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 RELEASE = "4.5.11+ (Build: 20260501)"
@@ -184,7 +185,7 @@ class Call:
 @dataclass
 class MoodleFake:
     token: str = "fake-token-0123456789abcdef"
-    functions: set[str] | None = None  # the token's service; None = every function the fake knows
+    functions: AbstractSet[str] | None = None  # the token's service; None = every function the fake knows
     max_input_vars: int = 5000
     debug: bool = False  # debuginfo in error answers, as with debugging on
     latency: float = 0.0  # seconds added to every call
@@ -515,7 +516,9 @@ class MoodleFake:
         if name not in column:
             raise invalid("Invalid field name")
         wanted = value.split(",") if name == "ids" else [value]
-        found = [c for c in self.courses.values() if c["id"] != 1 and (not name or str(c[column[name]]) in wanted)]
+        found = [
+            c for c in self.courses.values() if c["id"] != 1 and (not name or str(c[cast(str, column[name])]) in wanted)
+        ]
         return {
             "courses": [
                 {

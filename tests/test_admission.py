@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
+from litestar import Request
 
 from syncengine.admission import Admission, admission_of
 from syncengine.config import Settings
@@ -122,7 +124,8 @@ async def test_a_wait_past_its_bound_is_refused() -> None:
 
 def test_the_limits_are_sized_from_the_pool_unless_set(engine: SyncEngine) -> None:
     sized = Admission.for_database(Settings(), engine.database)
-    assert (sized.active, sized.tenant_active, sized.waiting, sized.wait) == (13, 9, 52, 10.0)  # a pool of 5 + 10 overflow
+    # A pool of 5 + 10 overflow.
+    assert (sized.active, sized.tenant_active, sized.waiting, sized.wait) == (13, 9, 52, 10.0)
     given = Settings(max_active_requests=4, tenant_max_active_requests=2, max_waiting_requests=1, admission_wait=0.5)
     admission = Admission.for_database(given, engine.database)
     assert (admission.active, admission.tenant_active, admission.waiting, admission.wait) == (4, 2, 1, 0.5)
@@ -158,4 +161,4 @@ async def test_http_requests_over_the_limits_get_429_and_503(engine: SyncEngine)
 def admission_of_app(app: object) -> Admission:
     """The app's Admission (made by the first request that took a turn)."""
     request = type("R", (), {"app": app})()
-    return admission_of(request)  # type: ignore[arg-type]
+    return admission_of(cast("Request[Any, Any, Any]", request))

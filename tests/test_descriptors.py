@@ -38,7 +38,7 @@ def test_the_school_entities_load_in_dependency_order() -> None:
         "payments": ("registrations",),
         "grades": ("students", "classes"),
     }
-    assert catalog.by_source("BTEC_Enrollments").name == "enrollments"
+    assert catalog.entity("enrollments").source == "BTEC_Enrollments"
     assert catalog.entity("students").id_key == "zoho_student_id"
     price = next(f for f in catalog.entity("programs").fields if f.source == "Program_Price")
     assert price.options.min == Decimal(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 import sqlalchemy as sa
@@ -71,9 +72,7 @@ async def test_a_failing_call_fails_alone(engine: SyncEngine) -> None:
     results = await asyncio.gather(*calls, return_exceptions=True)
     failed = results.pop(4)
     assert isinstance(failed, Exception) and "refused by the test" in str(failed)
-    assert [outcomes(report) for report in results] == [  # type: ignore[union-attr]
-        [(str(1000 + i), "NEW")] for i in range(6)
-    ]
+    assert [outcomes(cast(SyncReport, report)) for report in results] == [[(str(1000 + i), "NEW")] for i in range(6)]
     assert await engine.fetch_record("school", "programs", "9999") is None
 
 

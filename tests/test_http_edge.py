@@ -344,14 +344,16 @@ async def test_a_client_gone_mid_body_is_logged_as_499_without_a_traceback(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    incoming = [
+    incoming: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'[{"id": "3001", ', "more_body": True},
         {"type": "http.disconnect"},
     ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else await asyncio.Event().wait()  # type: ignore[func-returns-value]
+        if not incoming:
+            await asyncio.Event().wait()  # never set: the app waits here as on a silent client
+        return incoming.pop(0)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from syncengine.descriptors import Entity, Field
 from syncengine.engine import SyncEngine
-from syncengine.pipeline import EMPTY_VALUES
+from syncengine.fieldtypes import EMPTY_VALUES
 from tests.service import Api, running_api
 
 EXAMPLES = 150
@@ -263,6 +263,8 @@ async def test_no_hostile_zoho_body_gets_a_5xx(api: Api) -> None:
 def valid_values(fld: Field) -> st.SearchStrategy[Any]:
     """Values of `fld` its type accepts, in the spellings Zoho sends; the empty ones unless required."""
     options, kind = fld.options, fld.type.name
+    values: st.SearchStrategy[Any]
+    numbers: st.SearchStrategy[Any]
     if kind in ("string", "text"):
         letters = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x00")
         values = (

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
@@ -113,7 +113,8 @@ async def test_calls_sharing_a_transaction_each_store_their_own_answer(engine: S
             await keys.let_go(claim)  # type: ignore[arg-type]
         await keys.close()
     async with engine.database.connect() as conn:
-        stored = dict((await conn.exec_driver_sql("SELECT key, response FROM syncengine_idempotency_keys")).all())
+        rows = (await conn.exec_driver_sql("SELECT key, response FROM syncengine_idempotency_keys")).all()
+        stored: dict[str, Any] = dict(cast("list[tuple[str, Any]]", rows))
     for name, outcome, batch in zip(names, outcomes, batches, strict=True):
         if name == "doomed":
             assert isinstance(outcome, Exception) and "refused" in str(outcome)

@@ -94,7 +94,7 @@ async def test_a_null_answer_is_none(client: MoodleClient, moodle: MoodleFake) -
 
 
 async def test_site_info_gives_the_release_and_the_functions(moodle: MoodleFake) -> None:
-    moodle.functions = {"core_webservice_get_site_info", "core_user_create_users"}
+    moodle.functions = frozenset({"core_webservice_get_site_info", "core_user_create_users"})
     async with MoodleClient(moodle.url + "/", TOKEN) as client:
         info = await client.site_info()
     assert (info.release, info.functions) == ("4.5.11+ (Build: 20260501)", moodle.functions)

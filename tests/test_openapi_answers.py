@@ -196,7 +196,7 @@ NO_KEY: dict[str, str | None] = {"Authorization": None}  # None: the header is n
 EMPTY_KEY = {"Authorization": ""}
 JSON = {"Content-Type": "application/json"}
 # (method, path, headers (beside the key), body, status, code): one real request per answer we can provoke
-PROVOKED = [
+PROVOKED: list[tuple[str, str, dict[str, Any], bytes | None, int, str | None]] = [
     ("GET", "/v1/health", {}, None, 200, None),
     ("HEAD", "/v1/health", {}, None, 200, None),
     ("GET", "/v1/entities", {}, None, 200, None),

@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import random
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -26,7 +26,7 @@ def statuses(report: SyncReport) -> list[str]:
 
 
 def result(report: SyncReport, index: int = 0) -> dict[str, Any]:
-    return report.to_builtins()["results"][index]
+    return cast(dict[str, Any], report.to_builtins()["results"][index])
 
 
 async def seed(engine: SyncEngine, tenant: str = "school") -> None:
@@ -433,7 +433,9 @@ async def test_lookups_seen_live_are_remembered_for_a_few_seconds(engine: SyncEn
     await seed(engine)
     await engine.sync("school", "students", [student("3002")])
     statements = await watch_statements(engine)
-    resolves = lambda: sum(" AS part" in s for s in statements)  # noqa: E731  (the lookup statement)
+
+    def resolves() -> int:  # the lookup statements so far
+        return sum(" AS part" in s for s in statements)
 
     assert statuses(await engine.sync("school", "enrollments", [enrollment("5001")])) == ["NEW"]
     assert resolves() == 1  # the first time, the student and the class are looked up

@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from syncengine.engine import SyncEngine
+from syncengine.tables import OUTBOX
 from tests.conftest import count_rows
 from tests.records import class_, program, student
 from tests.service import Api, running_api, statuses
 
-OUTBOX = "syncengine_outbox"
 #: A day after `tests.records.MODIFIED`, the version of the records the factories make.
 LATER = "2026-02-11T09:15:42+03:00"
 

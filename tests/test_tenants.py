@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from syncengine.cli import main
 from syncengine.store import open_database
-from syncengine.tenants import KeyCache, TenantError, add_tenant, authenticate, check_name, hash_key, rotate_key
+from syncengine.tenants import KeyCache, TenantError, add_tenant, check_name, hash_key, rotate_key
 from tests.conftest import ENTITIES, Databases
 
 
@@ -85,7 +85,7 @@ def test_postgres_behind_schema_is_refused(databases: Databases) -> None:
 
 async def tenant_of(url: str, key: str) -> str | None:
     database = open_database(url)
-    tenant = await authenticate(database, key)
+    tenant = await KeyCache(database).authenticate(key)
     await database.dispose()
     return None if tenant is None else tenant.name
 
@@ -98,9 +98,9 @@ async def test_keys_are_hashed_and_unique_on_both_databases(
     second = await add_tenant(database, "b")
     assert first != second
     rotated = await rotate_key(database, "a")
-    assert (await authenticate(database, rotated)).name == "a"  # type: ignore[union-attr]
-    assert await authenticate(database, first) is None
-    assert await authenticate(database, "") is None
+    assert (await KeyCache(database).authenticate(rotated)).name == "a"  # type: ignore[union-attr]
+    assert await KeyCache(database).authenticate(first) is None
+    assert await KeyCache(database).authenticate("") is None
     with pytest.raises(TenantError):
         check_name("x" * 65)
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from syncengine.descriptors import parse_catalog
 from syncengine.engine import SyncEngine
+from syncengine.tables import OUTBOX
 from tests.conftest import Databases, count_rows
 
 CATALOG = parse_catalog(
@@ -42,7 +43,6 @@ entities:
 """
 )
 TENANT = "school"
-OUTBOX = "syncengine_outbox"
 
 #: (field, spellings of one value): every spelling must leave the record UNCHANGED after any other.
 SPELLINGS = [

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from syncengine.descriptors import parse_catalog
 from syncengine.engine import SyncEngine
 from syncengine.fieldtypes import EMAIL_LENGTH, INTEGER_RANGE
+from syncengine.report import FieldError
 from tests.conftest import Databases
 
 CATALOG = parse_catalog(
@@ -62,7 +63,7 @@ _ids = itertools.count(1)
 _encode = msgspec.json.Encoder(decimal_format="number").encode  # a Decimal as a JSON number, as Zoho sends
 
 #: Text a column can hold: any character but NUL and lone surrogates (hypothesis' default).
-TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=300)
+TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), min_size=1, max_size=300)
 WHOLE_TEXT = TEXT.filter(lambda text: text != "-None-")
 UNSTORABLE = st.one_of(
     st.builds(lambda a, b: f"{a}\x00{b}", st.text(max_size=5), st.text(max_size=5)),
@@ -248,7 +249,9 @@ def record(field: str, value: Any, as_json: bool) -> Any:
     return msgspec.Raw(_encode(raw)) if as_json else raw
 
 
-def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any], Awaitable[None]]) -> Awaitable[None]:
+def run_property(
+    strategy: st.SearchStrategy[Any], check: Callable[[Any], Coroutine[Any, Any, None]]
+) -> Awaitable[None]:
     """Run `check` (a coroutine function) on hypothesis' examples of `strategy`, on this loop."""
     loop = asyncio.get_running_loop()
 
@@ -268,7 +271,7 @@ async def test_valid_values_are_stored_exactly_in_every_spelling(engine: SyncEng
         (expected, spellings), first, as_json = example
         sent = record(field, spellings[first % len(spellings)], as_json)
         report = await engine.sync(TENANT, "values", [sent])
-        zoho_id = report.results[0].zoho_id
+        zoho_id = cast(str, report.results[0].zoho_id)
         assert report.results[0].status == "NEW", report.results[0]
         stored = await engine.fetch_record(TENANT, "values", zoho_id)
         assert stored is not None
@@ -298,8 +301,8 @@ async def test_invalid_values_are_their_record_s_invalid_and_the_batch_goes_on(e
         bad, good = record(field, value, as_json), record("Plain", "fine", as_json)
         report = await engine.sync(TENANT, "values", [bad, good])
         assert [r.status for r in report.results] == ["INVALID", "NEW"], (value, report.results[0])
-        assert [error.field for error in report.results[0].errors] == [field]
-        assert await engine.fetch_record(TENANT, "values", report.results[0].zoho_id) is None
+        assert [error.field for error in cast("list[FieldError]", report.results[0].errors)] == [field]
+        assert await engine.fetch_record(TENANT, "values", cast(str, report.results[0].zoho_id)) is None
 
     examples = st.tuples(INVALID[field], st.booleans()).filter(_json_can_carry)
     await run_property(examples, check)

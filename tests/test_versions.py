@@ -13,7 +13,7 @@ import datetime as dt
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,7 +32,7 @@ def statuses(report: SyncReport) -> list[str]:
 
 
 def result(report: SyncReport, index: int = 0) -> dict[str, Any]:
-    return report.to_builtins()["results"][index]
+    return cast(dict[str, Any], report.to_builtins()["results"][index])
 
 
 async def stored(engine: SyncEngine, entity: str, zoho_id: str, tenant: str = "school") -> dict[str, Any] | None:

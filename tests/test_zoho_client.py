@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -53,7 +53,7 @@ def credentials(fake: ZohoFake, **overrides: Any) -> Credentials:
     return Credentials(**values)
 
 
-def client(fake: ZohoFake, sleeps: Sleeps | None = None, **options: Any) -> ZohoClient:
+def client(fake: ZohoFake, sleeps: Callable[[float], Awaitable[None]] | None = None, **options: Any) -> ZohoClient:
     creds = options.pop("credentials", None) or credentials(fake)
     return ZohoClient(creds, sleep=sleeps or Sleeps(), **options)
 
