@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from syncengine.descriptors import Entity, Field
 from syncengine.engine import SyncEngine
-from syncengine.pipeline import EMPTY_VALUES
+from syncengine.fieldtypes import EMPTY_VALUES
 from tests.service import Api, running_api
 
 EXAMPLES = 150
