@@ -88,7 +88,7 @@ class FieldType:
     column: Callable[[Options], sa.types.TypeEngine[Any]]
     json_schema: Callable[[Options], dict[str, Any]]
     from_db: Callable[[Any], Any] = field(default=lambda value: value)
-    #: The fast path (see `pipeline._fast_type`): for a field's options, a msgspec type accepting a
+    #: The fast path (see `parsing._fast_type`): for a field's options, a msgspec type accepting a
     #: subset of what `parse` accepts, and a function finishing what msgspec made of it (or None
     #: when msgspec's value is already `parse`'s). None where the options leave only `parse`.
     fast: Callable[[Options], FastType | None] = field(default=lambda options: None)
@@ -332,7 +332,7 @@ def check_id(value: str) -> str:
 
 class TooLarge:
     """An integer too large for the JSON reader (beyond 64 bits), kept in its record's place
-    so that the field holding it is the one refused (see `pipeline.decode_json`)."""
+    so that the field holding it is the one refused (see `parsing.decode_json`)."""
 
     __slots__ = ()
 

@@ -11,7 +11,7 @@ entity's Zoho names and their aliases in any case (`modified_time` is `Modified_
 webhook's keys are typed by hand. JSON keys are Zoho's API names, exactly.
 
 The records of an array or an envelope stay JSON text (`msgspec.Raw`) until the pipeline decodes
-each straight into its entity's Struct (`pipeline.parse_records`). So a JSON body's nesting is
+each straight into its entity's Struct (`parsing.Parser`). So a JSON body's nesting is
 checked once, on its bytes, before any decoding (`check_depth`): every record is a slice of it.
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from syncengine.descriptors import FORM_WEBHOOK_KEYS, Entity
-from syncengine.pipeline import DELETED_KEY, ID_KEYS, decode_json
+from syncengine.parsing import DELETED_KEY, ID_KEYS, decode_json
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _decode_array = msgspec.json.Decoder(list[msgspec.Raw]).decode

@@ -2,8 +2,8 @@
 
 Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for a
 transaction and three set-based operations in it (fetch rows by Zoho id, resolve lookup ids,
-write a batch's rows and its outbox rows), and whether a failed transaction is to be run again
-(`retryable`); it never learns which database it talks to.
+write row sets, each saying whether its rows are new or fetched: `Rows`), and whether a failed
+transaction is to be run again (`retryable`); it never learns which database it talks to.
 
 - PostgreSQL: the statements run on the pooled connection's asyncpg connection, in a
   transaction of asyncpg's, each prepared once per connection (asyncpg's statement cache).
@@ -39,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import enum
 import functools
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
@@ -67,22 +68,20 @@ class RowsChanged(Exception):
     """Rows a transaction fetched were changed by another before it wrote them."""
 
 
-class Store(Protocol):
-    """A dialect's statements; `conn` is what `transaction` yields, the store's own handle."""
+#: What a store's `transaction` yields, and its other statements take: the store's own handle.
+Conn = TypeVar("Conn")
 
-    #: Batches of one tenant's entity worth having in flight at once (see engine.py's lanes).
-    lane_depth: int
-    #: Records per part of a large batch, written while the next part is decided (see
-    #: pipeline.py), or None: a batch is written whole.
-    part_records: int | None
+
+class Store(Protocol[Conn]):
+    """A dialect's statements; `conn` is what `transaction` yields, the store's own handle."""
 
     def transaction(
         self, database: AsyncEngine, *, rollback: bool = False
-    ) -> contextlib.AbstractAsyncContextManager[Any]:
+    ) -> contextlib.AbstractAsyncContextManager[Conn]:
         """A connection in a transaction, committed at the end (rolled back with `rollback`)."""
 
     async def fetch(
-        self, conn: Any, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str], *, hold: bool = False
+        self, conn: Conn, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str], *, hold: bool = False
     ) -> Sequence[Sequence[Any]]:
         """Rows of `columns`' table for one tenant whose zoho_id is among `zoho_ids`, each with
         one value more at its end: the row's version, which `write` wants back (`Rows.versions`).
@@ -95,25 +94,39 @@ class Store(Protocol):
         and is to be run again as it is."""
 
     async def resolve(
-        self, conn: Any, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+        self, conn: Conn, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
         """Local ids of live rows, for each of several tables at once: {name: {zoho_id: id}}."""
 
-    async def write(self, conn: Any, new: Rows, changed: Rows, queued: Rows) -> None:
-        """Insert `new` (rows the transaction's fetch did not find), update `changed` (every given
-        column but `created_at`, where the natural key is, if still at its version) and insert
-        `queued` (the outbox rows); a write that finds a row changed since fails (`retryable`)."""
+    async def write(self, conn: Conn, row_sets: Sequence[Rows]) -> None:
+        """Write each row set, in order, as its `Write` says; empty ones are skipped. A write
+        that finds a row changed since it was fetched fails (`retryable`)."""
 
-    async def write_answers(self, conn: Any, answers: Sequence[StoredAnswer]) -> int:
+    async def write_answers(self, conn: Conn, answers: Sequence[StoredAnswer]) -> int:
         """Store each answer in its idempotency key's claim row (by id, if still unanswered), in
         the transaction of the batch it answers; how many rows were."""
 
 
+class Write(enum.Enum):
+    """How a row set is written (`Store.write`)."""
+
+    #: Rows the transaction's fetch did not find: inserted (the unique key refuses a row that
+    #: another transaction inserted meanwhile).
+    INSERT = "insert"
+    #: Rows the transaction fetched: every given column but `created_at` updated, where the
+    #: natural key is, if the row is still at the version fetched (`Rows.versions`).
+    UPDATE = "update"
+
+
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Rows for one table: its column names, and one tuple of values per row in that order;
-    for rows that exist, the version each had when fetched (see `Store.fetch`)."""
+    """A row set: how it is written, its table and column names, and one tuple of values per
+    row in that order; for `Write.UPDATE`, the version each row had when fetched (`Store.fetch`).
 
+        Rows(Write.INSERT, outbox, ("tenant_id", "entity", ...), [("school", "students", ...)])
+    """
+
+    write: Write
     table: sa.Table
     names: tuple[str, ...]
     values: list[tuple[Any, ...]]
@@ -282,7 +295,7 @@ def _plan_each_statement(options: dict[str, Any]) -> dict[str, Any]:
     return options | {"connect_args": connect_args | {"server_settings": server_settings}}
 
 
-def store_for(engine: AsyncEngine | AsyncConnection) -> Store:
+def store_for(engine: AsyncEngine | AsyncConnection) -> Store[Any]:
     name = engine.dialect.name
     if name == "postgresql":
         return PostgresStore()
@@ -331,12 +344,6 @@ def _serialise_sqlite_writers(engine: AsyncEngine, busy_seconds: float) -> None:
 
 
 class SqliteStore:
-    #: One: a second writer would only poll for the file's lock (SQLite's busy handler sleeps).
-    lane_depth = 1
-    #: Whole: the driver's thread holds the GIL for most of a write, so the parts took turns
-    #: with Python rather than overlapping it (NEW, batches of 1,000: 52-54k -> 36-44k rec/s).
-    part_records: int | None = None
-
     @contextlib.asynccontextmanager
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[AsyncConnection]:
         async with database.connect() as conn:
@@ -381,8 +388,8 @@ class SqliteStore:
                 resolved[present[index][0]][zoho_id] = local_id
         return resolved
 
-    async def write(self, conn: AsyncConnection, new: Rows, changed: Rows, queued: Rows) -> None:
-        """An `executemany` of the insert, of the upsert, then of the outbox insert (rows do not
+    async def write(self, conn: AsyncConnection, row_sets: Sequence[Rows]) -> None:
+        """An `executemany` per row set: an insert, or an upsert for `Write.UPDATE` (rows do not
         change under a writer here: see `fetch`).
 
         The values are converted column by column with the column types' own SQLAlchemy
@@ -390,8 +397,9 @@ class SqliteStore:
         and handed to the driver as they are: SQLAlchemy's per-row parameter processing cost
         more than SQLite's work.
         """
-        for items, upsert in ((new, False), (changed, True), (queued, False)):
+        for items in row_sets:
             if items.values:
+                upsert = items.write is Write.UPDATE
                 sql, processors = _sqlite_insert(conn.dialect, items.table, items.names, upsert)
                 columns = [
                     _processed(process, list(column))
@@ -454,15 +462,8 @@ def _sqlite_resolve_statement(tables: tuple[sa.Table, ...]) -> sa.CompoundSelect
 
 
 class PostgresStore:
-    #: Four: batches of other records run side by side, each on its own connection, so that the
-    #: server writes one while Python decides another and the next one's COMMIT waits for the disk
-    #: (two for small batches: see the engine's `_Lane.may_start`).
-    lane_depth = 4
-    #: The server writes one part while Python decides the next (NEW, batches of 1,000: +20-30 %).
-    part_records: int | None = 200
-
     @contextlib.asynccontextmanager
-    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[_Session]:
+    async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[PgSession]:
         """The pooled connection's asyncpg connection, with a transaction of our own on it.
 
         BEGIN goes out before the batch's first write (see `fetch`), and a batch that writes
@@ -473,7 +474,7 @@ class PostgresStore:
         async with database.connect() as lent:
             conn = (await lent.get_raw_connection()).driver_connection
             assert conn is not None, "the pool lent a closed connection"
-            session = _Session(conn)
+            session = PgSession(conn)
             try:
                 try:
                     yield session
@@ -493,7 +494,7 @@ class PostgresStore:
 
     async def fetch(
         self,
-        session: _Session,
+        session: PgSession,
         columns: Sequence[sa.Column[Any]],
         tenant: str,
         zoho_ids: Iterable[str],
@@ -515,7 +516,7 @@ class PostgresStore:
         return isinstance(error, RowsChanged) or getattr(error, "sqlstate", None) in RACES
 
     async def resolve(
-        self, session: _Session, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
+        self, session: PgSession, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
         """One `UNION ALL` of (part number, zoho_id, id) over the tables that have ids to resolve."""
         resolved: dict[str, dict[str, int]] = {name: {} for name in wanted}
@@ -528,7 +529,7 @@ class PostgresStore:
                 resolved[present[index][0]][zoho_id] = local_id
         return resolved
 
-    async def write(self, session: _Session, new: Rows, changed: Rows, queued: Rows) -> None:
+    async def write(self, session: PgSession, row_sets: Sequence[Rows]) -> None:
         """One statement: `WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) INSERT INTO outbox ...`.
 
         Rows known to be new go in without ON CONFLICT: PostgreSQL's speculative insertion
@@ -538,24 +539,29 @@ class PostgresStore:
         """
         statements: list[str] = []
         params: list[Any] = []
-        if new.values:
-            statements.append(_unnest_insert(new, params))
-        updated = None
-        if changed.values:
-            updated = f"w{len(statements)}"
-            statements.append(_unnest_update(changed, params))
-        if queued.values:
-            statements.append(_unnest_insert(queued, params))
+        updates: list[tuple[str, Rows]] = []  # each update's name in the WITH, and its rows
+        for rows in row_sets:
+            if not rows.values:
+                continue
+            if rows.write is Write.UPDATE:
+                updates.append((f"w{len(statements)}", rows))
+                statements.append(_unnest_update(rows, params))
+            else:
+                statements.append(_unnest_insert(rows, params))
         if not statements:
             return
         conn = await session.begin()
-        if updated is None:
+        if not updates:
             *first, last = statements
             await conn.execute(_with(first) + last, *params)
-        elif await conn.fetchval(_with(statements) + f"SELECT count(*) FROM {updated}", *params) != len(changed.values):
-            raise RowsChanged(f"rows of {changed.table.name} changed after this transaction fetched them")
+            return
+        counted = ", ".join(f"(SELECT count(*) FROM {name})" for name, _ in updates)
+        found = await conn.fetchrow(_with(statements) + f"SELECT {counted}", *params)
+        for (_, rows), count in zip(updates, found, strict=True):
+            if count != len(rows.values):
+                raise RowsChanged(f"rows of {rows.table.name} changed after this transaction fetched them")
 
-    async def write_answers(self, session: _Session, answers: Sequence[StoredAnswer]) -> int:
+    async def write_answers(self, session: PgSession, answers: Sequence[StoredAnswer]) -> int:
         """One statement for all of them; it begins the transaction if the batch wrote nothing."""
         conn = await session.begin()
         status: str = await conn.execute(
@@ -591,7 +597,7 @@ def _with(statements: list[str]) -> str:
     return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(statements)) + " " if statements else ""
 
 
-class _Session:
+class PgSession:
     """An asyncpg connection, whether this batch's BEGIN has been sent on it, and the key of the
     lane lock its writes take (`_lane_key`; set by the fetch, which comes first)."""
 

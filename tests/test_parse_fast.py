@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncengine.descriptors import Entity, Field, load_catalog, parse_catalog
-from syncengine.pipeline import Incoming, _parse_fast, _parse_slow, _plan, decode_json, parse_record, parse_records
+from syncengine.parsing import Incoming, Parser, _parse_fast, _parse_slow, decode_json, parse_record, parse_records
 from tests.records import EVERY_TYPE_YAML
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def dump(incoming: Incoming) -> tuple[Any, ...]:
 
 def fast(entity: Entity, raw: dict[str, Any], *, as_json: bool = False) -> Incoming:
     """The fast path alone, from a dict or (`as_json`) from the record's JSON text."""
-    plan = _plan(entity)
+    plan = Parser(entity)
     if as_json:
         return _parse_fast(plan, plan.fast_decode(msgspec.Raw(msgspec.json.encode(raw))))
     return _parse_fast(plan, msgspec.convert(raw, plan.fast, strict=True))
@@ -136,7 +136,7 @@ def fast(entity: Entity, raw: dict[str, Any], *, as_json: bool = False) -> Incom
 
 def agree(entity: Entity, raw: dict[str, Any]) -> None:
     """The pipeline reads `raw`, as a dict and as JSON text, as the slow path alone does."""
-    plan = _plan(entity)
+    plan = Parser(entity)
     slow = _parse_slow(entity, plan, raw)
     assert dump(parse_record(entity, raw)) == dump(slow), raw
     text = msgspec.json.encode(raw)  # NaN becomes null: compare with what the text says (numbers as Decimal)
@@ -230,7 +230,7 @@ def clean_record(entity: Entity) -> dict[str, Any]:
 @pytest.mark.parametrize("entity", ENTITIES, ids=[e.name for e in ENTITIES])
 def test_clean_records_take_the_fast_path(entity: Entity) -> None:
     """Zoho's usual shapes (lookup objects, offsets, nulls, absent fields) do not fall back."""
-    plan = _plan(entity)
+    plan = Parser(entity)
     raw = clean_record(entity)
     nulls = {key: None if key in {f.source for f in entity.fields} else value for key, value in raw.items()}
     partial = {"id": ID, entity.fields[0].source: raw[entity.fields[0].source]}

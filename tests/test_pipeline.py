@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from syncengine.descriptors import parse_catalog
 from syncengine.engine import SyncEngine
-from syncengine.pipeline import fingerprint, parse_record
+from syncengine.fingerprints import fingerprint
+from syncengine.parsing import parse_record
 from syncengine.report import SyncReport
 from tests.conftest import Databases, count_rows
 from tests.records import EVERY_TYPE_YAML, class_, enrollment, program, student, teacher

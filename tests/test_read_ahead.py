@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
-from syncengine.pipeline import Unparsed, parse_records, read_ahead, sync_batch
+from syncengine.parsing import Parser, parse_records
+from syncengine.pipeline import Unparsed, read_ahead, sync_batch
 from tests.conftest import count_rows
 from tests.records import student
 
@@ -33,7 +34,7 @@ def test_the_ids_read_ahead_hold_every_id_the_parser_reads(catalog: Catalog, hea
     entity = catalog.entity("students")
     without_id = {key: value for key, value in student().items() if key != "id"}
     records = [without_id | head for head in heads]
-    read = read_ahead(entity, records)
+    read = read_ahead(Parser(entity), records)
     assert isinstance(read, Unparsed)
     parsed = {record.zoho_id for record in parse_records(entity, records) if record.zoho_id is not None}
     assert parsed <= read.ids
@@ -41,9 +42,9 @@ def test_the_ids_read_ahead_hold_every_id_the_parser_reads(catalog: Catalog, hea
 
 def test_records_that_are_not_all_objects_are_parsed_at_once(catalog: Catalog) -> None:
     entity = catalog.entity("students")
-    read = read_ahead(entity, [student("3001"), msgspec.Raw(b'{"id": "3002"}')])
+    read = read_ahead(Parser(entity), [student("3001"), msgspec.Raw(b'{"id": "3002"}')])
     assert isinstance(read, list) and [record.zoho_id for record in read] == ["3001", "3002"]
-    read = read_ahead(entity, iter([student("3001"), student("3002")]))  # an iterator is read once
+    read = read_ahead(Parser(entity), iter([student("3001"), student("3002")]))  # an iterator is read once
     assert isinstance(read, Unparsed) and read.ids == {"3001", "3002"} and len(read.records) == 2
 
 
@@ -54,7 +55,7 @@ async def test_ids_missing_from_the_hint_are_locked_and_fetched_after_parsing(
     """Should the ids read ahead ever miss one the parser reads, it is locked and fetched then:
     a stored record is still UPDATED, never inserted a second time."""
     await engine.sync("school", "students", [student("3001"), student("3002")])
-    tables = engine._tables["students"]
+    tables = engine.compiled["students"]
     records = [student("3001", Status="Freeze"), student("3002"), student("3003")]
     async with engine.store.transaction(engine.database) as conn:
         report = await sync_batch(conn, engine.store, tables, "school", Unparsed(records, hint), engine.lookups)
