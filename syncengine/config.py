@@ -31,14 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from syncengine.exceptions import Misconfigured
+
 if TYPE_CHECKING:
     from syncengine.store import Timeouts
 
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
 
 
-class ConfigError(ValueError):
+class ConfigError(Misconfigured):
     """An environment variable has a value syncengine cannot use."""
+
+    code = "invalid_setting"
 
 
 @dataclass(frozen=True)

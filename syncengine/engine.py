@@ -20,7 +20,7 @@ it overlaps the batches in flight. A call that starts at once parses its records
 fetch runs (`read_ahead`). Should a shared transaction fail, each of its calls is run again on
 its own, so one call's failure is never another's (those retries may land after the batch that
 followed). A transaction that lost a race with another process for the same records
-(`Store.retryable`) is run again, and reads what the other wrote; it then runs alone among the
+(the store's `LostRace`) is run again, and reads what the other wrote; it then runs alone among the
 writers of its table and tenant (`Store.fetch`'s `hold`), so that it cannot lose again. Dry
 runs always run alone.
 """
@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, Entity, load_catalog
+from syncengine.exceptions import Conflict, LostRace, SchemaMissing
 from syncengine.idempotency import Answer, ClaimLost
 from syncengine.pipeline import (
     LOOKUP_CACHE_SECONDS,
@@ -62,7 +63,7 @@ OUTBOX = "syncengine_outbox"
 GROUP_RECORDS = 1000
 #: Records of a batch that may run beside two others of its lane (see `_Lane.may_start`).
 LARGE_BATCH = GROUP_RECORDS // 2
-#: How many times a transaction is run that keeps losing races to other writers (`Store.retryable`).
+#: How many times a transaction is run that keeps losing races to other writers (`LostRace`).
 RACE_ATTEMPTS = 5
 #: Seconds a record's version may be ahead of this server's clock (`Settings.max_version_skew`).
 VERSION_SKEW = 300.0
@@ -70,13 +71,11 @@ VERSION_SKEW = 300.0
 log = logging.getLogger(__name__)
 
 
-class SchemaError(RuntimeError):
-    """The database has no tables for the descriptors (yet)."""
-
-
-class ContendedError(RuntimeError):
+class ContendedError(Conflict):
     """A batch lost the race for its records to other writers every time it ran; nothing of it
     was written."""
+
+    code = "write_conflict"
 
 
 class SyncEngine:
@@ -98,7 +97,7 @@ class SyncEngine:
         self.store = store_for(database)
         #: How large batches are split for writing (the store's choice unless given; see pipeline.py).
         self.part_records = part_records if part_records is not None else self.store.part_records
-        #: How many times a transaction that loses races to other writers is run (`Store.retryable`).
+        #: How many times a transaction that loses races to other writers is run (`LostRace`).
         self.race_attempts = race_attempts
         #: How far ahead of the clock a record's version may be; a later one is INVALID.
         self.version_skew = dt.timedelta(seconds=max_version_skew)
@@ -272,13 +271,11 @@ class SyncEngine:
                     if any(answers):
                         await self._store_answers(conn, answers, reports)
                 break
-            except Exception as error:
-                if _is_missing_table(error):
-                    raise SchemaError(
-                        f"the database has no table for '{tables.entity.name}': run `syncengine db upgrade` first"
-                    ) from None
-                if not self.store.retryable(error):
-                    raise
+            except SchemaMissing:
+                raise SchemaMissing(
+                    f"the database has no table for '{tables.entity.name}': run `syncengine db upgrade` first"
+                ) from None
+            except LostRace as error:
                 if attempt >= self.race_attempts:
                     raise ContendedError(
                         f"other writers changed these {tables.entity.name} records while this batch was being synced, "
@@ -329,8 +326,6 @@ class SyncEngine:
         raw_values = zip(fields, row[: len(fields)], strict=True)
         values = {f.source: None if v is None else f.type.from_db(v) for (f, _), v in raw_values}
         stored = dict(zip(system, row[len(fields) :], strict=True))
-        for name in ("source_version", "created_at", "updated_at", "deleted_at"):
-            stored[name] = _utc(stored[name])
         return {
             "entity": described.name,
             described.id_key: zoho_id,
@@ -342,7 +337,7 @@ class SyncEngine:
             "deleted_at": stored["deleted_at"],
             "moodle": {
                 "moodle_id": stored["moodle_id"],
-                "delivery": None if last is None else {**last._asdict(), "next_attempt_at": _utc(last.next_attempt_at)},
+                "delivery": None if last is None else last._asdict(),
             },
         }
 
@@ -431,17 +426,3 @@ def _settle(call: _Call, report: SyncReport | None = None, *, error: BaseExcepti
     else:
         call.report.set_result(report)  # type: ignore[arg-type]
 
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
-
-
-def _is_missing_table(error: Exception) -> bool:
-    """SQLite's error through SQLAlchemy, or PostgreSQL's straight from asyncpg (SQLSTATE 42P01)."""
-    if getattr(error, "sqlstate", None) == "42P01":
-        return True
-    if not isinstance(error, sa.exc.DBAPIError):
-        return False
-    text = str(error.orig).lower()
-    return "no such table" in text or ("relation" in text and "does not exist" in text)
