@@ -46,8 +46,8 @@ from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
-from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
 from syncengine.errors import ApiError, error_response, render, to_api_error
+from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging

@@ -59,7 +59,7 @@ def _pasteable(message: str) -> str:
 def _prepare(settings: Settings) -> None:
     """Bring the schema up (SQLite, silently) or check it (PostgreSQL), as every command that
     needs it does; a problem stops the command with its message."""
-    from syncengine import migrate, startup
+    from syncengine import startup
 
     startup.prepare_schema(settings)
 

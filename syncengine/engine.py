@@ -425,4 +425,3 @@ def _settle(call: _Call, report: SyncReport | None = None, *, error: BaseExcepti
         call.report.set_exception(error)
     else:
         call.report.set_result(report)  # type: ignore[arg-type]
-

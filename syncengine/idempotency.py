@@ -55,9 +55,9 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncengine.report import SyncReport
 from syncengine.exceptions import BadInput, Conflict, DatabaseBusy, DatabaseUnavailable
 from syncengine.fieldtypes import utc_now
+from syncengine.report import SyncReport
 from syncengine.store import translate
 from syncengine.tables import IDEMPOTENCY_KEY_LENGTH, engine_table
 

@@ -238,16 +238,6 @@ def translate(error: BaseException) -> SyncEngineError | None:
     return None
 
 
-def _translated(error: Exception) -> Exception:
-    """What a transaction raises for `error`: the engine's own exception, chained to the
-    driver's, or `error` itself when it is no database failure."""
-    translated = translate(error)
-    if translated is None or translated is error:
-        return error
-    translated.__cause__ = error
-    return translated
-
-
 def _lost(error: BaseException) -> bool:
     """Whether `error` means the database cannot be reached or stopped answering."""
     return isinstance(translate(error), DatabaseUnavailable)
@@ -296,8 +286,10 @@ def _refusal_of(error: BaseException) -> SyncEngineError | None:
     text = str(error)
     if sqlstate == _NO_TABLE_STATE or (type(error).__name__ == "OperationalError" and "no such table" in text):
         return SchemaMissing("the database has no table for this statement: run `syncengine db upgrade` first")
-    if isinstance(error, (OverflowError, UnicodeEncodeError, asyncpg.DataError, sqlite3.DataError)) or sqlstate.startswith("22") or (
-        isinstance(error, asyncpg.InterfaceError) and "invalid input for query argument" in text
+    if (
+        isinstance(error, (OverflowError, UnicodeEncodeError, asyncpg.DataError, sqlite3.DataError))
+        or sqlstate.startswith("22")
+        or (isinstance(error, asyncpg.InterfaceError) and "invalid input for query argument" in text)
     ):
         reason = re.sub(r": \[.*\] \(", " (", text.splitlines()[0] if text else type(error).__name__)
         return UnstorableValue(reason)  # without the values (they are record contents)
@@ -384,7 +376,10 @@ class SqliteStore:
                     if rollback:
                         await transaction.rollback()
         except Exception as error:
-            raise _translated(error)
+            failure = translate(error)
+            if failure is None or failure is error:
+                raise
+            raise failure from error
 
     async def fetch(
         self,
@@ -528,7 +523,10 @@ class PostgresStore:
                         await lent.invalidate()
                     raise
         except Exception as error:
-            raise _translated(error)
+            failure = translate(error)
+            if failure is None or failure is error:
+                raise
+            raise failure from error
 
     async def fetch(
         self,

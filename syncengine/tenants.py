@@ -257,4 +257,3 @@ async def ensure_first_tenant(database: AsyncEngine, name: str = "default") -> s
         return await add_tenant(database, name)
     except TenantExists:  # another process created it first
         return None
-

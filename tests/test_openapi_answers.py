@@ -29,8 +29,8 @@ import pytest
 
 import syncengine
 from syncengine import errors, openapi
-from syncengine.exceptions import SyncEngineError
 from syncengine.engine import SyncEngine
+from syncengine.exceptions import SyncEngineError
 from tests.conftest import ROOT
 from tests.records import program
 from tests.service import Api, running_api
@@ -143,7 +143,9 @@ def test_the_source_is_read() -> None:
 
 def test_every_error_the_code_raises_is_in_the_table() -> None:
     raised = {r.code: (r.status, r.headers) for r in raised_everywhere() if r.code not in UNDOCUMENTED}
-    assert len(raised) == len({(r.code, r.status, r.headers) for r in raised_everywhere() if r.code not in UNDOCUMENTED})
+    assert len(raised) == len(
+        {(r.code, r.status, r.headers) for r in raised_everywhere() if r.code not in UNDOCUMENTED}
+    )
     table = {code: (answer.status, frozenset(answer.headers)) for code, answer in openapi.ANSWERS.items()}
     assert raised == table
 
