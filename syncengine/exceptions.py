@@ -99,6 +99,8 @@ class DatabaseUnavailable(Unavailable):
 class DatabaseNotOpened(DatabaseUnavailable):
     """The database file cannot be opened (SQLite: its folder is missing, or not writable)."""
 
+    code = "database_unavailable"  # the same answer: only the command line says it otherwise
+
 
 class DatabaseBusy(Unavailable):
     """The database is there, but a wait (a lock, the pool, a statement) ran past its budget."""

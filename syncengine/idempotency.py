@@ -103,6 +103,8 @@ class ClaimLost(IdempotencyKeyInUse):
     """This request's claim was taken over (its lock was lost); its batch was rolled back, and
     the request that took the key over answers it."""
 
+    code = "idempotency_key_in_use"
+
 
 @dataclass(frozen=True)
 class StoredResponse:

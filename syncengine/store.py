@@ -76,6 +76,8 @@ RACES = frozenset({"23505", "40P01"})
 class RowsChanged(LostRace):
     """Rows a transaction fetched were changed by another before it wrote them."""
 
+    code = "lost_race"
+
 
 class Store(Protocol):
     """A dialect's statements; `conn` is what `transaction` yields, the store's own handle."""
