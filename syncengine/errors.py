@@ -28,6 +28,7 @@ from syncengine.exceptions import (
     NotFound,
     SyncEngineError,
     Unavailable,
+    UnstorableValue,
 )
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
 from syncengine.store import translate
@@ -76,6 +77,8 @@ HTTP: dict[type[SyncEngineError], Http] = {
     DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
     DatabaseBusy: Http(503, {"Retry-After": "1"}),
 }
+#: The database's failures any statement may meet, the engine's or an edge's (a key's lookup).
+_OF_ANY_STATEMENT = (DatabaseUnavailable, DatabaseBusy, UnstorableValue)
 #: Failures whose message over HTTP says what to do next, after their own.
 THEN: dict[type[SyncEngineError], str] = {DatabaseUnavailable: _AGAIN, DatabaseBusy: _AGAIN}
 
@@ -90,7 +93,9 @@ def to_api_error(exc: Exception) -> ApiError:
     failure the store translates, or litestar's."""
     if isinstance(exc, ApiError):
         return exc
-    failure = translate(exc)  # the engine's own failures come back as they are
+    failure = exc if isinstance(exc, SyncEngineError) else translate(exc)
+    if failure is not exc and not isinstance(failure, _OF_ANY_STATEMENT):
+        failure = None  # a table gone or a race outside the engine's transactions: a bug, logged whole
     answer = None if failure is None else http_of(type(failure))
     if failure is not None and answer is not None:
         then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
