@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from syncengine.config import Settings
 from syncengine.descriptors import load_catalog
-from syncengine.fieldtypes import DecimalText
+from syncengine.fieldtypes import DecimalText, UtcDateTime
 from syncengine.store import open_database
 from syncengine.tables import build_metadata
 
@@ -32,6 +32,8 @@ def render_item(type_, obj, autogen_context):
     """Our column types as the plain types they store, so a migration needs no syncengine import."""
     if type_ == "type" and isinstance(obj, DecimalText):
         return f"sa.String(length={obj.impl.length})"
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
     return False
 
 

@@ -47,6 +47,7 @@ from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
+from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
@@ -54,8 +55,8 @@ from syncengine.openapi import SECURITY, components, fixed_operation, sync_opera
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
 from syncengine.report import SyncReport
 from syncengine.startup import command_name
-from syncengine.store import unavailable
-from syncengine.tenants import CredentialError, KeyCache, Tenant, TenantError, check_name, presented_key
+from syncengine.store import translate
+from syncengine.tenants import KeyCache, Tenant, TenantError, check_name, presented_key
 
 logger = logging.getLogger("syncengine.http")
 JSON = "application/json"
@@ -252,13 +253,8 @@ def _key_known(request: Request[Any, Any, Any]) -> bool:
 
 
 def _presented_key(request: Request[Any, Any, Any]) -> str | None:
-    headers = request.headers
-    try:
-        return presented_key(headers.getall("authorization", []), headers.getall("x-api-key", []))
-    except CredentialError as error:
-        raise ApiError(
-            401, "malformed_credentials", str(error), {"WWW-Authenticate": 'Bearer error="invalid_request"'}
-        ) from None
+    headers = request.headers  # a CredentialError is a 401 (errors.HTTP)
+    return presented_key(headers.getall("authorization", []), headers.getall("x-api-key", []))
 
 
 def _single_header(request: Request[Any, Any, Any], name: str) -> str | None:
@@ -473,7 +469,8 @@ async def _readiness(request: Request[Any, Any, Any]) -> Response[bytes]:
                 await conn.execute(sa.text("SELECT 1"))
             current = await migrate.current(database)
     except Exception as error:  # any failure to reach the database means "not ready"
-        reason = (unavailable(error) or ("", type(error).__name__))[1]
+        failure = translate(error)
+        reason = failure.reason if isinstance(failure, DatabaseUnavailable | DatabaseBusy) else type(error).__name__
         raise ApiError(
             503, "database_unavailable", f"the database does not answer: {reason}", {"Retry-After": "5"}
         ) from None

@@ -14,12 +14,14 @@ from typing import Any
 import click
 import msgspec
 
-from syncengine.config import ConfigError, Settings
-from syncengine.descriptors import Catalog, DescriptorError, Entity, UnknownEntity, load_catalog
-from syncengine.engine import SchemaError, SyncEngine
+from syncengine.config import Settings
+from syncengine.descriptors import Catalog, DescriptorError, Entity, load_catalog
+from syncengine.engine import SyncEngine
+from syncengine.exceptions import DatabaseBusy, DatabaseNotOpened, DatabaseUnavailable, SyncEngineError
 from syncengine.payloads import FORM_CONTENT_TYPE, PayloadError, parse_body
 from syncengine.report import SyncReport
 from syncengine.spec import json_schema
+from syncengine.store import translate
 
 ENTITIES_OPTION = click.option(
     "--entities",
@@ -29,18 +31,21 @@ ENTITIES_OPTION = click.option(
 
 
 def _settings(entities: Path | None) -> Settings:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as error:
-        _fail(str(error))
+    settings = Settings.from_env()
     if entities is not None:
         settings = dataclasses.replace(settings, entities=entities)
     return settings
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 1) -> None:
     click.echo(f"error: {_pasteable(message)}", err=True)
-    sys.exit(1)
+    sys.exit(status)
+
+
+#: The one table from the engine's failures to exit statuses: a failure exits with the status of
+#: the first of its classes (its own, then its branch's) found here. Every one is 1 today, as
+#: README promises for `check`; a branch that needs its own status gets an entry.
+EXIT_STATUS: dict[type[SyncEngineError], int] = {SyncEngineError: 1}
 
 
 def _pasteable(message: str) -> str:
@@ -54,14 +59,9 @@ def _pasteable(message: str) -> str:
 def _prepare(settings: Settings) -> None:
     """Bring the schema up (SQLite, silently) or check it (PostgreSQL), as every command that
     needs it does; a problem stops the command with its message."""
-    from syncengine import migrate, startup
+    from syncengine import startup
 
-    try:
-        startup.prepare_schema(settings)
-    except DescriptorError as error:
-        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
-    except (migrate.MigrationsNotFound, startup.SchemaBehind) as error:
-        _fail(str(error))
+    startup.prepare_schema(settings)
 
 
 def _require_tenant(settings: Settings, name: str) -> None:
@@ -73,36 +73,38 @@ def _require_tenant(settings: Settings, name: str) -> None:
 
 
 class _Commands(click.Group):
-    """Commands whose database cannot be reached say so in one line, not with a traceback."""
+    """The one place where the engine's failures (and the database's, as the store translates
+    them) end a command: one line, its message, and the status of `EXIT_STATUS`; no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as error:
-            problem = _database_problem(error)
-            if problem is None:
+            failure = translate(error)
+            if failure is None:
                 raise
-            _fail(problem)
+            status = next(EXIT_STATUS[cls] for cls in type(failure).__mro__ if cls in EXIT_STATUS)
+            _fail(_failure_message(failure), status)
 
 
-def _database_problem(error: BaseException) -> str | None:
-    """One line on a database that cannot be reached or opened: its URL (without the password),
-    what went wrong and what to check; None for any other error."""
+def _failure_message(failure: SyncEngineError) -> str:
+    """What a command says of a failure: its message, with the database's URL (without the
+    password) and what to check where the database is the trouble."""
     from syncengine.config import DEFAULT_DATABASE_URL
-    from syncengine.store import unavailable
 
+    if isinstance(failure, DescriptorError):
+        return f"the descriptor file has problems; run `syncengine check`:\n{failure}"
     url = _safe_url(os.environ.get("SYNCENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL)
     check = "check that SYNCENGINE_DATABASE_URL is right"
-    trouble = unavailable(error)
-    if trouble is not None:
-        kind, reason = trouble
-        if kind == "busy":
-            return f"the database at {url} is busy ({reason}); try again, or raise SYNCENGINE_DB_LOCK_TIMEOUT"
-        return f"cannot reach the database at {url} ({reason}): {check}, and that it runs and accepts connections there"
-    if url.startswith("sqlite") and "unable to open database file" in str(getattr(error, "orig", None)):
-        why = "unable to open database file"
+    if isinstance(failure, DatabaseBusy):
+        return f"the database at {url} is busy ({failure.reason}); try again, or raise SYNCENGINE_DB_LOCK_TIMEOUT"
+    if isinstance(failure, DatabaseNotOpened):
+        why = failure.reason
         return f"cannot open the database at {url} ({why}): {check}, and that its folder exists and is writable"
-    return None
+    if isinstance(failure, DatabaseUnavailable):
+        reason = failure.reason
+        return f"cannot reach the database at {url} ({reason}): {check}, and that it runs and accepts connections there"
+    return failure.message
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,19 +216,11 @@ def load(folder: Path, tenant: str, entities: Path | None) -> None:
 
 
 def _catalog(settings: Settings) -> Catalog:
-    try:
-        return load_catalog(settings.entities)
-    except DescriptorError as error:
-        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
-    raise AssertionError("unreachable")  # _fail exits
+    return load_catalog(settings.entities)
 
 
 def _entity(settings: Settings, entity: str) -> Entity:
-    try:
-        return _catalog(settings).entity(entity)
-    except UnknownEntity as error:
-        _fail(str(error.args[0]))
-    raise AssertionError("unreachable")  # _fail exits
+    return _catalog(settings).entity(entity)
 
 
 def _sync(settings: Settings, tenant: str, batches: list[tuple[str, list[Any]]], *, dry_run: bool) -> list[SyncReport]:
@@ -239,13 +233,7 @@ def _sync(settings: Settings, tenant: str, batches: list[tuple[str, list[Any]]],
         finally:
             await engine.close()
 
-    try:
-        return asyncio.run(run())
-    except DescriptorError as error:
-        _fail(f"the descriptor file has problems; run `syncengine check`:\n{error}")
-    except (UnknownEntity, SchemaError, ValueError) as error:
-        _fail(str(error.args[0]))
-    raise AssertionError("unreachable")  # _fail exits
+    return asyncio.run(run())
 
 
 def render_table(report: SyncReport, *, written: bool = False) -> str:
@@ -281,10 +269,7 @@ def upgrade(revision: str, entities: Path | None) -> None:
 
     settings = _settings(entities)
     click.echo(f"upgrading {_safe_url(settings.database_url)} to {revision} ...", err=True)
-    try:
-        applied = migrate.upgrade(settings, revision)
-    except (migrate.MigrationsNotFound, DescriptorError) as error:
-        _fail(str(error))
+    applied = migrate.upgrade(settings, revision)
     for script in applied:
         click.echo(f"applied {script.revision}: {script.doc}", err=True)
     if applied:
@@ -307,8 +292,8 @@ def revision(message: str, entities: Path | None) -> None:
     _prepare(settings)
     try:
         path = migrate.revision(settings, message)
-    except (migrate.MigrationsNotFound, DescriptorError) as error:
-        _fail(str(error))
+    except SyncEngineError:
+        raise
     except Exception as error:  # alembic raises CommandError for "not up to date" and similar
         _fail(f"{error}; run `syncengine db upgrade` first if the database is behind")
     if path is None:
@@ -380,7 +365,6 @@ def tenant() -> None:
 def _run_tenant_command(entities: Path | None, command: Any) -> Any:
     """Bring the schema up (SQLite) or check it (PostgreSQL), then run `command(database)`."""
     from syncengine.store import open_database
-    from syncengine.tenants import TenantError
 
     settings = _settings(entities)
     _prepare(settings)
@@ -392,10 +376,7 @@ def _run_tenant_command(entities: Path | None, command: Any) -> Any:
         finally:
             await database.dispose()
 
-    try:
-        return asyncio.run(run())
-    except TenantError as error:
-        _fail(str(error))
+    return asyncio.run(run())
 
 
 @tenant.command("add")

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from syncengine.exceptions import Misconfigured
+
 if TYPE_CHECKING:
     from syncengine.delivery import Policy
     from syncengine.store import Timeouts
@@ -44,8 +46,10 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
 
 
-class ConfigError(ValueError):
+class ConfigError(Misconfigured):
     """An environment variable has a value syncengine cannot use."""
+
+    code = "invalid_setting"
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine import targets
 from syncengine.descriptors import Catalog, Entity
+from syncengine.exceptions import Unavailable
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
 from syncengine.sites import SITES, Site, read_site
-from syncengine.store import unavailable
+from syncengine.store import translate
 from syncengine.tables import build_metadata
 
 log = logging.getLogger(__name__)
@@ -386,11 +387,11 @@ class Worker:
                 try:
                     counts = await self.deliver_once()
                 except Exception as error:  # tried again after the poll interval
-                    trouble = unavailable(error)
-                    if trouble is None:
+                    trouble = translate(error)
+                    if isinstance(trouble, Unavailable):  # a known state of the database: one line
+                        log.warning("delivery round failed (%s); trying again", trouble)
+                    else:
                         log.exception("delivery round failed")
-                    else:  # a known state of the database: one line, no traceback
-                        log.warning("delivery round failed: the database is %s (%s)", *trouble)
                     counts = Counts()
                 if counts and await self._more_due():
                     continue

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from syncengine.exceptions import Misconfigured, NotFound
 from syncengine.fieldtypes import (
     COMMON_OPTIONS,
     EMAIL_LENGTH,
@@ -61,15 +62,21 @@ class Problem:
         return f"{self.filename}:{self.line}:{self.column}: {self.message}"
 
 
-class DescriptorError(Exception):
+class DescriptorError(Misconfigured):
     """The descriptor file has problems; `problems` lists every one of them."""
+
+    code = "invalid_descriptors"
 
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(map(str, problems)))
         self.problems = problems
 
 
-class UnknownEntity(LookupError):
+class UnknownEntity(NotFound):
+    """No entity of that name; the message lists the known ones."""
+
+    code = "unknown_entity"
+
     def __init__(self, name: str, known: typing.Iterable[str]) -> None:
         super().__init__(f"unknown entity '{name}' (known: {', '.join(known)})")
         self.name = name

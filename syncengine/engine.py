@@ -12,7 +12,7 @@ are in flight, each on its own connection, so that Python, the server's writing 
 overlap. A call that must wait parses and validates its records as it arrives: that needs no
 database, so it overlaps the batches in flight. A call that starts at once parses its records
 while its fetch runs (`read_ahead`). A transaction that lost a race with another process for
-the same records (`Store.retryable`) is run again, and reads what the other wrote; it then runs
+the same records (the store's `LostRace`) is run again, and reads what the other wrote; it then runs
 alone among the writers of its table and tenant (`Store.fetch`'s `hold`), so that it cannot
 lose again. Dry runs always run alone.
 """
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncengine.compiled import CompiledEntity, compile_entity
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, load_catalog
+from syncengine.exceptions import Conflict, LostRace, SchemaMissing
 from syncengine.idempotency import Answer, ClaimLost
 from syncengine.lane import Lane
 from syncengine.lookups import LOOKUP_CACHE_SECONDS, LookupCache
@@ -53,7 +54,7 @@ LANE_DEPTH = {"postgresql": 4, "sqlite": 1}
 #: driver's thread holds the GIL for most of a write, so parts took turns with Python rather
 #: than overlapping it.
 PART_RECORDS: dict[str, int | None] = {"postgresql": 200, "sqlite": None}
-#: How many times a transaction is run that keeps losing races to other writers (`Store.retryable`).
+#: How many times a transaction is run that keeps losing races to other writers (`LostRace`).
 RACE_ATTEMPTS = 5
 #: Seconds a record's version may be ahead of this server's clock (`Settings.max_version_skew`).
 VERSION_SKEW = 300.0
@@ -61,13 +62,11 @@ VERSION_SKEW = 300.0
 log = logging.getLogger(__name__)
 
 
-class SchemaError(RuntimeError):
-    """The database has no tables for the descriptors (yet)."""
-
-
-class ContendedError(RuntimeError):
+class ContendedError(Conflict):
     """A batch lost the race for its records to other writers every time it ran; nothing of it
     was written."""
+
+    code = "write_conflict"
 
 
 class SyncEngine:
@@ -94,7 +93,7 @@ class SyncEngine:
         self.part_records = part_records if part_records is not None else PART_RECORDS.get(dialect)
         #: How many batches of a lane may be in flight at once (`LANE_DEPTH` unless given).
         self.lane_depth = lane_depth if lane_depth is not None else LANE_DEPTH.get(dialect, 1)
-        #: How many times a transaction that loses races to other writers is run (`Store.retryable`).
+        #: How many times a transaction that loses races to other writers is run (`LostRace`).
         self.race_attempts = race_attempts
         #: How far ahead of the clock a record's version may be; a later one is INVALID.
         self.version_skew = dt.timedelta(seconds=max_version_skew)
@@ -196,13 +195,11 @@ class SyncEngine:
                 if not dry_run and self.on_commit is not None and compiled.entity.moodle:
                     self.on_commit()
                 break
-            except Exception as error:
-                if _is_missing_table(error):
-                    raise SchemaError(
-                        f"the database has no table for '{compiled.entity.name}': run `syncengine db upgrade` first"
-                    ) from None
-                if not self.store.retryable(error):
-                    raise
+            except SchemaMissing:
+                raise SchemaMissing(
+                    f"the database has no table for '{compiled.entity.name}': run `syncengine db upgrade` first"
+                ) from None
+            except LostRace as error:
                 if attempt >= self.race_attempts:
                     raise ContendedError(
                         f"other writers changed these {compiled.entity.name} records while this batch was being "
@@ -223,7 +220,10 @@ class SyncEngine:
             if answer is not None
         ]
         if await self.store.write_answers(conn, stored) != len(stored):
-            raise ClaimLost("another request took over this request's Idempotency-Key; nothing of it was written")
+            raise ClaimLost(
+                "another request took over this request's Idempotency-Key; nothing of it was written: "
+                "send it again in a few seconds (it replays that request's answer)"
+            )
 
     async def fetch_record(self, tenant: str, entity: str, zoho_id: str) -> dict[str, Any] | None:
         """One stored record of a tenant, with its fingerprint, timestamps and Moodle delivery state.
@@ -253,8 +253,6 @@ class SyncEngine:
         raw_values = zip(fields, row[: len(fields)], strict=True)
         values = {f.source: None if v is None else f.type.from_db(v) for (f, _), v in raw_values}
         stored = dict(zip(system, row[len(fields) :], strict=True))
-        for name in ("source_version", "created_at", "updated_at", "deleted_at"):
-            stored[name] = _utc(stored[name])
         return {
             "entity": described.name,
             described.id_key: zoho_id,
@@ -266,7 +264,7 @@ class SyncEngine:
             "deleted_at": stored["deleted_at"],
             "moodle": {
                 "moodle_id": stored["moodle_id"],
-                "delivery": None if last is None else {**last._asdict(), "next_attempt_at": _utc(last.next_attempt_at)},
+                "delivery": None if last is None else last._asdict(),
             },
         }
 
@@ -291,18 +289,3 @@ def _split(report: SyncReport, batches: list[list[Incoming]] | Unparsed, dry_run
 
 def _ids(records: Iterable[Incoming]) -> set[str]:
     return {record.zoho_id for record in records if record.zoho_id is not None}
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
-
-
-def _is_missing_table(error: Exception) -> bool:
-    """SQLite's error through SQLAlchemy, or PostgreSQL's straight from asyncpg (SQLSTATE 42P01)."""
-    if getattr(error, "sqlstate", None) == "42P01":
-        return True
-    if not isinstance(error, sa.exc.DBAPIError):
-        return False
-    text = str(error.orig).lower()
-    return "no such table" in text or ("relation" in text and "does not exist" in text)

@@ -12,28 +12,35 @@ unexpected is a 500 that names the request id and keeps the details in the log.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import msgspec
-import sqlalchemy as sa
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from syncengine.descriptors import UnknownEntity
-from syncengine.engine import ContendedError, SchemaError
-from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
-from syncengine.payloads import PayloadError, TooDeep
-from syncengine.store import Trouble, unavailable
+from syncengine.engine import ContendedError
+from syncengine.exceptions import (
+    BadInput,
+    Conflict,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    NotFound,
+    SyncEngineError,
+    Unavailable,
+    UnstorableValue,
+)
+from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
+from syncengine.store import translate
+from syncengine.tenants import CredentialError
 
 logger = logging.getLogger("syncengine.http")
 
 
 @dataclass
 class ApiError(Exception):
-    """An error the service answers as such; raised where the problem is found."""
+    """An answer of the HTTP edge's own (a header, the body's size or type, a key): raised where
+    the problem is found, answered as it is. The engine's failures are mapped by `HTTP`."""
 
     status_code: int
     error: str
@@ -44,47 +51,56 @@ class ApiError(Exception):
         return self.message
 
 
+@dataclass(frozen=True)
+class Http:
+    """How a failure of the engine is answered: a status, and headers it always carries."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+#: What to do, said after a database failure's own message.
+_AGAIN = "send the request again after Retry-After seconds (a batch is one transaction: applied whole or not at all)"
+
+#: The one table from the engine's exceptions to HTTP: a failure is answered as the first of its
+#: classes (its own, then its branch's) found here, with its `code` and message. A failure found
+#: nowhere here (`Misconfigured`: the server's setup) is a 500 for the log.
+HTTP: dict[type[SyncEngineError], Http] = {
+    BadInput: Http(400),
+    NotFound: Http(404),
+    Conflict: Http(409),
+    Unavailable: Http(503),
+    CredentialError: Http(401, {"WWW-Authenticate": 'Bearer error="invalid_request"'}),
+    IdempotencyKeyReused: Http(422),
+    IdempotencyKeyInUse: Http(409, {"Retry-After": "5"}),
+    ContendedError: Http(409, {"Retry-After": "1"}),
+    DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
+    DatabaseBusy: Http(503, {"Retry-After": "1"}),
+}
+#: The database's failures any statement may meet, the engine's or an edge's (a key's lookup).
+_OF_ANY_STATEMENT = (DatabaseUnavailable, DatabaseBusy, UnstorableValue)
+#: Failures whose message over HTTP says what to do next, after their own.
+THEN: dict[type[SyncEngineError], str] = {DatabaseUnavailable: _AGAIN, DatabaseBusy: _AGAIN}
+
+
+def http_of(kind: type[SyncEngineError]) -> Http | None:
+    """The answer for a failure of class `kind`, or None: not one to answer (a 500)."""
+    return next((HTTP[cls] for cls in kind.__mro__ if cls in HTTP), None)
+
+
 def to_api_error(exc: Exception) -> ApiError:
-    """The HTTP meaning of an exception."""
+    """The HTTP meaning of an exception: the edge's own, the engine's (`HTTP`), a database
+    failure the store translates, or litestar's."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, TooDeep):
-        return ApiError(400, "json_too_deep", str(exc))
-    if isinstance(exc, PayloadError):
-        code = "malformed_json" if str(exc).startswith("malformed JSON") else "invalid_body"
-        return ApiError(400, code, str(exc))
-    if isinstance(exc, UnknownEntity):
-        return ApiError(404, "unknown_entity", str(exc.args[0]))
-    if isinstance(exc, InvalidIdempotencyKey):
-        return ApiError(400, "invalid_idempotency_key", str(exc))
-    if isinstance(exc, IdempotencyKeyReused):
-        return ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request body; use a new key for a new request",
-        )
-    if isinstance(exc, IdempotencyKeyInUse):
-        return ApiError(
-            409,
-            "idempotency_key_in_use",
-            "the first request with this Idempotency-Key is still being processed; retry in a few seconds",
-            {"Retry-After": "5"},
-        )
-    reason = _unstorable(exc)
-    if reason is not None:
-        return ApiError(
-            400,
-            "unstorable_value",
-            f"a value in this request cannot be stored ({reason}); nothing was written: "
-            "check the records for numbers beyond 64 bits and text with NUL characters",
-        )
-    trouble = unavailable(exc)
-    if trouble is not None:
-        return _database_trouble(*trouble)
-    if isinstance(exc, SchemaError):
-        return ApiError(503, "schema_missing", str(exc))
-    if isinstance(exc, ContendedError):
-        return ApiError(409, "write_conflict", str(exc), {"Retry-After": "1"})
+    failure = exc if isinstance(exc, SyncEngineError) else translate(exc)
+    if failure is not exc and not isinstance(failure, _OF_ANY_STATEMENT):
+        failure = None  # a table gone or a race outside the engine's transactions: a bug, logged whole
+    answer = None if failure is None else http_of(type(failure))
+    if failure is not None and answer is not None:
+        then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
+        message = failure.message if then is None else f"{failure.message}; {then}"
+        return ApiError(answer.status, failure.code, message, dict(answer.headers))
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))
     if isinstance(exc, HTTPException):
@@ -92,17 +108,6 @@ def to_api_error(exc: Exception) -> ApiError:
         headers = {k: v for k, v in (exc.headers or {}).items()}
         return ApiError(exc.status_code, code, _http_message(exc, code), headers)
     return ApiError(500, "internal_error", "internal error")
-
-
-def _database_trouble(kind: Trouble, reason: str) -> ApiError:
-    """503 for a database that cannot be reached or did not answer in time, or that is there but
-    made a wait run past its budget (SYNCENGINE_DB_*_TIMEOUT)."""
-    then = "send the request again after Retry-After seconds (a batch is one transaction: applied whole or not at all)"
-    if kind == "busy":
-        return ApiError(503, "database_busy", f"the database is busy: {reason}; {then}", {"Retry-After": "1"})
-    return ApiError(
-        503, "database_unavailable", f"the database cannot be reached: {reason}; {then}", {"Retry-After": "5"}
-    )
 
 
 def render(error: ApiError, request_id: str | None = None) -> bytes:
@@ -132,27 +137,6 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         media_type="application/json",
         headers=error.headers,
     )
-
-
-def _unstorable(exc: Exception) -> str | None:
-    """The reason, when the database (or its driver) refused a value that validation let through."""
-    if isinstance(exc, (OverflowError, UnicodeEncodeError)):
-        return str(exc)
-    if isinstance(exc, sa.exc.DBAPIError):  # SQLite, and SQLAlchemy's own statements
-        orig: BaseException | None = exc.orig
-    elif isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):  # the PostgreSQL store's
-        orig = exc
-    else:
-        return None
-    sqlstate = str(getattr(orig, "sqlstate", None) or "")
-    if (
-        isinstance(exc, (sa.exc.DataError, asyncpg.DataError))
-        or sqlstate.startswith("22")
-        or "invalid input for query argument" in str(orig)
-    ):
-        text = str(orig).splitlines()[0]
-        return re.sub(r": \[.*\] \(", " (", text)  # without the values: they are record contents
-    return None
 
 
 def _validation_message(exc: ValidationException) -> str:

@@ -433,9 +433,30 @@ class DecimalText(sa.types.TypeDecorator[Decimal]):
 DECIMAL_COLUMN = sa.Numeric(DECIMAL_PRECISION, DECIMAL_SCALE).with_variant(DecimalText(), "sqlite")
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A point in time, stored in UTC and read back aware, in UTC, on both databases: PostgreSQL's
+    TIMESTAMPTZ; on SQLite, which has no time zones, the UTC time as text (an aware value in
+    another offset is converted first). What Alembic sees is `impl`, as before this type.
+
+    >>> UtcDateTime().process_result_value(dt.datetime(2026, 2, 10, 6, 15), None)
+    datetime.datetime(2026, 2, 10, 6, 15, tzinfo=datetime.timezone.utc)
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None or value.tzinfo is None or value.tzinfo is dt.UTC:  # naive: UTC already
+            return value
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect | None) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
+def utc_now() -> dt.datetime:
+    """Now, aware, in UTC: what every timestamp the engine writes is."""
+    return dt.datetime.now(dt.UTC)
 
 
 def _decimal_from_db(value: Any) -> Decimal:
@@ -551,9 +572,8 @@ FIELD_TYPES: dict[str, FieldType] = {
             "datetime",
             _NUMBER_OPTIONS,
             _datetime,
-            lambda o: sa.DateTime(timezone=True),
+            lambda o: UtcDateTime(),
             lambda o: {"type": "string", "format": "date-time"},
-            from_db=_utc,
             fast=_fast_datetime,
         ),
         FieldType(

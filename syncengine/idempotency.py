@@ -55,8 +55,10 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from syncengine.exceptions import BadInput, Conflict, DatabaseBusy, DatabaseUnavailable
+from syncengine.fieldtypes import utc_now
 from syncengine.report import SyncReport
-from syncengine.store import unavailable
+from syncengine.store import translate
 from syncengine.tables import IDEMPOTENCY_KEY_LENGTH, IDEMPOTENCY_KEYS, engine_table
 
 #: An unanswered claim (its holder died, and no retry came) is purged after this long at least.
@@ -66,21 +68,42 @@ _keys = engine_table(IDEMPOTENCY_KEYS)
 log = logging.getLogger(__name__)
 
 
-class InvalidIdempotencyKey(ValueError):
-    pass
+class InvalidIdempotencyKey(BadInput):
+    """A key that is empty, too long or not printable ASCII."""
+
+    code = "invalid_idempotency_key"
 
 
-class IdempotencyKeyReused(Exception):
+class IdempotencyKeyReused(Conflict):
     """The key was first used with another request body."""
 
+    code = "idempotency_key_reused"
 
-class IdempotencyKeyInUse(Exception):
+    def __init__(
+        self,
+        message: str = "this Idempotency-Key was already used with a different request body; "
+        "use a new key for a new request",
+    ) -> None:
+        super().__init__(message)
+
+
+class IdempotencyKeyInUse(Conflict):
     """The first request with this key is still being processed."""
+
+    code = "idempotency_key_in_use"
+
+    def __init__(
+        self,
+        message: str = "the first request with this Idempotency-Key is still being processed; retry in a few seconds",
+    ) -> None:
+        super().__init__(message)
 
 
 class ClaimLost(IdempotencyKeyInUse):
     """This request's claim was taken over (its lock was lost); its batch was rolled back, and
     the request that took the key over answers it."""
+
+    code = "idempotency_key_in_use"
 
 
 @dataclass(frozen=True)
@@ -116,7 +139,7 @@ class Answer:
         return self._rendered[1]
 
     def expires_at(self) -> dt.datetime:
-        return _now() + dt.timedelta(seconds=self.ttl)
+        return utc_now() + dt.timedelta(seconds=self.ttl)
 
 
 def check_key(key: str) -> str:
@@ -169,7 +192,7 @@ class IdempotencyKeys:
                 async with self.database.connect() as conn:
                     row = (await conn.execute(query.where(*where))).first()
                 if row is not None and row.status_code is not None:
-                    if _utc(row.expires_at) <= _now():
+                    if row.expires_at <= utc_now():
                         await self._delete(row.id, answered=True)
                         continue
                     if row.request_hash != digest:
@@ -197,7 +220,7 @@ class IdempotencyKeys:
     async def complete(self, claim: Claim, status_code: int, body: bytes) -> None:
         """Store the answer of a request that wrote nothing (a dry run, a 4xx); it replays until
         the key expires."""
-        expires_at = _now() + dt.timedelta(seconds=self.ttl)
+        expires_at = utc_now() + dt.timedelta(seconds=self.ttl)
         statement = (
             _keys.update()
             .where(_keys.c.id == claim.row, _keys.c.status_code.is_(None))
@@ -222,7 +245,7 @@ class IdempotencyKeys:
     async def purge(self) -> int:
         """Delete expired keys; return how many."""
         async with self.database.begin() as conn:
-            result = await conn.execute(_keys.delete().where(_keys.c.expires_at <= _now()))
+            result = await conn.execute(_keys.delete().where(_keys.c.expires_at <= utc_now()))
         return int(result.rowcount)
 
     async def purge_forever(self, interval: float) -> None:
@@ -232,8 +255,7 @@ class IdempotencyKeys:
             try:
                 removed = await self.purge()
             except Exception as error:  # a database blip must not stop the purging for good
-                trouble = unavailable(error)
-                reason = trouble[1] if trouble is not None else type(error).__name__
+                reason = _reason(error)
                 fields = {"reason": reason, "retry_in_s": interval}
                 log.warning("could not purge expired idempotency keys; trying again later", extra={"fields": fields})
             else:
@@ -247,7 +269,7 @@ class IdempotencyKeys:
 
     async def _insert(self, tenant: str, endpoint: str, key: str, digest: str) -> int | None:
         """The new claim row's id, or None if the key has a row."""
-        now = _now()
+        now = utc_now()
         expires_at = now + dt.timedelta(seconds=max(self.ttl, CLAIM_TIMEOUT))  # the answer sets `ttl`
         values = dict(tenant_id=tenant, endpoint=endpoint, key=key, request_hash=digest, created_at=now)
         try:
@@ -419,9 +441,9 @@ def _offset(lock: bytes) -> int:
     return int.from_bytes(lock, "big") >> 2
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+def _reason(error: Exception) -> str:
+    """Why a statement failed, for a log line: the database's trouble, or the exception's type."""
+    failure = translate(error)
+    if isinstance(failure, DatabaseUnavailable | DatabaseBusy):
+        return failure.reason
+    return type(error).__name__

@@ -11,10 +11,13 @@ from alembic.script import Script, ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.config import Settings
+from syncengine.exceptions import Misconfigured
 
 
-class MigrationsNotFound(FileNotFoundError):
-    pass
+class MigrationsNotFound(Misconfigured):
+    """The migrations folder is not where syncengine looks for it; the message says where."""
+
+    code = "migrations_not_found"
 
 
 def alembic_config(settings: Settings) -> Config:

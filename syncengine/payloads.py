@@ -24,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from syncengine.descriptors import FORM_WEBHOOK_KEYS, Entity
+from syncengine.exceptions import BadInput
 from syncengine.parsing import DELETED_KEY, ID_KEYS, decode_json
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -55,12 +56,22 @@ _LONE_SURROGATE = re.compile(
 )
 
 
-class PayloadError(ValueError):
+class PayloadError(BadInput):
     """The body is not one of the accepted shapes; the message says what and where."""
+
+    code = "invalid_body"
+
+
+class MalformedJson(PayloadError):
+    """The body is not JSON (or not UTF-8); the message gives the line and column."""
+
+    code = "malformed_json"
 
 
 class TooDeep(PayloadError):
     """The body nests arrays and objects deeper than MAX_JSON_DEPTH."""
+
+    code = "json_too_deep"
 
 
 def check_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
@@ -116,7 +127,7 @@ def parse_json(body: bytes | str) -> Any:
     try:
         return decode_json(data)  # numbers as Decimal, and one beyond 64 bits refused by its field
     except msgspec.DecodeError as error:
-        raise PayloadError(_malformed(data, str(error))) from None
+        raise MalformedJson(_malformed(data, str(error))) from None
 
 
 def _malformed(data: bytes, message: str) -> str:

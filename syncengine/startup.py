@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from syncengine import migrate
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, Entity
+from syncengine.exceptions import Misconfigured
 from syncengine.store import database_url, open_database
 from syncengine.tenants import ensure_first_tenant, list_tenants
 
@@ -42,8 +43,11 @@ _EXAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-class SchemaBehind(RuntimeError):
-    pass
+class SchemaBehind(Misconfigured):
+    """The database's schema is not at the migrations' latest revision; the message says how to
+    bring it there."""
+
+    code = "schema_behind"
 
 
 def dialect_of(settings: Settings) -> str:

@@ -3,7 +3,7 @@
 Everything SQLite- or PostgreSQL-specific lives here. The pipeline asks a `Store` for a
 transaction and three set-based operations in it (fetch rows by Zoho id, resolve lookup ids,
 write row sets, each saying whether its rows are new or fetched: `Rows`), and whether a failed
-transaction is to be run again (`retryable`); it never learns which database it talks to.
+transaction is to be run again (a `LostRace`, see `translate`); it never learns which database it talks to.
 
 - PostgreSQL: the statements run on the pooled connection's asyncpg connection, in a
   transaction of asyncpg's, each prepared once per connection (asyncpg's statement cache).
@@ -16,7 +16,7 @@ transaction is to be run again (`retryable`); it never learns which database it 
   is still at the version fetched; rows the fetch did not find are inserted, and the unique key
   refuses one that another transaction inserted meanwhile. Either way the write fails
   (`RowsChanged`, a unique violation, or, when two transactions wait on each other's rows, a
-  deadlock that PostgreSQL ends), and `retryable` says to run the transaction again. So
+  deadlock that PostgreSQL ends), translated to `LostRace`: the transaction is run again. So
   batches of other records never wait for each other, an unchanged batch writes nothing (not
   even a COMMIT), and what a batch decided on a row still holds when it writes it.
   A transaction run again must not lose again (under heavy contention, batches of hundreds of
@@ -42,11 +42,12 @@ import datetime as dt
 import enum
 import functools
 import hashlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
@@ -55,17 +56,28 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from syncengine.exceptions import (
+    DatabaseBusy,
+    DatabaseNotOpened,
+    DatabaseUnavailable,
+    LostRace,
+    SchemaMissing,
+    SyncEngineError,
+    UnstorableValue,
+)
 from syncengine.tables import IDEMPOTENCY_KEYS, engine_table
 
 #: The unique key of every entity table.
 NATURAL_KEY = ("tenant_id", "zoho_id")
-#: PostgreSQL's SQLSTATEs of the races `PostgresStore.retryable` runs again: a unique
+#: PostgreSQL's SQLSTATEs of the races a transaction is run again after (`LostRace`): a unique
 #: violation and a detected deadlock.
 RACES = frozenset({"23505", "40P01"})
 
 
-class RowsChanged(Exception):
+class RowsChanged(LostRace):
     """Rows a transaction fetched were changed by another before it wrote them."""
+
+    code = "lost_race"
 
 
 #: What a store's `transaction` yields, and its other statements take: the store's own handle.
@@ -78,7 +90,9 @@ class Store(Protocol[Conn]):
     def transaction(
         self, database: AsyncEngine, *, rollback: bool = False
     ) -> contextlib.AbstractAsyncContextManager[Conn]:
-        """A connection in a transaction, committed at the end (rolled back with `rollback`)."""
+        """A connection in a transaction, committed at the end (rolled back with `rollback`). A
+        database failure in it is raised as the engine's own exception (`translate`): a
+        `LostRace` means the transaction is to be run again as it is."""
 
     async def fetch(
         self, conn: Conn, columns: Sequence[sa.Column[Any]], tenant: str, zoho_ids: Iterable[str], *, hold: bool = False
@@ -89,10 +103,6 @@ class Store(Protocol[Conn]):
         ends, so that nothing changes what it read (for a transaction run again after it lost a
         race)."""
 
-    def retryable(self, error: BaseException) -> bool:
-        """Whether a failed transaction only lost a race with another writer of the same records,
-        and is to be run again as it is."""
-
     async def resolve(
         self, conn: Conn, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
     ) -> dict[str, dict[str, int]]:
@@ -100,7 +110,7 @@ class Store(Protocol[Conn]):
 
     async def write(self, conn: Conn, row_sets: Sequence[Rows]) -> None:
         """Write each row set, in order, as its `Write` says; empty ones are skipped. A write
-        that finds a row changed since it was fetched fails (`retryable`)."""
+        that finds a row changed since it was fetched fails (`RowsChanged`, a `LostRace`)."""
 
     async def write_answers(self, conn: Conn, answers: Sequence[StoredAnswer]) -> int:
         """Store each answer in its idempotency key's claim row (by id, if still unanswered), in
@@ -221,63 +231,83 @@ def _skip_closed_connections(engine: AsyncEngine) -> None:
             raise sa.exc.DisconnectionError("the server closed this pooled connection")
 
 
-Trouble = Literal["unavailable", "busy"]
+def translate(error: BaseException) -> SyncEngineError | None:
+    """The engine's own exception for what a driver (asyncpg, aiosqlite) or SQLAlchemy raised
+    running a statement, or None when `error` is no database failure we know. The messages hold
+    no statement, parameter, record value or password.
 
-
-def unavailable(error: BaseException) -> tuple[Trouble, str] | None:
-    """Whether `error` says the database cannot be reached or did not answer in time
-    ("unavailable"), or that it is there but a wait ran past its budget ("busy": a lock, the
-    pool, a statement); and a short reason without any statement, parameter or password.
-
-    >>> unavailable(ConnectionRefusedError(111, "Connection refused"))
-    ('unavailable', 'ConnectionRefusedError: Connection refused')
+    >>> translate(ConnectionRefusedError(111, "Connection refused"))
+    DatabaseUnavailable('the database cannot be reached: ConnectionRefusedError: Connection refused')
     """
+    if isinstance(error, SyncEngineError):
+        return error
     seen: set[int] = set()
     current: BaseException | None = error
-    while current is not None and id(current) not in seen:
+    while current is not None and id(current) not in seen:  # SQLAlchemy's DBAPIError wraps the driver's
         seen.add(id(current))
-        found = _trouble_of(current)
+        found = _trouble_of(current) or _refusal_of(current)
         if found is not None:
             return found
-        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's
+        orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__
     return None
 
 
 def _lost(error: BaseException) -> bool:
     """Whether `error` means the database cannot be reached or stopped answering."""
-    trouble = unavailable(error)
-    return trouble is not None and trouble[0] == "unavailable"
+    return isinstance(translate(error), DatabaseUnavailable)
 
 
 #: SQLSTATEs of a database that is there but refused to wait longer, and of one going away.
 _BUSY_STATES = {"55P03": "lock wait past lock_timeout", "57014": "statement ran past statement_timeout",
                 "53300": "too many connections"}  # fmt: skip
 _GONE_STATES = ("08", "57P")
+#: PostgreSQL's SQLSTATE of a statement naming a table that is not there (SQLite has only its text).
+_NO_TABLE_STATE = "42P01"
 
 
-def _trouble_of(error: BaseException) -> tuple[Trouble, str] | None:
+def _trouble_of(error: BaseException) -> DatabaseUnavailable | DatabaseBusy | None:
+    """A database that cannot be reached or did not answer, or that made a wait run past its budget."""
     if isinstance(error, sa.exc.TimeoutError):  # the pool: no connection came free in time
-        return "busy", "every pooled database connection stayed in use past the wait for one"
-    if isinstance(error, sa.exc.OperationalError) and "database is locked" in str(error.orig):
-        return "busy", "the SQLite file stayed locked by another writer past busy_timeout"
-    if type(error).__name__ == "OperationalError" and "database is locked" in str(error):
-        return "busy", "the SQLite file stayed locked by another writer past busy_timeout"
+        return DatabaseBusy("every pooled database connection stayed in use past the wait for one")
+    if type(error).__name__ == "OperationalError" and "database is locked" in str(error):  # sqlite3's
+        return DatabaseBusy("the SQLite file stayed locked by another writer past busy_timeout")
+    if type(error).__name__ == "OperationalError" and "unable to open database file" in str(error):
+        return DatabaseNotOpened("unable to open database file")
     sqlstate = str(getattr(error, "sqlstate", None) or "")
     if sqlstate in _BUSY_STATES:
-        return "busy", _BUSY_STATES[sqlstate]
+        return DatabaseBusy(_BUSY_STATES[sqlstate])
     if sqlstate.startswith(_GONE_STATES) or isinstance(
         error, (asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError)
     ):
-        return "unavailable", f"{type(error).__name__}: the connection to the database was lost"
+        return DatabaseUnavailable(f"{type(error).__name__}: the connection to the database was lost")
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
-        return "unavailable", "the database did not answer in time"
+        return DatabaseUnavailable("the database did not answer in time")
     if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
-        return "unavailable", f"{type(error).__name__}: the connection to the database was lost"
+        return DatabaseUnavailable(f"{type(error).__name__}: the connection to the database was lost")
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return "unavailable", "the connection to the database was lost"
+        return DatabaseUnavailable("the connection to the database was lost")
     if isinstance(error, OSError):  # refused, reset, no route, unknown host...
-        return "unavailable", f"{type(error).__name__}: {error.strerror or error}"
+        return DatabaseUnavailable(f"{type(error).__name__}: {error.strerror or error}")
+    return None
+
+
+def _refusal_of(error: BaseException) -> SyncEngineError | None:
+    """A statement the database refused: a race lost to another writer (PostgreSQL: a unique
+    violation, a deadlock), a table that is not there, a value it cannot store."""
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
+    if sqlstate in RACES:
+        return LostRace(f"another transaction wrote these rows first ({type(error).__name__})")
+    text = str(error)
+    if sqlstate == _NO_TABLE_STATE or (type(error).__name__ == "OperationalError" and "no such table" in text):
+        return SchemaMissing("the database has no table for this statement: run `syncengine db upgrade` first")
+    if (
+        isinstance(error, (OverflowError, UnicodeEncodeError, asyncpg.DataError, sqlite3.DataError))
+        or sqlstate.startswith("22")
+        or (isinstance(error, asyncpg.InterfaceError) and "invalid input for query argument" in text)
+    ):
+        reason = re.sub(r": \[.*\] \(", " (", text.splitlines()[0] if text else type(error).__name__)
+        return UnstorableValue(reason)  # without the values (they are record contents)
     return None
 
 
@@ -346,12 +376,19 @@ def _serialise_sqlite_writers(engine: AsyncEngine, busy_seconds: float) -> None:
 class SqliteStore:
     @contextlib.asynccontextmanager
     async def transaction(self, database: AsyncEngine, *, rollback: bool = False) -> AsyncIterator[AsyncConnection]:
-        async with database.connect() as conn:
-            await conn.execution_options(**{WRITES: True})
-            async with conn.begin() as transaction:
-                yield conn
-                if rollback:
-                    await transaction.rollback()
+        """Writers never lose a race here: BEGIN IMMEDIATE makes them take turns."""
+        try:
+            async with database.connect() as conn:
+                await conn.execution_options(**{WRITES: True})
+                async with conn.begin() as transaction:
+                    yield conn
+                    if rollback:
+                        await transaction.rollback()
+        except Exception as error:
+            failure = translate(error)
+            if failure is None or failure is error:
+                raise
+            raise failure from error
 
     async def fetch(
         self,
@@ -370,10 +407,6 @@ class SqliteStore:
         query = sa.select(*columns, sa.null()).where(table.c.tenant_id == tenant, wanted)
         rows: Sequence[Sequence[Any]] = (await conn.execute(query)).all()
         return rows
-
-    def retryable(self, error: BaseException) -> bool:
-        """Never: writers take turns for the whole transaction, so none loses a race."""
-        return False
 
     async def resolve(
         self, conn: AsyncConnection, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str
@@ -471,26 +504,32 @@ class PostgresStore:
         statement on the connection, so it has no transaction of its own to end. A connection
         that broke is invalidated, so that the pool does not hand it out again.
         """
-        async with database.connect() as lent:
-            conn = (await lent.get_raw_connection()).driver_connection
-            assert conn is not None, "the pool lent a closed connection"
-            session = PgSession(conn)
-            try:
+        try:
+            async with database.connect() as lent:
+                conn = (await lent.get_raw_connection()).driver_connection
+                assert conn is not None, "the pool lent a closed connection"
+                session = PgSession(conn)
                 try:
-                    yield session
+                    try:
+                        yield session
+                    except BaseException as error:
+                        if session.begun and not conn.is_closed() and not _lost(error):
+                            await conn.execute("ROLLBACK")
+                        raise
+                    if session.begun:
+                        await conn.execute("ROLLBACK" if rollback else "COMMIT")
                 except BaseException as error:
-                    if session.begun and not conn.is_closed() and not _lost(error):
-                        await conn.execute("ROLLBACK")
+                    # A connection that broke, or whose server stopped answering, is not lent again
+                    # (nor sent a ROLLBACK, which would wait as long again): the server ends the
+                    # transaction when the connection goes.
+                    if conn.is_closed() or _lost(error):
+                        await lent.invalidate()
                     raise
-                if session.begun:
-                    await conn.execute("ROLLBACK" if rollback else "COMMIT")
-            except BaseException as error:
-                # A connection that broke, or whose server stopped answering, is not lent again
-                # (nor sent a ROLLBACK, which would wait as long again): the server ends the
-                # transaction when the connection goes.
-                if conn.is_closed() or _lost(error):
-                    await lent.invalidate()
+        except Exception as error:
+            failure = translate(error)
+            if failure is None or failure is error:
                 raise
+            raise failure from error
 
     async def fetch(
         self,
@@ -509,11 +548,6 @@ class PostgresStore:
         ids, literal = _array(list(zoho_ids), "text")
         rows: Sequence[Sequence[Any]] = await conn.fetch(_fetch_sql(tuple(columns), literal), tenant, ids)
         return rows
-
-    def retryable(self, error: BaseException) -> bool:
-        """A row changed since it was fetched, a new row that another transaction inserted first,
-        or a deadlock (two transactions writing the same rows in another order)."""
-        return isinstance(error, RowsChanged) or getattr(error, "sqlstate", None) in RACES
 
     async def resolve(
         self, session: PgSession, wanted: dict[str, tuple[sa.Table, set[str]]], tenant: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from syncengine.descriptors import Catalog, Entity, lookup_columns
-from syncengine.fieldtypes import ID_LENGTH
+from syncengine.fieldtypes import ID_LENGTH, UtcDateTime
 
 #: Constraint names that are the same on every database, so migrations can name them.
 NAMING_CONVENTION = {
@@ -24,7 +24,8 @@ NAMING_CONVENTION = {
 
 #: A surrogate key that autoincrements on SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGINT).
 RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Timestamp = sa.DateTime(timezone=True)
+#: Every timestamp column: aware UTC datetimes in and out, on both databases.
+Timestamp = UtcDateTime()
 TENANT_LENGTH = 64
 ZOHO_ID_LENGTH = ID_LENGTH
 IDEMPOTENCY_KEY_LENGTH = 255

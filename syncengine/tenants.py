@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncengine.exceptions import BadInput, Conflict, NotFound
+from syncengine.fieldtypes import utc_now
 from syncengine.tables import TENANT_LENGTH, TENANTS, engine_table
 
 KEY_PREFIX = "sk_"
@@ -43,13 +45,29 @@ KEY_CACHE_SECONDS = 1.0
 _rotations = 0  # rotations done in this process; a change empties every KeyCache at once
 
 
-class TenantError(ValueError):
-    """A tenant command cannot be done; the message says why and what to do."""
+class TenantError(BadInput):
+    """A name that cannot be a tenant's; the message says the pattern."""
+
+    code = "invalid_tenant_name"
 
 
-class CredentialError(ValueError):
+class TenantExists(Conflict):
+    """`add_tenant` of a name that is taken; the message says how to get a new key instead."""
+
+    code = "tenant_exists"
+
+
+class UnknownTenant(NotFound):
+    """A tenant command names no tenant; the message says how to list them."""
+
+    code = "unknown_tenant"
+
+
+class CredentialError(BadInput):
     """A request's credential headers hold no usable key; the message says what is wrong (never
     the key) and how to send one."""
+
+    code = "malformed_credentials"
 
 
 #: How a request sends its key, for messages.
@@ -129,14 +147,14 @@ def check_name(name: str) -> str:
 async def add_tenant(database: AsyncEngine, name: str) -> str:
     """Create a tenant; return its API key, which is stored nowhere else."""
     check_name(name)
-    key, now = new_key(), _now()
+    key, now = new_key(), utc_now()
     try:
         async with database.begin() as conn:
             await conn.execute(
                 _tenants.insert().values(name=name, key_hash=hash_key(key), created_at=now, key_created_at=now)
             )
     except sa.exc.IntegrityError:
-        raise TenantError(
+        raise TenantExists(
             f"tenant '{name}' already exists; `syncengine tenant key {name}` gives it a new key"
         ) from None
     return key
@@ -149,10 +167,10 @@ async def rotate_key(database: AsyncEngine, name: str) -> str:
     key = new_key()
     async with database.begin() as conn:
         result = await conn.execute(
-            _tenants.update().where(_tenants.c.name == name).values(key_hash=hash_key(key), key_created_at=_now())
+            _tenants.update().where(_tenants.c.name == name).values(key_hash=hash_key(key), key_created_at=utc_now())
         )
     if result.rowcount != 1:
-        raise TenantError(f"no tenant '{name}'; `syncengine tenant list` shows the tenants")
+        raise UnknownTenant(f"no tenant '{name}'; `syncengine tenant list` shows the tenants")
     _rotations += 1
     return key
 
@@ -161,7 +179,7 @@ async def list_tenants(database: AsyncEngine) -> list[Tenant]:
     query = sa.select(_tenants.c.name, _tenants.c.created_at, _tenants.c.key_created_at).order_by(_tenants.c.name)
     async with database.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [Tenant(name, _utc(created), _utc(rotated)) for name, created, rotated in rows]
+    return [Tenant(name, created, rotated) for name, created, rotated in rows]
 
 
 async def _tenant_of(database: AsyncEngine, digest: str) -> Tenant | None:
@@ -170,7 +188,7 @@ async def _tenant_of(database: AsyncEngine, digest: str) -> Tenant | None:
         row = (await conn.execute(query.where(_tenants.c.key_hash == digest))).first()
     if row is None:  # the database compared the hashes: nothing secret is compared here
         return None
-    return Tenant(row.name, _utc(row.created_at), _utc(row.key_created_at))
+    return Tenant(row.name, row.created_at, row.key_created_at)
 
 
 class KeyCache:
@@ -231,13 +249,5 @@ async def ensure_first_tenant(database: AsyncEngine, name: str = "default") -> s
             return None
     try:
         return await add_tenant(database, name)
-    except TenantError:  # another process created it first
+    except TenantExists:  # another process created it first
         return None
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value

@@ -3,9 +3,10 @@
 Three views of the same promise:
 
 - the code: every `ApiError(status, "code", ..., headers)` written in syncengine/ (read from its
-  syntax tree, so a new error cannot be added without its entry) is in `openapi.ANSWERS` with
-  that status and those headers, and the functions on a route's way raise only codes that route
-  declares;
+  syntax tree, so a new error cannot be added without its entry), and every class of the engine's
+  exception tree that `errors.HTTP` answers (each subclass found by import), is in
+  `openapi.ANSWERS` with that status and those headers, and the functions (and exception
+  classes) on a route's way raise only codes that route declares;
 - the document: each served operation declares exactly the statuses of its codes, each with the
   Error schema narrowed to them, and the headers they carry;
 - the wire: a table of real requests, one per answer we can provoke, gets answers that the
@@ -17,6 +18,8 @@ tests/test_openapi_fuzz.py covers the same from the other side, with generated r
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +27,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from syncengine import openapi
+import syncengine
+from syncengine import errors, openapi
 from syncengine.engine import SyncEngine
+from syncengine.exceptions import SyncEngineError
 from tests.conftest import ROOT
 from tests.records import program
 from tests.service import Api, running_api
@@ -34,6 +39,11 @@ from tests.service import Api, running_api
 UNDOCUMENTED = {
     "internal_error": "a 500 is a bug of ours, never an answer we mean to give",
     "invalid_request": "litestar's own parameter validation: the documented parameters are strings, or checked first",
+    **dict.fromkeys(("bad_input", "not_found", "conflict", "unavailable"), "a branch: only its leaves are raised"),
+    "lost_race": "the engine runs the transaction again; after the last attempt it is write_conflict",
+    "invalid_tenant_name": "a request's tenant is its key's, whose name is checked: tenant_name_refused",
+    "tenant_exists": "the tenant commands' only",
+    "unknown_tenant": "the tenant commands' only",
 }
 
 
@@ -93,6 +103,27 @@ def raised_errors() -> list[Raised]:
     return found
 
 
+def tree_errors() -> list[Raised]:
+    """Every class of the engine's exception tree (all of syncengine imported), as errors.HTTP
+    answers it; those it does not answer (a 500: the setup's failures) are left out."""
+    for module in pkgutil.iter_modules(syncengine.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"syncengine.{module.name}")
+    found, kinds = [], [SyncEngineError]
+    while kinds:
+        kind = kinds.pop()
+        kinds.extend(kind.__subclasses__())
+        answer = errors.http_of(kind)
+        if answer is not None:
+            where = f"{kind.__module__.rsplit('.', 1)[-1]}.{kind.__name__}"
+            found.append(Raised(answer.status, kind.code, frozenset(answer.headers), where))
+    return found
+
+
+def raised_everywhere() -> list[Raised]:
+    return raised_errors() + tree_errors()
+
+
 def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
@@ -102,34 +133,46 @@ def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
 
 
 def test_the_source_is_read() -> None:
-    where = {(r.code, r.where) for r in raised_errors()}
+    where = {(r.code, r.where) for r in raised_everywhere()}
     assert ("missing_api_key", "app.authenticated_tenant") in where
     assert ("tenant_over_share", "admission._refusal") in where
     assert ("client_disconnected", "edge.read") in where  # a named status (CLIENT_CLOSED)
-    assert {("malformed_json", "errors.to_api_error"), ("invalid_body", "errors.to_api_error")} <= where
+    assert {("malformed_json", "payloads.MalformedJson"), ("invalid_body", "payloads.PayloadError")} <= where
+    assert ("database_busy", "exceptions.DatabaseBusy") in where
 
 
 def test_every_error_the_code_raises_is_in_the_table() -> None:
-    raised = {r.code: (r.status, r.headers) for r in raised_errors() if r.code not in UNDOCUMENTED}
+    raised = {r.code: (r.status, r.headers) for r in raised_everywhere() if r.code not in UNDOCUMENTED}
+    assert len(raised) == len(
+        {(r.code, r.status, r.headers) for r in raised_everywhere() if r.code not in UNDOCUMENTED}
+    )
     table = {code: (answer.status, frozenset(answer.headers)) for code, answer in openapi.ANSWERS.items()}
     assert raised == table
 
 
+#: The engine's failures of the database, which any statement can raise.
+DATABASE = ("exceptions.DatabaseUnavailable", "exceptions.DatabaseNotOpened", "exceptions.DatabaseBusy")
 #: The functions on each route's way that raise errors themselves, by the route's answers.
 ON_THE_WAY = {
-    openapi.TENANT_ANSWERS: ["app.authenticated_tenant", "admission._refusal", "errors._database_trouble"],
+    openapi.TENANT_ANSWERS: ["app.authenticated_tenant", "admission._refusal", *DATABASE, "tenants.CredentialError"],
     openapi.SYNC_ANSWERS: [
         *("edge.check_write_query", "edge.check_encoding", "edge.read", "app._media_type", "app.sync_body"),
-        *("app.authenticated_tenant", "admission._refusal", "errors._database_trouble"),
+        *("app.authenticated_tenant", "admission._refusal", *DATABASE, "tenants.CredentialError"),
+        *("payloads.PayloadError", "payloads.MalformedJson", "payloads.TooDeep", "engine.ContendedError"),
+        *("idempotency.InvalidIdempotencyKey", "idempotency.IdempotencyKeyReused", "idempotency.IdempotencyKeyInUse"),
+        *("idempotency.ClaimLost", "exceptions.UnstorableValue", "exceptions.SchemaMissing"),
     ],
-    openapi.READ_ANSWERS: ["app.read_record", "app._path_id", "app.authenticated_tenant", "admission._refusal"],
+    openapi.READ_ANSWERS: [
+        *("app.read_record", "app._path_id", "app.authenticated_tenant", "admission._refusal"),
+        *("descriptors.UnknownEntity", "tenants.CredentialError"),
+    ],
     openapi.READY_ANSWERS: ["app._readiness"],
 }
 
 
 @pytest.mark.parametrize("answers", list(ON_THE_WAY), ids=["tenant", "sync", "read", "ready"])
 def test_each_route_declares_what_the_functions_on_its_way_raise(answers: tuple[str, ...]) -> None:
-    raised = {r.code for r in raised_errors() if r.where in ON_THE_WAY[answers]}
+    raised = {r.code for r in raised_everywhere() if r.where in ON_THE_WAY[answers]}
     assert raised and raised <= set(answers), raised - set(answers)
 
 

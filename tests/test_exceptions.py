@@ -1,0 +1,84 @@
+"""The engine's exception tree, the store's translation of driver errors into it, and the UTC
+column type, on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncengine.errors import to_api_error
+from syncengine.exceptions import LostRace, SchemaMissing, SyncEngineError, UnstorableValue
+from syncengine.fieldtypes import UtcDateTime
+from syncengine.store import translate
+from tests.conftest import Databases
+
+ROWS = sa.Table(
+    "stamps",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20), unique=True),
+    sa.Column("at", UtcDateTime()),
+)
+PLUS_THREE = dt.timezone(dt.timedelta(hours=3))
+
+
+async def test_datetimes_come_back_aware_in_utc_whatever_offset_went_in(databases: Databases, dialect: str) -> None:
+    database = await databases.create(dialect)
+    async with database.begin() as conn:
+        await conn.run_sync(ROWS.metadata.create_all)
+        await conn.execute(ROWS.insert().values(id=1, at=dt.datetime(2026, 2, 10, 9, 15, 42, tzinfo=PLUS_THREE)))
+        await conn.execute(ROWS.insert().values(id=2, at=dt.datetime(2026, 2, 10, 6, 15, 42)))  # naive: UTC
+        got = (await conn.execute(sa.select(ROWS.c.at).order_by(ROWS.c.id))).scalars().all()
+    utc = dt.datetime(2026, 2, 10, 6, 15, 42, tzinfo=dt.UTC)
+    assert [(value, value.utcoffset()) for value in got] == [(utc, dt.timedelta(0))] * 2
+
+
+async def failure_of(database: AsyncEngine, *statements: sa.Executable) -> SyncEngineError | None:
+    """What the store makes of the error of the last of `statements`, run in one transaction."""
+    with pytest.raises(Exception) as caught:
+        async with database.begin() as conn:
+            for statement in statements:
+                await conn.execute(statement)
+    return translate(caught.value)
+
+
+async def test_a_missing_table_is_schema_missing(databases: Databases, dialect: str) -> None:
+    failure = await failure_of(await databases.create(dialect), sa.select(ROWS.c.id))
+    assert isinstance(failure, SchemaMissing)
+    error = to_api_error(failure)
+    assert (error.status_code, error.error) == (503, "schema_missing")
+
+
+async def test_a_value_the_database_refuses_is_unstorable(databases: Databases, dialect: str) -> None:
+    database = await databases.create(dialect)
+    async with database.begin() as conn:
+        await conn.run_sync(ROWS.metadata.create_all)
+    refused = 2**70 if dialect == "sqlite" else 1, "nul\x00"  # beyond 64 bits (SQLite); NUL in text (PostgreSQL)
+    failure = await failure_of(database, ROWS.insert().values(id=refused[0], name=refused[1]))
+    assert isinstance(failure, UnstorableValue)
+    assert "nul" not in failure.reason and str(2**70) not in failure.reason  # no record contents
+    error = to_api_error(failure)
+    assert (error.status_code, error.error) == (400, "unstorable_value")
+
+
+async def test_a_unique_row_another_writer_inserted_first_is_a_lost_race_on_postgresql(databases: Databases) -> None:
+    database = await databases.create("postgresql")
+    async with database.begin() as conn:
+        await conn.run_sync(ROWS.metadata.create_all)
+        await conn.execute(ROWS.insert().values(id=1, name="a"))
+    assert isinstance(await failure_of(database, ROWS.insert().values(id=2, name="a")), LostRace)
+
+
+def test_every_failure_states_its_own_code() -> None:
+    """A new class that forgot its code would answer with its parent's: the code is what clients
+    and scripts match on, so each class says its own."""
+    kinds, missing = [SyncEngineError], []
+    while kinds:
+        kind = kinds.pop()
+        kinds.extend(kind.__subclasses__())
+        if "code" not in vars(kind):
+            missing.append(kind.__name__)
+    assert missing == []
