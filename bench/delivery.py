@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import asyncpg  # type: ignore[import-untyped]
@@ -81,9 +81,7 @@ TOKEN = "bench-token-0123456789abcdef"
 TEACHER_BASE = 6284103000050000000
 WEBHOOK_STUDENTS = 1_000_000  # index of the first student sent by webhook, far from the school's
 #: Moodle functions that write; the fake notes when it handled each idnumber they carry.
-WRITES = frozenset(
-    {kind.create for kind in KINDS.values()} | {kind.update for kind in KINDS.values()} | {kinds.ENROL}
-)
+WRITES = frozenset({kind.create for kind in KINDS.values()} | {kind.update for kind in KINDS.values()} | {kinds.ENROL})
 META = {"$approval_state": "approved", "$editable": True, "$state": "save", "$process_flow": False}
 
 
@@ -158,7 +156,8 @@ def school_records(school: School) -> dict[str, list[dict[str, Any]]]:
         for i in range(school.teachers)
     ]
     classes = [
-        record | {"Teacher": {"name": f"Elif Kaya {i % school.teachers}", "id": str(TEACHER_BASE + i % school.teachers)}}
+        record
+        | {"Teacher": {"name": f"Elif Kaya {i % school.teachers}", "id": str(TEACHER_BASE + i % school.teachers)}}
         for i, record in enumerate(records.classes(world))
     ]
     per_student = math.ceil(school.enrollments / school.students)
@@ -241,11 +240,11 @@ def serve_fake(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
 
     class CountingFake(moodle_fake.MoodleFake):
-        calls_by_function: Counter[str] = Counter()
-        variables_by_function: Counter[str] = Counter()
-        seconds_by_function: Counter[str] = Counter()
-        handled: dict[str, float] = {}
-        counting = threading.Lock()
+        calls_by_function: ClassVar[Counter[str]] = Counter()
+        variables_by_function: ClassVar[Counter[str]] = Counter()
+        seconds_by_function: ClassVar[Counter[str]] = Counter()
+        handled: ClassVar[dict[str, float]] = {}
+        counting: ClassVar[threading.Lock] = threading.Lock()
 
         def answer(self, query: str, body: str) -> tuple[Any, Any, str]:
             started = time.perf_counter()
@@ -323,7 +322,9 @@ async def fake_moodle(sizes: DeliverySizes, workdir: Path, name: str) -> AsyncIt
         deadline = time.monotonic() + 30
         while True:
             if process.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Moodle fake did not start: {(workdir / f'fake-{name}.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the Moodle fake did not start: {(workdir / f'fake-{name}.log').read_text()[-2000:]}"
+                )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -537,7 +538,9 @@ async def naive_deliver(database: Any, catalog: Catalog, client: MoodleClient) -
                 if not state.active or state.missing:
                     raise RuntimeError(f"naive: {entity.name} {record.zoho_id} {target.name}: {state}")
                 if target.kind.name == "enrolment":
-                    await client.call(kinds.ENROL, {"enrolments": [{"timestart": 0, "timeend": 0, "suspend": 0, **state.params}]})
+                    await client.call(
+                        kinds.ENROL, {"enrolments": [{"timestart": 0, "timeend": 0, "suspend": 0, **state.params}]}
+                    )
                     continue
                 kind = KINDS[target.kind.name]
                 found = _found(await client.call(*_lookup(kind, str(state.params["idnumber"]))))
@@ -545,7 +548,10 @@ async def naive_deliver(database: Any, catalog: Catalog, client: MoodleClient) -
                     moodle_id = int(found[0]["id"])
                     await client.call(kind.update, {kind.items: [{**state.params, "id": moodle_id}]})
                 else:
-                    params = {**dict(kind.create_extra), **{k: v for k, v in state.params.items() if k not in kind.update_only}}
+                    params = {
+                        **dict(kind.create_extra),
+                        **{k: v for k, v in state.params.items() if k not in kind.update_only},
+                    }
                     moodle_id = int((await client.call(kind.create, {kind.items: [params]}))[0]["id"])
                 if position == 0:
                     ids[(entity.name, record.zoho_id)] = moodle_id
@@ -563,7 +569,7 @@ async def naive(databases: Databases, sizes: DeliverySizes, workdir: Path) -> Na
             started = time.monotonic()
             count = await naive_deliver(engine.database, databases.catalog, client)
             seconds = time.monotonic() - started
-        log(f"delivery: {name}: {count:,} records delivered in {seconds:.1f} s")
+        log(f"delivery: naive: {count:,} records delivered in {seconds:.1f} s")
         stats = await fake.stats()
     _check_held(stats, sample)
     return Naive(count, seconds, sum(stats["calls"].values()))
@@ -610,26 +616,51 @@ def figures(sizes: DeliverySizes, half: Delivered, full: Delivered, baseline: Na
     top = ", ".join(f"{function} {n}" for function, n in calls.most_common())
     rows = [
         Measurement(
-            SCENARIO, "postgresql", f"worker, {full.school}", Policy().batch, full.records, seconds=[full.seconds],
+            SCENARIO,
+            "postgresql",
+            f"worker, {full.school}",
+            Policy().batch,
+            full.records,
+            seconds=[full.seconds],
             note=f"syncengine serve's worker; {latency}",
         ),
         Measurement(
-            SCENARIO, "postgresql", "naive, per record", 1, baseline.records, seconds=[baseline.seconds],
+            SCENARIO,
+            "postgresql",
+            "naive, per record",
+            1,
+            baseline.records,
+            seconds=[baseline.seconds],
             note=f"look up, then create or update; 1/{sizes.naive_share} of the school; {baseline.calls:,} calls",
         ),
         Measurement(
-            SCENARIO, "postgresql", "worker, calls per 1,000 records", None, full.records,
-            value=1000 * full.calls / full.records, unit="calls",
+            SCENARIO,
+            "postgresql",
+            "worker, calls per 1,000 records",
+            None,
+            full.records,
+            value=1000 * full.calls / full.records,
+            unit="calls",
             note=f"{full.calls:,} calls ({writes:,} writes): {top}",
         ),
         Measurement(
-            SCENARIO, "postgresql", "minimum, calls per 1,000 records", None, full.records,
-            value=1000 * minimum / full.records, unit="calls",
+            SCENARIO,
+            "postgresql",
+            "minimum, calls per 1,000 records",
+            None,
+            full.records,
+            value=1000 * minimum / full.records,
+            unit="calls",
             note=f"{minimum:,} calls: the write functions' parameters in calls of {sizes.budget - WS_PARAMETERS:,}",
         ),
         Measurement(
-            SCENARIO, "postgresql", "naive, calls per 1,000 records", None, baseline.records,
-            value=1000 * baseline.calls / baseline.records, unit="calls",
+            SCENARIO,
+            "postgresql",
+            "naive, calls per 1,000 records",
+            None,
+            baseline.records,
+            value=1000 * baseline.calls / baseline.records,
+            unit="calls",
         ),
     ]
     ordered = sorted(full.latencies)
