@@ -32,7 +32,7 @@ def test_smoke_run_prints_every_scenario() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # the delivery scenario starts two databases, two serves and three Moodle fakes
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -52,6 +52,20 @@ def test_smoke_run_prints_every_scenario() -> None:
         for quantile in ("p50", "p99")
         for case in ("alone", "during the flood")
     }
+    expected |= {
+        ("delivery", "postgresql", case, batch)
+        for case, batch in (
+            ("worker, school of 68", "500"),
+            ("naive, per record", "1"),
+            ("worker, calls per 1,000 records", "-"),
+            ("minimum, calls per 1,000 records", "-"),
+            ("naive, calls per 1,000 records", "-"),
+            ("webhook 200 -> Moodle call p50", "1"),
+            ("webhook 200 -> Moodle call p99", "1"),
+            ("serve peak RSS, school of 34", "-"),
+            ("serve peak RSS, school of 68", "-"),
+        )
+    }
     assert expected <= rows, sorted(expected - rows)
     peer = {row for row in rows if row[0] == "dlt merge"}
     assert peer in (
@@ -68,5 +82,16 @@ def test_smoke_run_prints_every_scenario() -> None:
             for case, batch in (("NEW", "1,000"), ("UNCHANGED", "1,000"), ("NEW", "100"))
         }
         assert beside <= rows, sorted(beside - rows)
+    for target in (
+        "delivery: worker / naive, records/s",
+        "delivery: worker's Moodle calls / the budget's minimum",
+        "delivery: webhook 200 -> Moodle call, p99 at 50/s",
+        "delivery: serve's peak RSS, whole school / half of it",
+    ):
+        assert f"| {target} " in run.stdout and "not measured" not in _target_line(run.stdout, target), target
     assert "| target" in run.stdout
     assert "MISSED" in run.stdout or "met" in run.stdout
+
+
+def _target_line(output: str, target: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(f"| {target} "))
