@@ -405,9 +405,13 @@ class Worker:
         return wait is not None and wait <= 0
 
     async def _next_due(self) -> float | None:
-        """Seconds until the next row falls due (negative: due now), or None."""
+        """Seconds until the next row that a round would claim falls due (negative: due now), or
+        None. Rows of tenants without a Moodle site are never claimed, so they are not counted
+        (they would make the worker loop without a pause)."""
         o = self.outbox
-        query = sa.select(sa.func.min(o.c.next_attempt_at)).where(o.c.state.in_(DUE))
+        query = sa.select(sa.func.min(o.c.next_attempt_at)).where(
+            o.c.state.in_(DUE), o.c.tenant_id.in_(sa.select(SITES.c.tenant_id))
+        )
         if self.tenant is not None:
             query = query.where(o.c.tenant_id == self.tenant)
         try:

@@ -224,3 +224,18 @@ async def test_two_workers_on_postgresql_never_deliver_a_row_twice(databases: Da
         created = [u for c in moodle.called("core_user_create_users") for u in c.params["users"]]
         assert len(created) == 60
     await engine.close()
+
+
+async def test_rows_of_a_tenant_without_a_site_do_not_keep_the_worker_busy(engine: SyncEngine) -> None:
+    """Rows that no round claims are not "due": the worker sleeps its poll interval between rounds."""
+    await school(engine, "nosite")
+    statements: list[str] = []
+    sa.event.listen(engine.database.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    worker = Worker(engine.catalog, engine.database, Policy(poll=30.0))
+    stop = asyncio.Event()
+    running_worker = asyncio.create_task(worker.run(stop))
+    for _ in range(20):  # twenty chances for a spinning worker to run rounds
+        await asyncio.sleep(0.01)
+    stop.set()
+    await running_worker
+    assert len(statements) <= 4, f"{len(statements)} statements while nothing could be claimed"
