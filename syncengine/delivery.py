@@ -20,10 +20,11 @@ version-check. Only tenants with a Moodle site (sites.py) are claimed: the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from syncengine.descriptors import Catalog, Entity
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
 from syncengine.sites import SITES, Site, read_site
+from syncengine.store import WRITES
 from syncengine.tables import build_metadata, engine_table
 
 log = logging.getLogger(__name__)
@@ -558,7 +560,7 @@ async def retry_deliveries(
     found = found.where(o.c.state == "dead") if all_dead else found.where(o.c.id.in_(list(ids)))
     if tenant is not None:
         found = found.where(o.c.tenant_id == tenant)
-    async with database.begin() as conn:
+    async with database.connect() as conn, _writing(conn):
         rows = list(await conn.execute(found.order_by(o.c.id)))
         requeue = [r for r in rows if r.state != "working"]
         if requeue:
@@ -582,6 +584,15 @@ async def retry_deliveries(
         not_found=[] if all_dead else sorted(set(ids) - seen),
         working=[int(r.id) for r in rows if r.state == "working"],
     )
+
+
+@contextlib.asynccontextmanager
+async def _writing(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A transaction that reads, then writes: on SQLite it takes the write lock at BEGIN
+    (store.WRITES), so it queues behind another writer instead of failing to upgrade its lock."""
+    await conn.execution_options(**{WRITES: True})
+    async with conn.begin():
+        yield
 
 
 async def record_moodle_state(database: AsyncEngine, entity: Entity, tenant: str, zoho_id: str) -> dict[str, Any]:
