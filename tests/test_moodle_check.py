@@ -13,9 +13,10 @@ from syncengine.delivery import Worker
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.sites import SecretKeyError, mapped_functions, read_site, save_site
+from tests import records
 from tests.conftest import ENTITIES
 from tests.moodle_fake import running
-from tests.test_delivery import FAST, drain, school, states
+from tests.test_delivery import FAST, class_, drain, school, states
 from tests.test_delivery_cli import run
 
 SITE_INFO_ONLY = {"core_webservice_get_site_info", "core_user_get_users_by_field", "core_user_create_users"}
@@ -96,8 +97,17 @@ async def test_the_functions_moodle_check_asks_for_are_enough_to_deliver_a_schoo
     with running(functions=set(mapped_functions(catalog))) as moodle:
         await save_site(engine.database, "school", moodle.url, moodle.token)
         await school(engine)
-        await drain(Worker(engine.catalog, engine.database, FAST))
-    assert await states(engine) == {"done": 7}
+        worker = Worker(engine.catalog, engine.database, FAST)
+        await drain(worker)
+        later = "2026-03-10T09:15:42+03:00"  # then every kind's update
+        await engine.sync("school", "programs", [records.program("1001", Product_Name="Renamed")])
+        await engine.sync("school", "students", [records.student("3001", First_Name="Renamed", Modified_Time=later)])
+        await engine.sync("school", "classes", [class_("4001", Class_Name="Renamed", Modified_Time=later)])
+        await drain(worker)
+    assert await states(engine) == {"done": 10}
+    assert {"core_course_update_categories", "core_user_update_users", "core_course_update_courses"} <= {
+        call.function for call in moodle.calls
+    }
     assert not [call for call in moodle.calls if call.outcome == "accessexception"]
 
 
