@@ -8,6 +8,8 @@ Routes, all JSON:
   request schema; `?dry_run=true` runs the pipeline and rolls back.
 - `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
   sent as `%2F`).
+- `GET /v1/deliveries?state=&limit=&after_id=`: the caller's outbox, counts per state and a page of
+  rows; `POST /v1/deliveries/retry` with `{"ids": [...]}` or `{"all_dead": true}` sends them again.
 - `GET /v1/entities`, `GET|HEAD /v1/health`, `GET|HEAD /v1/ready`; the API's page at `/schema`
   (Swagger UI, its files served from `/schema/assets/`: `docs.py`), OpenAPI at `/schema/openapi.json`.
 
@@ -42,6 +44,7 @@ from litestar.types import Message
 from syncengine import migrate
 from syncengine.admission import admitted
 from syncengine.config import Settings
+from syncengine.delivery import STATES, list_deliveries, record_moodle_state, retry_deliveries
 from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
@@ -164,6 +167,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
                 await service.engine.close()
 
     handlers: list[HTTPRouteHandler] = [health, health_head, ready, ready_head, list_entities, read_record]
+    handlers += [deliveries, retry]
     handlers.append(sync_unknown_entity)
     handlers += [sync_route(entity, settings) for entity in engine.catalog]
     return SyncService(
@@ -552,6 +556,8 @@ async def read_record(
     if record is None:
         singular = service.engine.catalog.entity(entity).singular
         raise ApiError(404, "record_not_found", f"no {singular} with Zoho id '{zoho_id}' is stored for this tenant")
+    described = service.engine.catalog.entity(entity)
+    record["moodle"] = await record_moodle_state(service.engine.database, described, tenant.name, zoho_id)
     return _json(_encode(record))
 
 
@@ -563,6 +569,98 @@ def _path_id(request: Request[Any, Any, Any], entity: str) -> str:
         return unquote_to_bytes(segments[3]).decode() if len(segments) == 4 else ""
     except UnicodeDecodeError:
         raise ApiError(404, "record_not_found", "the record id in the path is not UTF-8 once percent-decoded") from None
+
+
+# Deliveries
+
+MAX_PAGE = 1000
+MAX_ID = 2**63 - 1
+_QUERY = Annotated[str | None, QueryParameter(required=False)]
+_STATE = Annotated[str | None, QueryParameter(name="state", required=False)]  # `state` is litestar's own
+
+
+@get(
+    "/v1/deliveries",
+    dependencies=AUTHENTICATED,
+    security=SECURITY,
+    tags=["deliveries"],
+    operation_id="list_deliveries",
+    operation_class=fixed_operation("list_deliveries"),
+)
+async def deliveries(
+    request: Request[Any, Any, Any],
+    tenant: NamedDependency[Tenant],
+    delivery_state: _STATE = None,
+    limit: _QUERY = None,
+    after_id: _QUERY = None,
+) -> Response[bytes]:
+    """The caller's deliveries to Moodle, oldest first: counts per state, and `limit` rows (100 by
+    default) after `after_id`; `next_after_id` is the `after_id` of the next page (null: the last)."""
+    wanted = _delivery_query(request)
+    page = await list_deliveries(_service(request).engine.catalog, _service(request).engine.database,
+                                 tenant=tenant.name, **wanted)  # fmt: skip
+    body = {"counts": page.counts, "deliveries": [d.to_builtins(tenant=False) for d in page.deliveries]}
+    return _json(_encode(body | {"next_after_id": page.next_after_id}))
+
+
+def _delivery_query(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """`state`, `limit` and `after_id`, each at most once and with a value it takes; nothing else."""
+    query = request.query_params
+    wanted: dict[str, Any] = {}
+    for name in query:
+        values = query.getall(name)
+        if name not in ("state", "limit", "after_id"):
+            problem = f"unknown query parameter '{name}': this route takes state, limit and after_id"
+        elif len(values) > 1:
+            problem = f"'{name}' is given {len(values)} times: give it once"
+        elif name == "state":
+            problem = "" if values[0] in STATES else f"state '{values[0]}' is none of {', '.join(STATES)}"
+            wanted["state"] = values[0]
+        else:
+            top = MAX_PAGE if name == "limit" else MAX_ID
+            low = 1 if name == "limit" else 0
+            number = int(values[0]) if values[0].isascii() and values[0].isdigit() and len(values[0]) < 20 else -1
+            problem = (
+                "" if low <= number <= top else f"{name} must be a whole number from {low} to {top}, got '{values[0]}'"
+            )
+            wanted[name] = number
+        if problem:
+            raise ApiError(400, "invalid_delivery_query", f"{problem}; nothing was changed")
+    return wanted
+
+
+class RetryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]], msgspec.Meta(max_length=MAX_PAGE)] = []
+    all_dead: bool = False
+
+
+@post(
+    "/v1/deliveries/retry",
+    dependencies=AUTHENTICATED,
+    security=SECURITY,
+    tags=["deliveries"],
+    operation_id="retry_deliveries",
+    operation_class=fixed_operation("retry_deliveries"),
+    status_code=200,
+)
+async def retry(request: Request[Any, Any, Any], tenant: NamedDependency[Tenant]) -> Response[bytes]:
+    """Send the caller's deliveries `ids` (or every dead one) again: due now, attempts back to 0; a
+    done one is sent again in full, one a worker is delivering right now is left alone."""
+    service = _service(request)
+    body = await read_body(request)
+    usage = 'send {"ids": [delivery ids]} or {"all_dead": true}'
+    try:
+        wanted = msgspec.json.decode(body, type=RetryRequest)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_retry_request", f"the body is not a retry request ({error}): {usage}") from None
+    if bool(wanted.ids) == wanted.all_dead:
+        raise ApiError(400, "invalid_retry_request", f"give delivery ids or all_dead, one of them: {usage}")
+    retried = await retry_deliveries(
+        service.engine.database, tenant=tenant.name, ids=wanted.ids, all_dead=wanted.all_dead
+    )
+    if retried.requeued and service.engine.on_commit is not None:  # this process's worker
+        service.engine.on_commit()
+    return _json(_encode(retried.to_builtins()))
 
 
 __all__ = ["UnknownEntity", "app_from_env", "create_app"]

@@ -479,3 +479,162 @@ def worker(tenant: str | None, entities: Path | None) -> None:
             await database.dispose()
 
     asyncio.run(run())
+
+
+@main.group()
+def deliveries() -> None:
+    """The outbox: what is on its way to Moodle, what is dead, and sending it again."""
+
+
+@deliveries.command("list")
+@click.option("--tenant", default=None, help="One tenant's deliveries (default: every tenant's).")
+@click.option("--state", type=click.Choice(["pending", "working", "waiting", "done", "dead"]), default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Rows shown.")
+@click.option("--after-id", default=None, type=click.IntRange(min=0), help="Rows after this id (the next page).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"counts": ..., "deliveries": [...]} as JSON.')
+@ENTITIES_OPTION
+def deliveries_list(
+    tenant: str | None, state: str | None, limit: int, after_id: int | None, as_json: bool, entities: Path | None
+) -> None:
+    """List deliveries, oldest first, with counts per state."""
+    from syncengine.delivery import list_deliveries
+
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+    page = _run_tenant_command(
+        entities,
+        lambda database: list_deliveries(catalog, database, tenant=tenant, state=state, limit=limit, after_id=after_id),
+    )
+    if as_json:
+        body = {"counts": page.counts, "deliveries": [d.to_builtins() for d in page.deliveries]}
+        click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
+        return
+    click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
+    if page.deliveries:
+        rows = [
+            (str(d.id), d.tenant, d.entity, d.zoho_id, d.operation, d.state, str(d.attempts),
+             "-" if d.moodle_id is None else str(d.moodle_id), d.last_error or "")
+            for d in page.deliveries
+        ]  # fmt: skip
+        head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "ATTEMPTS", "MOODLE ID", "LAST ERROR")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]
+        for row in [head, *rows]:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    if page.next_after_id is not None:
+        click.echo(f"more: --after-id {page.next_after_id}", err=True)
+
+
+@deliveries.command("retry")
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all-dead", is_flag=True, help="Every dead delivery (of --tenant, if given).")
+@click.option("--tenant", default=None, help="Only this tenant's deliveries.")
+@ENTITIES_OPTION
+def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, entities: Path | None) -> None:
+    """Send deliveries ID... (or --all-dead) again: due now, attempts back to 0.
+
+    A done delivery is sent again in full. A worker on PostgreSQL starts at once; a separate worker
+    on SQLite within its poll interval (5 s).
+    """
+    from syncengine.delivery import retry_deliveries
+
+    if bool(ids) == all_dead:
+        _fail(_pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"))
+    settings = _settings(entities)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+    retried = _run_tenant_command(
+        entities, lambda database: retry_deliveries(database, tenant=tenant, ids=ids, all_dead=all_dead)
+    )
+    click.echo(f"requeued {len(retried.requeued)}: {' '.join(map(str, retried.requeued)) or '-'}")
+    if retried.working:
+        click.echo(f"a worker is delivering {' '.join(map(str, retried.working))} now: left alone", err=True)
+    if retried.not_found:
+        whose = f" of tenant '{tenant}'" if tenant else ""
+        _fail(
+            f"no delivery{whose} with id {', '.join(map(str, retried.not_found))}: "
+            + _pasteable("`syncengine deliveries list` shows the ids")
+        )
+
+
+@main.group()
+def moodle() -> None:
+    """Each tenant's Moodle site."""
+
+
+@moodle.command("check")
+@click.option("--tenant", default=None, help="Check this tenant's site (default: every tenant with one).")
+@ENTITIES_OPTION
+def moodle_check(tenant: str | None, entities: Path | None) -> None:
+    """Ask each site for its release and list the web-service functions the mappings need that
+    the token's service lacks; exit 1 if any is missing or a site cannot be reached."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from syncengine.moodle import MoodleError
+    from syncengine.sites import MoodleCheck, SiteError, check_moodle, read_site, site_tenants
+
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+
+    async def check_all(database: AsyncEngine) -> list[tuple[str, str, MoodleCheck | str]]:
+        async with database.connect() as conn:
+            names = [tenant] if tenant is not None else await site_tenants(conn)
+            sites = {name: await read_site(conn, name) for name in names}
+        results: list[tuple[str, str, MoodleCheck | str]] = []
+        for name, site in sites.items():
+            if site is None:
+                results.append((name, "", _pasteable(
+                    f"tenant '{name}' has no Moodle site: `syncengine tenant moodle {name} --url URL --token-file FILE`"
+                )))  # fmt: skip
+                continue
+            try:
+                results.append((name, site.url, await check_moodle(catalog, site)))
+            except MoodleError as error:
+                message = f"{error.function}: {error.errorcode}: {error.message}"
+                results.append((name, site.url, f"{message}; {_site_hint(error.errorcode, name)}"))
+        return results
+
+    try:
+        results = _run_tenant_command(entities, check_all)
+    except SiteError as error:
+        _fail(str(error))
+    if not results:
+        _fail(_pasteable("no tenant has a Moodle site: `syncengine tenant moodle NAME --url URL --token-file FILE`"))
+    failed = False
+    for name, url, result in results:
+        if isinstance(result, str):
+            click.echo(f"tenant '{name}': {url + ': ' if url else ''}{_pasteable(result)}", err=True)
+            failed = True
+            continue
+        click.echo(f"tenant '{name}': {url}: {result.sitename}, Moodle {result.release}")
+        if not result.missing:
+            click.echo(f"  the token's service has all {len(result.needed)} functions the mappings need")
+            continue
+        failed = True
+        click.echo(
+            f"  the token's service lacks {len(result.missing)} of the {len(result.needed)} functions the mappings "
+            "need; add them (Site administration > Server > Web services > External services > the service's "
+            "Functions):"
+        )
+        width = max(map(len, result.missing))
+        for function, users in result.missing.items():
+            click.echo(f"    {function:<{width}}  used by {', '.join(users)}")
+    sys.exit(1 if failed else 0)
+
+
+def _site_hint(errorcode: str, tenant: str) -> str:
+    """What to check when a site cannot tell what its token may call."""
+    again = f"`syncengine tenant moodle {tenant} --url URL --token-file FILE` stores another"
+    if errorcode in ("network", "timeout", "redirect", "notjson", "emptyanswer") or errorcode.startswith("http"):
+        return f"check the tenant's Moodle URL (the site's wwwroot, with web services and REST enabled); {again}"
+    if errorcode == "invalidtoken":
+        return f"check the tenant's token (Site administration > Server > Web services > Manage tokens); {again}"
+    if errorcode == "accessexception":
+        return (
+            "add core_webservice_get_site_info to the token's service, and check the token's user, "
+            "IP restriction and expiry"
+        )
+    return f"check the tenant's Moodle URL and token; {again}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from litestar.openapi.spec import Components, Operation, SecurityScheme
 
+from syncengine.delivery import STATES
 from syncengine.descriptors import Catalog, Entity
 from syncengine.payloads import FORM_CONTENT_TYPE
 
@@ -112,6 +113,10 @@ ANSWERS: dict[str, Answer] = {
     "repeated_query_parameter": Answer(400, "dry_run given more than once; nothing was written"),
     "invalid_query_parameter": Answer(400, "dry_run other than true, false, 1 or 0; nothing was written"),
     "invalid_idempotency_key": Answer(400, "an Idempotency-Key that is empty, too long or not printable ASCII"),
+    "invalid_delivery_query": Answer(
+        400, "state, limit or after_id with a value it does not take or given twice, or another query parameter"
+    ),
+    "invalid_retry_request": Answer(400, 'a retry body other than {"ids": [ids]} or {"all_dead": true}'),
     "unstorable_value": Answer(400, "a value the database refused (a number beyond 64 bits, a NUL); nothing written"),
     "repeated_header": Answer(400, "Idempotency-Key or X-Tenant-ID sent more than once"),
     "malformed_credentials": Answer(
@@ -167,6 +172,10 @@ SYNC_ANSWERS = (
 )
 #: `GET /v1/{entity}/{zoho_id}`.
 READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found")
+#: `GET /v1/deliveries`.
+DELIVERIES_ANSWERS = (*TENANT_ANSWERS, "invalid_delivery_query")
+#: `POST /v1/deliveries/retry`: the body (edge.py) and the request in it.
+RETRY_ANSWERS = (*TENANT_ANSWERS, "body_too_large", "body_timeout", "client_disconnected", "invalid_retry_request")
 #: Answers of routes the document does not describe (the /schema page's own files).
 UNDOCUMENTED_ANSWERS = ("asset_not_found",)
 #: `GET|HEAD /v1/ready`.
@@ -253,21 +262,115 @@ def responses(entity: Entity) -> dict[str, Any]:
     }
 
 
+_MOMENT = {"type": "string", "format": "date-time"}
+_MAYBE_MOMENT = {"type": ["string", "null"], "format": "date-time"}
+_MAYBE_ID = {"type": ["integer", "null"]}
+#: A record's Moodle side in `GET /v1/{entity}/{zoho_id}` (delivery.record_moodle_state).
+MOODLE_STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "moodle_id": _MAYBE_ID | {"description": "of the record's own Moodle object (its mapping's first target)"},
+        "targets": {
+            "type": "array",
+            "description": "each target of the entity's mapping, in order",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "target": {"type": "string"},
+                    "kind": {"enum": ["user", "category", "course", "enrolment"]},
+                    "moodle_id": _MAYBE_ID | {"description": "null for enrolments and before delivery"},
+                    "state": {"enum": ["active", "left", "not_delivered"], "description": "left: its leave action ran"},
+                    "delivered_at": _MAYBE_MOMENT,
+                },
+                "required": ["target", "kind", "moodle_id", "state", "delivered_at"],
+            },
+        },
+        "delivery": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "description": "the record's latest delivery (outbox row)",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "operation": {"type": "string"},
+                        "state": {"enum": list(STATES)},
+                        "attempts": {"type": "integer"},
+                        "next_attempt_at": _MAYBE_MOMENT | {"description": "null once done or dead"},
+                        "last_error": {"type": ["string", "null"]},
+                    },
+                    "required": ["id", "operation", "state", "attempts", "next_attempt_at", "last_error"],
+                },
+            ]
+        },
+    },
+    "required": ["moodle_id", "targets", "delivery"],
+}
+DELIVERY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "entity": {"type": "string"},
+        "zoho_id": {"type": "string"},
+        "operation": {"enum": ["upsert", "delete"]},
+        "state": {"enum": list(STATES)},
+        "attempts": {"type": "integer"},
+        "last_error": {"type": ["string", "null"], "description": "Moodle's errorcode and message, or why it waits"},
+        "moodle_id": _MAYBE_ID | {"description": "of the record's own Moodle object, once known"},
+        "next_attempt_at": _MAYBE_MOMENT | {"description": "when it is due (pending, waiting, working)"},
+        "created_at": _MOMENT,
+    },
+    "required": [
+        *("id", "entity", "zoho_id", "operation", "state", "attempts", "last_error", "moodle_id"),
+        *("next_attempt_at", "created_at"),
+    ],
+}
+DELIVERIES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "counts": {
+            "type": "object",
+            "description": "the tenant's deliveries per state (working: a worker holds it right now)",
+            "properties": {state: {"type": "integer"} for state in STATES},
+            "required": list(STATES),
+        },
+        "deliveries": {"type": "array", "items": DELIVERY_SCHEMA},
+        "next_after_id": {"type": ["integer", "null"], "description": "after_id of the next page; null: no more"},
+    },
+    "required": ["counts", "deliveries", "next_after_id"],
+}
+_IDS = {"type": "array", "items": {"type": "integer"}}
+RETRIED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "requeued": _IDS | {"description": "due now, attempts back to 0"},
+        "not_found": _IDS | {"description": "ids no delivery of the tenant has"},
+        "working": _IDS | {"description": "being delivered right now: left alone"},
+    },
+    "required": ["requeued", "not_found", "working"],
+}
+RETRY_BODY: dict[str, Any] = {
+    "required": True,
+    "description": 'the deliveries to send again: {"ids": [...]} or {"all_dead": true}',
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "integer", "minimum": 1}, "maxItems": 1000},
+                    "all_dead": {"type": "boolean"},
+                },
+                "additionalProperties": False,
+            }
+        }
+    },
+}
+
+
 def stored_record_schema(entity: Entity) -> dict[str, Any]:
     """What `GET /v1/{entity}/{zoho_id}` answers for a record of `entity`: every field by its Zoho name."""
     moment = {"type": "string", "format": "date-time"}
     maybe_moment = {"type": ["string", "null"], "format": "date-time"}
-    delivery = {
-        "type": "object",
-        "properties": {
-            "operation": {"type": "string"},
-            "state": {"type": "string"},
-            "attempts": {"type": "integer"},
-            "next_attempt_at": moment,
-            "last_error": {"type": ["string", "null"]},
-        },
-        "required": ["operation", "state", "attempts", "next_attempt_at", "last_error"],
-    }
     sources = [f.source for f in entity.fields]
     return {
         "type": "object",
@@ -287,14 +390,7 @@ def stored_record_schema(entity: Entity) -> dict[str, Any]:
             "created_at": moment,
             "updated_at": moment,
             "deleted_at": maybe_moment,
-            "moodle": {
-                "type": "object",
-                "properties": {
-                    "moodle_id": {"type": ["integer", "null"]},
-                    "delivery": {"oneOf": [{"type": "null"}, delivery]},
-                },
-                "required": ["moodle_id", "delivery"],
-            },
+            "moodle": MOODLE_STATE_SCHEMA,
         },
         "required": ["entity", entity.id_key, "values", "fingerprint", "source_version", "created_at", "updated_at"],
     }
@@ -367,7 +463,17 @@ FIXED_RESPONSES: dict[str, dict[str, Any]] = {
         "200": ok("the stored record", {"$ref": "#/components/schemas/StoredRecord"}),
         **error_responses(READ_ANSWERS),
     },
+    "list_deliveries": {
+        "200": ok("counts per state and a page of deliveries, oldest first", DELIVERIES_SCHEMA),
+        **error_responses(DELIVERIES_ANSWERS),
+    },
+    "retry_deliveries": {
+        "200": ok("what was requeued, what no delivery has, what a worker holds", RETRIED_SCHEMA),
+        **error_responses(RETRY_ANSWERS),
+    },
 }
+#: The request bodies of the fixed routes that take one.
+FIXED_BODIES: dict[str, dict[str, Any]] = {"retry_deliveries": RETRY_BODY}
 
 
 @dataclass
@@ -423,19 +529,29 @@ READ_PARAMETERS = {
     "entity": {"$ref": "#/components/schemas/EntityName"},
     "zoho_id": {"type": "string", "minLength": 1, "description": "the Zoho id; `/` as `%2F`, `%` as `%25`"},
 }
+#: The query parameters of `GET /v1/deliveries` (the handler reads them as text and checks them).
+DELIVERIES_PARAMETERS = {
+    "state": {"enum": list(STATES)},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "after_id": {"type": "integer", "minimum": 0, "description": "the previous page's next_after_id"},
+}
 
 
 def fixed_operation(operation_id: str) -> type[Operation]:
     """An Operation class answering as FIXED_RESPONSES[operation_id] says."""
-    answers = FIXED_RESPONSES[operation_id]
+    answers, body = FIXED_RESPONSES[operation_id], FIXED_BODIES.get(operation_id)
 
     class FixedOperation(Operation):
         def to_schema(self) -> dict[str, Any]:
             schema = super().to_schema()
             schema["responses"] = answers
+            if body is not None:
+                schema["requestBody"] = body
             for parameter in schema.get("parameters", ()):
                 if parameter.get("in") == "path" and parameter.get("name") in READ_PARAMETERS:
                     parameter["schema"] = READ_PARAMETERS[parameter["name"]]
+                if parameter.get("in") == "query" and parameter.get("name") in DELIVERIES_PARAMETERS:
+                    parameter["schema"] = DELIVERIES_PARAMETERS[parameter["name"]]
             return schema
 
     FixedOperation.__name__ = FixedOperation.__qualname__ = f"{operation_id.title().replace('_', '')}Operation"

@@ -1,30 +1,59 @@
 """Each tenant's Moodle site: its URL, its web-service token and its `max_input_vars` budget.
 
 The token is written by `save_site` and read by `read_site` only (the delivery worker's): it is
-never printed, logged or answered, and a `Site`'s repr leaves it out. Encryption at rest, should
-it come, belongs in these two functions.
+never printed, logged or answered, and a `Site`'s repr leaves it out. With SYNCENGINE_SECRET_KEY
+set (a Fernet key), `save_site` stores it encrypted (`fernet:...`) and `read_site` decrypts it;
+without the key it is stored as given, for the service alone to read. `check_moodle` asks a site
+which web-service functions its token may call and lists those the mappings need but lack.
 
     await save_site(database, "default", "https://moodle.school.test", token, max_input_vars=1000)
     site = await read_site(conn, "default")     # Site(url=..., max_input_vars=1000), token hidden
+    report = await check_moodle(catalog, site)  # MoodleCheck(release="4.5.11+ ...", missing={...})
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from syncengine.descriptors import Catalog
+from syncengine.moodle import MoodleClient
 from syncengine.tables import engine_table
+from syncengine.targets import SITE_INFO, needed_functions
 
 SITES = engine_table("syncengine_moodle_sites")
 DEFAULT_MAX_INPUT_VARS = 1000
+SECRET_KEY = "SYNCENGINE_SECRET_KEY"
+ENCRYPTED = "fernet:"  # the prefix of a token stored encrypted
+MAKE_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 class SiteError(ValueError):
     """A Moodle site that cannot be stored as given."""
+
+
+class SecretKeyError(SiteError):
+    """SYNCENGINE_SECRET_KEY is not a key, or not the one a stored token was encrypted with."""
+
+
+def _fernet(environ: Mapping[str, str] = os.environ) -> Fernet | None:
+    """The Fernet of SYNCENGINE_SECRET_KEY, or None where it is not set."""
+    key = environ.get(SECRET_KEY, "").strip()
+    if not key:
+        return None
+    try:
+        return Fernet(key)
+    except ValueError:
+        raise SecretKeyError(
+            f"{SECRET_KEY} is not a Fernet key (32 url-safe base64-encoded bytes): make one with {MAKE_KEY}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -58,9 +87,11 @@ async def save_site(
 ) -> None:
     """Store (or replace) `tenant`'s Moodle site."""
     check_site(url, token, max_input_vars)
+    fernet = _fernet()
+    stored = token.strip() if fernet is None else ENCRYPTED + fernet.encrypt(token.strip().encode()).decode()
     values = {
         "url": url.rstrip("/"),
-        "token": token.strip(),
+        "token": stored,
         "max_input_vars": max_input_vars,
         "updated_at": dt.datetime.now(dt.UTC),
     }
@@ -71,10 +102,64 @@ async def save_site(
 
 
 async def read_site(conn: AsyncConnection, tenant: str) -> Site | None:
-    """`tenant`'s Moodle site with its token, or None; for the delivery worker only."""
+    """`tenant`'s Moodle site with its token, or None; for the delivery worker only.
+
+    A token stored encrypted needs the SYNCENGINE_SECRET_KEY it was stored with (SecretKeyError)."""
     row = (
         await conn.execute(
             sa.select(SITES.c.url, SITES.c.token, SITES.c.max_input_vars).where(SITES.c.tenant_id == tenant)
         )
     ).first()
-    return None if row is None else Site(tenant, row.url, row.token, row.max_input_vars)
+    if row is None:
+        return None
+    token: str = row.token
+    if token.startswith(ENCRYPTED):
+        again = (
+            f"set {SECRET_KEY} to the key it was stored with, or store the token again: "
+            f"`syncengine tenant moodle {tenant} --url URL --token-file FILE`"
+        )
+        fernet = _fernet()
+        if fernet is None:
+            raise SecretKeyError(
+                f"tenant '{tenant}''s Moodle token is stored encrypted and {SECRET_KEY} is not set: {again}"
+            )
+        try:
+            token = fernet.decrypt(token[len(ENCRYPTED) :].encode()).decode()
+        except InvalidToken:
+            raise SecretKeyError(f"{SECRET_KEY} does not decrypt tenant '{tenant}''s Moodle token: {again}") from None
+    return Site(tenant, row.url, token, row.max_input_vars)
+
+
+async def site_tenants(conn: AsyncConnection) -> list[str]:
+    """The tenants that have a Moodle site, by name."""
+    return [row[0] for row in await conn.execute(sa.select(SITES.c.tenant_id).order_by(SITES.c.tenant_id))]
+
+
+@dataclass(frozen=True)
+class MoodleCheck:
+    """What `core_webservice_get_site_info` said of a site, and the functions the mappings need that
+    the token's service lacks, each with the targets (`entity.target (kind)`) that call it."""
+
+    sitename: str
+    release: str
+    needed: tuple[str, ...]
+    missing: dict[str, list[str]]
+
+
+def mapped_functions(catalog: Catalog) -> dict[str, list[str]]:
+    """Every web-service function the catalog's mappings call, with the targets calling it."""
+    needed: dict[str, list[str]] = {SITE_INFO: ["syncengine moodle check"]}
+    for entity in catalog:
+        for target in entity.moodle or ():
+            for function in needed_functions(target.kind.name, target.leave):
+                needed.setdefault(function, []).append(f"{entity.name}.{target.name} ({target.kind.name})")
+    return needed
+
+
+async def check_moodle(catalog: Catalog, site: Site) -> MoodleCheck:
+    """Ask `site` what its token may call; MoodleError where the site or the token is wrong."""
+    needed = mapped_functions(catalog)
+    async with MoodleClient(site.url, site.token, timeout=15.0) as client:
+        info = await client.site_info()
+    missing = {name: users for name, users in needed.items() if name not in info.functions}
+    return MoodleCheck(info.sitename, info.release, tuple(needed), missing)

@@ -31,6 +31,7 @@ Params = dict[str, Any]
 class Kind:
     name: str
     items: str  # the list parameter: users[0][...], courses[0][...]
+    find: str  # the look-up function (see `_existing`)
     create: str
     update: str
     taken: frozenset[str]  # errorcodes of a create that may mean "it already exists"
@@ -42,6 +43,7 @@ class Kind:
 USER = Kind(
     "user",
     "users",
+    "core_user_get_users_by_field",
     "core_user_create_users",
     "core_user_update_users",
     frozenset({"invalidparameter"}),
@@ -52,6 +54,7 @@ USER = Kind(
 CATEGORY = Kind(
     "category",
     "categories",
+    "core_course_get_categories",
     "core_course_create_categories",
     "core_course_update_categories",
     frozenset({"categoryidnumbertaken"}),
@@ -60,6 +63,7 @@ CATEGORY = Kind(
 COURSE = Kind(
     "course",
     "courses",
+    "core_course_get_courses_by_field",
     "core_course_create_courses",
     "core_course_update_courses",
     frozenset({"shortnametaken", "courseidnumbertaken"}),
@@ -67,6 +71,24 @@ COURSE = Kind(
 )
 ENROL = "enrol_manual_enrol_users"
 UNENROL = "enrol_manual_unenrol_users"
+SITE_INFO = "core_webservice_get_site_info"  # `syncengine moodle check` calls it: the service needs it too
+#: The web-service functions each mapping kind calls, the one list `syncengine moodle check` holds
+#: a token's service to; every call here names its function from these (`needed_functions`).
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    **{kind.name: (kind.find, kind.create, kind.update) for kind in (USER, CATEGORY, COURSE)},
+    "enrolment": (ENROL,),
+}
+
+
+def needed_functions(kind: str, leave: str | None) -> tuple[str, ...]:
+    """The functions a target of `kind` calls; `leave: unenrol` adds the unenrol function.
+
+    >>> needed_functions("enrolment", "unenrol")
+    ('enrol_manual_enrol_users', 'enrol_manual_unenrol_users')
+    """
+    return FUNCTIONS[kind] + ((UNENROL,) if leave == "unenrol" else ())
+
+
 STATES = {"suspend": {"suspended": 1}, "reactivate": {"suspended": 0}, "hide": {"visible": 0}, "show": {"visible": 1}}
 
 
@@ -118,24 +140,18 @@ async def _existing(
     if kind is USER:
         step = max(1, budget - WS_PARAMETERS - 1)
         for start in range(0, len(values), step):
-            rows += await client.call(
-                "core_user_get_users_by_field", {"field": name, "values": values[start : start + step]}
-            )
+            rows += await client.call(kind.find, {"field": name, "values": values[start : start + step]})
     elif kind is CATEGORY:
-        rows = await client.call("core_course_get_categories", {})  # one call: schools have few categories
+        rows = await client.call(kind.find, {})  # one call: schools have few categories
     else:  # courses: list each desired category once, then ask for the ones not seen there
         listed: list[Params] = []
         for category in sorted({p["categoryid"] for p in desired.values() if "categoryid" in p}):
-            listed += (await client.call("core_course_get_courses_by_field", {"field": "category", "value": category}))[
-                "courses"
-            ]
+            listed += (await client.call(kind.find, {"field": "category", "value": category}))["courses"]
         seen = {str(row.get(name) or "") for row in listed}
         rows = listed
         for value in values if len(desired) == 1 else []:  # a single record: an "already exists" look-up
             if value not in seen:
-                rows += (await client.call("core_course_get_courses_by_field", {"field": name, "value": value}))[
-                    "courses"
-                ]
+                rows += (await client.call(kind.find, {"field": name, "value": value}))["courses"]
     existing: dict[str, int] = {}
     for row in sorted(rows, key=lambda row: int(row["id"]), reverse=True):
         if row.get(name):

@@ -50,6 +50,12 @@ async def test_every_query_parameter_says_which_values_it_accepts(api: Api) -> N
     checked = 0
     for method, path, parameters in operations(api):
         for parameter in (p for p in parameters if p["in"] == "query"):
+            if path == "/v1/deliveries":  # state, limit, after_id: exact cases in tests/test_deliveries_http.py
+                url = f"{path}?{parameter['name']}=n%C3%A4"
+                body = assert_ours(await api.http.request(method, url, headers=api.auth()))
+                assert body["error"] == "invalid_delivery_query"
+                assert body["message"].startswith(parameter["name"]) and "'nä'" in body["message"]
+                continue
             assert parameter["schema"]["type"] == "boolean", f"add cases for {parameter} of {method} {path}"
             for value in ("yes", "", "on", "2", "n%C3%A4"):
                 url = f"{concrete(path)}?{parameter['name']}={value}"

@@ -99,9 +99,16 @@ async def test_read_a_stored_record(api: Api) -> None:
     assert len(record["fingerprint"]) == 64
     assert record["source_version"] == "2026-02-10T06:15:42Z"
     assert record["created_at"].endswith("Z") and record["deleted_at"] is None
+    # Issue 16 (ops): each target of the mapping, not delivered yet, and the outbox row's id.
+    not_delivered = {"moodle_id": None, "state": "not_delivered", "delivered_at": None}
     assert record["moodle"] == {
         "moodle_id": None,
+        "targets": [
+            {"target": "course", "kind": "course", **not_delivered},
+            {"target": "teacher", "kind": "enrolment", **not_delivered},
+        ],
         "delivery": {
+            "id": record["moodle"]["delivery"]["id"],
             "operation": "upsert",
             "state": "pending",
             "attempts": 0,

@@ -167,10 +167,14 @@ ON_THE_WAY = {
         *("descriptors.UnknownEntity", "tenants.CredentialError"),
     ],
     openapi.READY_ANSWERS: ["app._readiness"],
+    openapi.DELIVERIES_ANSWERS: [
+        *("app.deliveries", "app._delivery_query", "app.authenticated_tenant", "admission._refusal"),
+    ],
+    openapi.RETRY_ANSWERS: ["app.retry", "edge.read", "app.authenticated_tenant", "admission._refusal"],
 }
 
 
-@pytest.mark.parametrize("answers", list(ON_THE_WAY), ids=["tenant", "sync", "read", "ready"])
+@pytest.mark.parametrize("answers", list(ON_THE_WAY), ids=["tenant", "sync", "read", "ready", "deliveries", "retry"])
 def test_each_route_declares_what_the_functions_on_its_way_raise(answers: tuple[str, ...]) -> None:
     raised = {r.code for r in raised_everywhere() if r.where in ON_THE_WAY[answers]}
     assert raised and raised <= set(answers), raised - set(answers)
@@ -178,6 +182,7 @@ def test_each_route_declares_what_the_functions_on_its_way_raise(answers: tuple[
 
 def test_every_code_of_the_table_is_some_route_s() -> None:
     routes = set(openapi.SYNC_ANSWERS) | set(openapi.READ_ANSWERS) | set(openapi.READY_ANSWERS)
+    routes |= set(openapi.DELIVERIES_ANSWERS) | set(openapi.RETRY_ANSWERS)
     assert set(openapi.ANSWERS) == routes | set(openapi.UNDOCUMENTED_ANSWERS)
     assert set(openapi.TENANT_ANSWERS) <= set(openapi.SYNC_ANSWERS) & set(openapi.READ_ANSWERS)
 
@@ -191,13 +196,18 @@ async def api(engine: SyncEngine) -> AsyncIterator[Api]:
 def route_answers(path: str) -> tuple[str, ...]:
     if path.startswith("/v1/sync/"):
         return openapi.SYNC_ANSWERS
-    return {"/v1/{entity}/{zoho_id}": openapi.READ_ANSWERS, "/v1/ready": openapi.READY_ANSWERS}.get(path, ())
+    return {
+        "/v1/{entity}/{zoho_id}": openapi.READ_ANSWERS,
+        "/v1/ready": openapi.READY_ANSWERS,
+        "/v1/deliveries": openapi.DELIVERIES_ANSWERS,
+        "/v1/deliveries/retry": openapi.RETRY_ANSWERS,
+    }.get(path, ())
 
 
 async def test_the_document_declares_each_route_s_answers(api: Api) -> None:
     document = (await api.http.get("/schema/openapi.json")).json()
     operations = [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
-    assert len(operations) == 6 + len(list(api.engine.catalog))
+    assert len(operations) == 8 + len(list(api.engine.catalog))
     for path, method, operation in operations:
         codes = route_answers(path)
         by_status: dict[str, list[str]] = {}
@@ -254,6 +264,21 @@ PROVOKED: list[tuple[str, str, dict[str, Any], bytes | None, int, str | None]] =
     ("GET", "/v1/programs/1001", {"Authorization": "Bearer sk_wrong"}, None, 401, "invalid_api_key"),
     ("GET", "/v1/programs/1001", {"X-Tenant-ID": "other"}, None, 403, "tenant_mismatch"),
     ("POST", "/v1/sync/programs", JSON, b'[{"id": "1002", "Product_Name": "P"}]', 200, None),
+    ("GET", "/v1/deliveries", {}, None, 200, None),
+    ("GET", "/v1/deliveries?state=pending&limit=1&after_id=0", {}, None, 200, None),
+    ("GET", "/v1/deliveries?state=lost", {}, None, 400, "invalid_delivery_query"),
+    ("GET", "/v1/deliveries?limit=0", {}, None, 400, "invalid_delivery_query"),
+    ("GET", "/v1/deliveries?limit=1&limit=2", {}, None, 400, "invalid_delivery_query"),
+    ("GET", "/v1/deliveries?page=2", {}, None, 400, "invalid_delivery_query"),
+    ("GET", "/v1/deliveries", NO_KEY, None, 401, "missing_api_key"),
+    ("POST", "/v1/deliveries/retry", JSON, b'{"ids": [1, 999]}', 200, None),
+    ("POST", "/v1/deliveries/retry", JSON, b'{"all_dead": true}', 200, None),
+    ("POST", "/v1/deliveries/retry", JSON, b"{}", 400, "invalid_retry_request"),
+    ("POST", "/v1/deliveries/retry", JSON, b'{"ids": ["1"]}', 400, "invalid_retry_request"),
+    ("POST", "/v1/deliveries/retry", JSON, b'{"ids": [1], "all_dead": true}', 400, "invalid_retry_request"),
+    ("POST", "/v1/deliveries/retry", JSON, b"[1,", 400, "invalid_retry_request"),
+    ("POST", "/v1/deliveries/retry", JSON, b'{"ids": [' + b"1," * 3000 + b"1]}", 413, "body_too_large"),
+    ("POST", "/v1/deliveries/retry", {"X-Tenant-ID": "other"}, b"{}", 403, "tenant_mismatch"),
     ("POST", "/v1/sync/programs", NO_KEY, b"[]", 401, "missing_api_key"),
     ("POST", "/v1/sync/programs", {"Authorization": "sk_no_scheme"}, b"[]", 401, "malformed_credentials"),
     ("POST", "/v1/sync/programs", {"X-Tenant-ID": "other"}, b"[]", 403, "tenant_mismatch"),
@@ -319,5 +344,6 @@ async def test_provoked_answers_are_declared(api: Api) -> None:
 
 def _matches(template: str, path: str) -> bool:
     if template == "/v1/{entity}/{zoho_id}":
-        return path.startswith("/v1/") and not path.startswith("/v1/sync/") and path.count("/") >= 3
+        fixed = path.startswith(("/v1/sync/", "/v1/deliveries"))
+        return path.startswith("/v1/") and not fixed and path.count("/") >= 3
     return template == path
