@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -242,7 +242,7 @@ def serve_fake(argv: Sequence[str]) -> None:
     class CountingFake(moodle_fake.MoodleFake):
         calls_by_function: ClassVar[Counter[str]] = Counter()
         variables_by_function: ClassVar[Counter[str]] = Counter()
-        seconds_by_function: ClassVar[Counter[str]] = Counter()
+        seconds_by_function: ClassVar[dict[str, float]] = defaultdict(float)
         handled: ClassVar[dict[str, float]] = {}
         counting: ClassVar[threading.Lock] = threading.Lock()
 
