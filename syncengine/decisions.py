@@ -133,11 +133,11 @@ class Decisions:
                 self.dirty[record.zoho_id] = None
             return RecordResult(record.zoho_id, "UNCHANGED", "no change")
         links: dict[str, int | None] = {}
-        for fld in self.entity.lookups:
+        for fld, target in self.entity.lookup_targets:
             zoho_id = values[fld.name]
-            links[fld.name] = None if zoho_id is None else self.resolved[fld.target].get(zoho_id)  # type: ignore[index]
+            links[fld.name] = None if zoho_id is None else self.resolved[target].get(zoho_id)
             if fld.required and links[fld.name] is None:
-                singular = self.singulars[fld.target]  # type: ignore[index]
+                singular = self.singulars[target]
                 return RecordResult(
                     record.zoho_id,
                     "SKIPPED",

@@ -155,6 +155,8 @@ class Entity:
     rules: tuple[Rule, ...] = ()
     version_aliases: tuple[str, ...] = ()
     lookups: tuple[Field, ...] = field(init=False)
+    #: Each lookup field with the entity it points to (typed: a lookup always has one).
+    lookup_targets: tuple[tuple[Field, str], ...] = field(init=False)
     requires: tuple[str, ...] = field(init=False)
     #: A form webhook's keys, lower-cased, to the Zoho names they stand for: each field's API
     #: name and aliases, and the version field's (`{"modified_time": "Modified_Time"}`).
@@ -163,6 +165,7 @@ class Entity:
     def __post_init__(self) -> None:
         lookups = tuple(f for f in self.fields if f.is_lookup)
         object.__setattr__(self, "lookups", lookups)
+        object.__setattr__(self, "lookup_targets", tuple((f, f.target) for f in lookups if f.target is not None))
         required = dict.fromkeys(f.target for f in lookups if f.required)
         object.__setattr__(self, "requires", tuple(t for t in required if t))
         names = [(f.source, (f.source, *f.aliases)) for f in self.fields]

@@ -277,8 +277,9 @@ class IdempotencyKeys:
                 result = await conn.execute(_keys.insert().values(**values, expires_at=expires_at))
         except sa.exc.IntegrityError:
             return None
-        row_id: int = result.inserted_primary_key[0]  # type: ignore[index]
-        return row_id
+        key_row = result.inserted_primary_key
+        assert key_row is not None, "an INSERT of one row has its primary key"
+        return int(key_row[0])
 
     async def _delete(self, row: int, *, answered: bool) -> None:
         answer = _keys.c.status_code.is_not(None) if answered else _keys.c.status_code.is_(None)

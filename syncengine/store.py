@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints and has no stubs
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -661,7 +661,7 @@ def _lane_key(table: str, tenant: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{table}:{tenant}".encode(), digest_size=8).digest(), signed=True)
 
 
-_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves this constructor untyped
 _quote = _DIALECT.identifier_preparer.quote
 
 

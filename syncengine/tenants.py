@@ -1,4 +1,4 @@
-"""Tenants and their API keys: a key is shown once, stored as its SHA-256, compared in constant time.
+"""Tenants and their API keys: a key is shown once, stored as its SHA-256, looked up by that hash.
 
     >>> key = await add_tenant(database, "school")   # 'sk_...', print it once
     >>> (await KeyCache(database).authenticate(key)).name
