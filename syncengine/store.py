@@ -7,8 +7,8 @@ transaction is to be run again (a `LostRace`, see `translate`); it never learns 
 
 - PostgreSQL: the statements run on the pooled connection's asyncpg connection, in a
   transaction of asyncpg's, each prepared once per connection (asyncpg's statement cache).
-  SQLAlchemy's execute path cost 0.15-0.3 ms of CPU a statement, as much as a small batch's own
-  work. One statement writes a batch (or a part of one), `WITH w0 AS (INSERT ... SELECT FROM
+  SQLAlchemy's execute path cost as much CPU a statement as a small batch's own work (bench/README.md).
+  One statement writes a batch (or a part of one), `WITH w0 AS (INSERT ... SELECT FROM
   unnest(...)), w1 AS (UPDATE ... FROM unnest(...)) INSERT INTO outbox ... SELECT FROM
   unnest(...)`, arrays bound as parameters.
   Writers do not lock what they read; they check it when they write. The fetch returns each
@@ -23,8 +23,8 @@ transaction is to be run again (a `LostRace`, see `translate`); it never learns 
   shared records, it could, time after time): every writing transaction of a table and tenant
   holds one advisory lock on them in shared mode (taken with its BEGIN), and one run again
   (`fetch`'s `hold`) takes it exclusively before it reads, so it waits for the writers in
-  flight to end, then runs alone. (Processes of a syncengine before 2026-11-30, which took
-  other advisory locks, must not write beside this one: stop them all before starting it.)
+  flight to end, then runs alone. (Processes of an older syncengine, which took other advisory
+  locks, must not write beside this one: README.md says to stop them first.)
 - SQLite: `executemany` of an insert (rows not found) and of an upsert; the pipeline's write
   transactions start with `BEGIN IMMEDIATE` so that two writers queue instead of failing, and
   the file runs in WAL mode, so that reads (a plain, deferred BEGIN) never wait for a writer.
@@ -672,7 +672,7 @@ def _fetch_sql(columns: tuple[sa.Column[Any], ...], literal: bool) -> str:
     Each row ends with its `xmin`, its version for `write`. One unique-index lookup per id (a
     LATERAL ... LIMIT 1 cannot be flattened into a join):
     `zoho_id = ANY($2)` let the planner scan the tenant's whole index range when the
-    statistics were stale, as during a first large load (22 ms a batch at 100,000 rows).
+    statistics were stale, as during a first large load.
     """
     names = ", ".join(f"t.{_quote(column.name)}" for column in columns)
     return (
