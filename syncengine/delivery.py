@@ -20,6 +20,7 @@ version-check. Only tenants with a Moodle site (sites.py) are claimed: the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every insert into the outbox
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
+CLAIM_LOCK = 0x5E0D_0B0C  # the PostgreSQL advisory lock that claims take in turn
 KINDS = {"user": targets.USER, "category": targets.CATEGORY, "course": targets.COURSE}
 Key = tuple[str, str]  # (entity, zoho_id)
 
@@ -76,6 +78,25 @@ class Counts:
 
     def __str__(self) -> str:
         return f"delivered {self.delivered}, waiting {self.waiting}, retrying {self.retrying}, dead {self.dead}"
+
+
+@dataclass
+class _Lease:
+    """One round's claim: the rows still held and the lease time that proves it.
+
+    The lease time is the claim's token: the worker renews it while it delivers (every third of the
+    lease, and before each batch of Moodle calls), and a row whose token changed was taken over by
+    another worker after the lease ran out; its record is left to that worker (no call, no link, no
+    settle), whose find-before-create links whatever this one made in Moodle.
+    """
+
+    until: dt.datetime
+    held: set[int]
+    rows_of: dict[tuple[str, str, str], frozenset[int]]  # (tenant, entity, zoho_id) -> its claimed rows
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def holds(self, tenant: str, key: Key) -> bool:
+        return self.rows_of[(tenant, *key)] <= self.held
 
 
 @dataclass
@@ -122,8 +143,19 @@ class Worker:
         pending row of the same records (coalesced). One short transaction."""
         o, now = self.outbox, _now()
         lease = now + dt.timedelta(seconds=self.policy.lease)
+        held = o.alias("held")  # a record another worker is delivering is left to it, all its rows
+        busy = sa.exists().where(
+            held.c.tenant_id == o.c.tenant_id,
+            held.c.entity == o.c.entity,
+            held.c.zoho_id == o.c.zoho_id,
+            held.c.state == "working",
+            held.c.next_attempt_at > now,
+        )
         due = sa.select(o.c.id).where(
-            o.c.state.in_(DUE), o.c.next_attempt_at <= now, o.c.tenant_id.in_(sa.select(SITES.c.tenant_id))
+            o.c.state.in_(DUE),
+            o.c.next_attempt_at <= now,
+            o.c.tenant_id.in_(sa.select(SITES.c.tenant_id)),
+            ~busy,
         )
         if self.tenant is not None:
             due = due.where(o.c.tenant_id == self.tenant)
@@ -131,6 +163,8 @@ class Worker:
         mark = {"state": "working", "next_attempt_at": lease}
         returning = (o.c.id, o.c.tenant_id, o.c.entity, o.c.zoho_id, o.c.attempts, o.c.next_attempt_at)
         async with self.database.begin() as conn:
+            if conn.dialect.name == "postgresql":  # claims one at a time, so two never split one record
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK)))
             rows = list(await conn.execute(sa.update(o).where(o.c.id.in_(due)).values(mark).returning(*returning)))
             keys = {(r.tenant_id, r.entity, r.zoho_id) for r in rows}
             if keys:
@@ -147,16 +181,62 @@ class Worker:
                 )
         return rows
 
-    async def _settle(self, rows: Sequence[Any], values: dict[str, Any]) -> None:
-        """Set `values` on claimed rows still held by this claim (a lease taken over is left alone)."""
+    async def _settle(self, lease: _Lease, rows: Sequence[Any], values: dict[str, Any]) -> None:
+        """Set `values` on claimed rows still held by this claim (a lease taken over is left alone);
+        a record delivered settles its older dead rows too: its latest state is in Moodle."""
         o = self.outbox
-        async with self.database.begin() as conn:
-            for row in rows:
+        async with lease.lock, self.database.begin() as conn:
+            ids = [row.id for row in rows if row.id in lease.held]
+            settled = await conn.execute(
+                sa.update(o)
+                .where(o.c.id.in_(ids), o.c.state == "working", o.c.next_attempt_at == lease.until)
+                .values(values)
+                .returning(o.c.id)
+            )
+            done = {r.id for r in settled}
+            lease.held -= {row.id for row in rows}
+            if values["state"] == "done" and done:
+                first = rows[0]
                 await conn.execute(
                     sa.update(o)
-                    .where(o.c.id == row.id, o.c.state == "working", o.c.next_attempt_at == row.next_attempt_at)
-                    .values(values)
+                    .where(
+                        o.c.tenant_id == first.tenant_id,
+                        o.c.entity == first.entity,
+                        o.c.zoho_id == first.zoho_id,
+                        o.c.state == "dead",
+                        o.c.id < max(done),
+                    )
+                    .values(state="done", next_attempt_at=values["next_attempt_at"])
                 )
+
+    async def _renew(self, lease: _Lease, conn: AsyncConnection | None = None) -> None:
+        """Extend the lease of the rows still held, in `conn`'s transaction if given; rows another
+        worker took over (their lease had run out) are no longer held."""
+        o = self.outbox
+        until = _now() + dt.timedelta(seconds=self.policy.lease)
+        renew = (
+            sa.update(o)
+            .where(o.c.id.in_(lease.held), o.c.state == "working", o.c.next_attempt_at == lease.until)
+            .values(next_attempt_at=until)
+            .returning(o.c.id)
+        )
+        if conn is None:
+            async with lease.lock, self.database.begin() as own:
+                kept = {r.id for r in await own.execute(renew)}
+        else:
+            kept = {r.id for r in await conn.execute(renew)}
+        if lease.held - kept:
+            log.warning("delivery lease lost", extra={"fields": {"rows": sorted(lease.held - kept)}})
+        lease.held, lease.until = kept, until
+
+    async def _keep(self, lease: _Lease) -> None:
+        """Renew the lease every third of it until cancelled (a database error is logged and retried)."""
+        while True:
+            await asyncio.sleep(self.policy.lease / 3)
+            try:
+                await self._renew(lease)
+            except Exception:
+                log.exception("could not renew the delivery lease")
 
     # Rounds.
 
@@ -167,20 +247,33 @@ class Worker:
         by_tenant: dict[str, dict[Key, list[Any]]] = {}
         for row in rows:
             by_tenant.setdefault(row.tenant_id, {}).setdefault((row.entity, row.zoho_id), []).append(row)
-        for tenant, records in by_tenant.items():
-            await self._deliver_tenant(tenant, records, counts)
+        if rows:
+            rows_of = {
+                (tenant, *key): frozenset(r.id for r in claimed)
+                for tenant, records in by_tenant.items()
+                for key, claimed in records.items()
+            }
+            lease = _Lease(rows[0].next_attempt_at, {r.id for r in rows}, rows_of)
+            keeper = asyncio.ensure_future(self._keep(lease))
+            try:
+                for tenant, records in by_tenant.items():
+                    await self._deliver_tenant(lease, tenant, records, counts)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
         for name in ("delivered", "waiting", "retrying", "dead"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         if counts and self.on_round is not None:
             self.on_round(counts)
         return counts
 
-    async def _deliver_tenant(self, tenant: str, records: dict[Key, list[Any]], counts: Counts) -> None:
+    async def _deliver_tenant(self, lease: _Lease, tenant: str, records: dict[Key, list[Any]], counts: Counts) -> None:
         async with self.database.connect() as conn:
             site = await read_site(conn, tenant)
         if site is None:  # removed since the claim: back to pending, untouched
             await self._settle(
-                [r for rows in records.values() for r in rows], {"state": "pending", "next_attempt_at": _now()}
+                lease, [r for rows in records.values() for r in rows], {"state": "pending", "next_attempt_at": _now()}
             )
             return
         results: dict[Key, _Result] = {key: _Result() for key in records}
@@ -189,9 +282,12 @@ class Worker:
             for entity in self.catalog:
                 keys = [key for key in records if key[0] == entity.name]
                 if keys and entity.moodle:
-                    delivered_any |= await self._deliver_entity(client, site, entity, [k[1] for k in keys], results)
+                    delivered_any |= await self._deliver_entity(
+                        lease, client, site, entity, [k[1] for k in keys], results
+                    )
         for key, rows in records.items():
-            await self._finish(tenant, rows, results[key], counts)
+            if lease.holds(tenant, key):
+                await self._finish(lease, tenant, rows, results[key], counts)
         if delivered_any:  # a parent may have got its Moodle id: its waiting children are due now
             o = self.outbox
             async with self.database.begin() as conn:
@@ -199,7 +295,7 @@ class Worker:
                     sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting").values(next_attempt_at=_now())
                 )
 
-    async def _finish(self, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
+    async def _finish(self, lease: _Lease, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
         attempts = max(row.attempts for row in rows)
         if result.errors:
             error = result.errors[0]
@@ -221,11 +317,11 @@ class Worker:
             values = {"state": "waiting", "last_error": "; ".join(result.waiting), "next_attempt_at": later}
         else:
             counts.delivered += 1
-            values = {"state": "done", "last_error": None}
-        await self._settle(rows, values)
+            values = {"state": "done", "last_error": None, "next_attempt_at": _now()}
+        await self._settle(lease, rows, values)
 
     async def _deliver_entity(
-        self, client: MoodleClient, site: Site, entity: Entity, zoho_ids: list[str], results: dict[Key, _Result]
+        self, lease: _Lease, client: MoodleClient, site: Site, entity: Entity, zoho_ids: list[str], results: dict[Key, _Result]
     ) -> bool:
         """Each target of `entity`, in the mapping's order, for the records `zoho_ids`; whether
         any Moodle object was created or changed."""
@@ -241,11 +337,12 @@ class Worker:
             ids = await self._moodle_ids(site.tenant, needed)
             states = {z: desired_state(target, records[z], ids) for z in records}
             links = await self._links(site.tenant, entity.name, target.name, list(records))
-            changed |= await self._deliver_target(client, site, entity, target, states, links, results)
+            changed |= await self._deliver_target(lease, client, site, entity, target, states, links, results)
         return changed
 
     async def _deliver_target(
         self,
+        lease: _Lease,
         client: MoodleClient,
         site: Site,
         entity: Entity,
@@ -268,6 +365,9 @@ class Worker:
                 )
                 continue
             send[zoho_id] = state
+        if send:  # fenced: nothing is sent for a record whose lease another worker took over
+            await self._renew(lease)
+            send = {z: s for z, s in send.items() if lease.holds(site.tenant, (entity.name, z))}
         if not send:
             return False
         try:
@@ -285,8 +385,7 @@ class Worker:
             if moodle_id is None and link is not None:
                 moodle_id = link.moodle_id
             rows.append({"zoho_id": zoho_id, "moodle_id": moodle_id, "digest": state.digest, "active": state.active})
-        await self._save_links(site.tenant, entity.name, target.name, rows)
-        return bool(rows)
+        return await self._save_links(lease, site.tenant, entity.name, target.name, rows)
 
     async def _send(
         self, client: MoodleClient, budget: int, target: Target, send: dict[str, DesiredState], links: dict[str, Any]
@@ -307,10 +406,14 @@ class Worker:
                 outcomes |= await targets.deliver(
                     client, kind, budget, {z: s.params for z, s in staying.items()}, known
                 )
+            # Leaving sends the state change alone (suspended=1, visible=0): Moodle's update changes only
+            # the fields it is given, so the rest stays as last delivered, and a value Moodle would
+            # refuse now (an email taken meanwhile) cannot block a suspension.
+            state = target.kind.state
             acting = {
-                z: (int(links[z].moodle_id), s.params)
+                z: (int(links[z].moodle_id), {state.name: s.params[state.name]})
                 for z, s in leaving.items()
-                if s.leave != "nothing" and links[z].moodle_id is not None
+                if state is not None and s.leave != "nothing" and links[z].moodle_id is not None
             }
             outcomes |= await targets.update(client, kind, budget, acting) if acting else {}
         return outcomes
@@ -357,17 +460,35 @@ class Worker:
         async with self.database.connect() as conn:
             return {r.zoho_id: r for r in await conn.execute(query)}
 
-    async def _save_links(self, tenant: str, entity: str, target: str, rows: list[dict[str, Any]]) -> None:
+    async def _save_links(
+        self, lease: _Lease, tenant: str, entity: str, target: str, rows: list[dict[str, Any]]
+    ) -> bool:
+        """Record what Moodle now holds, for the records whose lease this worker still holds (checked
+        in the same transaction); whether anything was recorded."""
         if not rows:
-            return
-        values = [{"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": _now(), **r} for r in rows]
-        async with self.database.begin() as conn:
-            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
-            statement = insert.on_conflict_do_update(
-                index_elements=["tenant_id", "entity", "zoho_id", "target"],
-                set_={name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")},
-            )
-            await conn.execute(statement, values)
+            return False
+        async with lease.lock:
+            before = (set(lease.held), lease.until)
+            try:
+                async with self.database.begin() as conn:
+                    await self._renew(lease, conn)
+                    rows = [r for r in rows if lease.holds(tenant, (entity, r["zoho_id"]))]
+                    if not rows:
+                        return False
+                    values = [
+                        {"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": _now(), **r}
+                        for r in rows
+                    ]
+                    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
+                    statement = insert.on_conflict_do_update(
+                        index_elements=["tenant_id", "entity", "zoho_id", "target"],
+                        set_={name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")},
+                    )
+                    await conn.execute(statement, values)
+            except BaseException:  # rolled back: the lease stands as it was
+                lease.held, lease.until = before
+                raise
+        return True
 
     # The loop.
 
