@@ -130,6 +130,7 @@ class Worker:
         self.links = metadata.tables["syncengine_moodle_links"]
         self.tables = metadata.tables
         self._wake = asyncio.Event()
+        self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
         self.totals = Counts()
 
     def wake(self) -> None:
@@ -321,7 +322,13 @@ class Worker:
         await self._settle(lease, rows, values)
 
     async def _deliver_entity(
-        self, lease: _Lease, client: MoodleClient, site: Site, entity: Entity, zoho_ids: list[str], results: dict[Key, _Result]
+        self,
+        lease: _Lease,
+        client: MoodleClient,
+        site: Site,
+        entity: Entity,
+        zoho_ids: list[str],
+        results: dict[Key, _Result],
     ) -> bool:
         """Each target of `entity`, in the mapping's order, for the records `zoho_ids`; whether
         any Moodle object was created or changed."""
@@ -371,7 +378,7 @@ class Worker:
         if not send:
             return False
         try:
-            outcomes = await self._send(client, site.max_input_vars, target, send, links)
+            outcomes = await self._send(client, self._budget(site), target, send, links)
         except MoodleError as error:  # a look-up failed: nothing of this target was sent
             outcomes = {zoho_id: targets.Outcome(error=error) for zoho_id in send}
         rows = []
@@ -387,8 +394,21 @@ class Worker:
             rows.append({"zoho_id": zoho_id, "moodle_id": moodle_id, "digest": state.digest, "active": state.active})
         return await self._save_links(lease, site.tenant, entity.name, target.name, rows)
 
+    def _budget(self, site: Site) -> targets.Budget:
+        """The tenant's `max_input_vars` budget, as lowered by the cuts this worker saw (until the setting changes)."""
+        setting, budget = self._budgets.get(site.tenant, (None, None))
+        if budget is None or setting != site.max_input_vars:
+            budget = targets.Budget(site.max_input_vars)
+            self._budgets[site.tenant] = (site.max_input_vars, budget)
+        return budget
+
     async def _send(
-        self, client: MoodleClient, budget: int, target: Target, send: dict[str, DesiredState], links: dict[str, Any]
+        self,
+        client: MoodleClient,
+        budget: targets.Budget,
+        target: Target,
+        send: dict[str, DesiredState],
+        links: dict[str, Any],
     ) -> dict[str, targets.Outcome]:
         """The calls of one target for the records whose state changed, by kind and leave action."""
         outcomes: dict[str, targets.Outcome] = {}
@@ -482,7 +502,9 @@ class Worker:
                     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
                     statement = insert.on_conflict_do_update(
                         index_elements=["tenant_id", "entity", "zoho_id", "target"],
-                        set_={name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")},
+                        set_={
+                            name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")
+                        },
                     )
                     await conn.execute(statement, values)
             except BaseException:  # rolled back: the lease stands as it was

@@ -186,10 +186,9 @@ async def test_moodle_down_then_back_delivers_everything_under_serve(
                 )
                 assert answer.status_code == 200, answer.text
             await until(lambda: all_done(engine), "every row done once Moodle is back", tries=1200)
-            student = (await http.get(f"/v1/students/{STUDENTS[0]}", headers={"Authorization": f"Bearer {key}"}))
+            student = await http.get(f"/v1/students/{STUDENTS[0]}", headers={"Authorization": f"Bearer {key}"})
             assert student.status_code == 200
         outcomes = Counter(call.outcome for call in moodle.calls)
         assert (outcomes["fault:status"], outcomes["fault:reset"]) == (6, 7)
         landed_once(moodle)
     await engine.close()
-
