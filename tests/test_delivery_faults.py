@@ -1,7 +1,7 @@
 """Delivery when things go wrong, in process: a permanent error, two workers with short leases, a
 Moodle that cuts the POST, a Moodle user made by hand, the PostgreSQL wake-up, and the fixed
-defects of the core (a done row's lease, what a leave action sends, one user batch for teachers
-and students). Each against the Moodle fake over HTTP, on real databases."""
+defects of the core (a done row's lease, what a leave action sends). Each against the Moodle fake
+over HTTP, on real databases."""
 
 from __future__ import annotations
 
@@ -224,11 +224,3 @@ async def test_a_leaving_user_is_sent_its_state_change_alone(engine: SyncEngine,
     assert moodle.users[user]["suspended"] is True
     assert moodle.called("core_user_update_users")[-1].params["users"] == {"0": {"id": str(user), "suspended": "1"}}
     assert {r.state for r in await outbox(engine, "students")} == {"done"}
-
-
-async def test_teachers_and_students_share_a_user_batch(engine: SyncEngine, moodle: MoodleFake) -> None:
-    await connected(engine, moodle)
-    await school(engine)
-    await drain(Worker(engine.catalog, engine.database, FAST))
-    (call,) = moodle.called("core_user_create_users")
-    assert sorted(u["idnumber"] for u in call.params["users"].values()) == ["2001", "3001", "3002"]
