@@ -153,6 +153,10 @@ async def test_a_worker_frozen_past_its_lease_leaves_the_rows_to_the_one_that_to
             finally:
                 stop.set()
                 await task
+            async with engine.database.begin() as conn:  # what the frozen worker reads next differs from Moodle
+                await conn.execute(
+                    sa.text("UPDATE students SET first_name = 'Changed' WHERE zoho_id = :z"), {"z": STUDENTS[0]}
+                )
             before = len(moodle.calls)
         finally:
             frozen.send_signal(signal.SIGCONT)
@@ -176,7 +180,7 @@ async def test_moodle_down_then_back_delivers_everything_under_serve(
     key = await add_tenant(engine.database, "school")
     with running() as moodle:
         await save_site(engine.database, "school", moodle.url, moodle.token)
-        moodle.fail("status", status=503, times=6)
+        moodle.fail("status", status=503, times=12)  # more per record than permanent errors would allow
         moodle.fail("reset", times=6)
         moodle.fail("reset", times=1, applied=True, function="core_user_create_users")  # created, answer lost
         async with serving([], env, tmp_path) as (base, _), httpx.AsyncClient(base_url=base) as http:
@@ -189,6 +193,6 @@ async def test_moodle_down_then_back_delivers_everything_under_serve(
             student = await http.get(f"/v1/students/{STUDENTS[0]}", headers={"Authorization": f"Bearer {key}"})
             assert student.status_code == 200
         outcomes = Counter(call.outcome for call in moodle.calls)
-        assert (outcomes["fault:status"], outcomes["fault:reset"]) == (6, 7)
+        assert (outcomes["fault:status"], outcomes["fault:reset"]) == (12, 7)
         landed_once(moodle)
     await engine.close()
