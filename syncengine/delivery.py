@@ -130,6 +130,7 @@ class Worker:
         self.links = metadata.tables["syncengine_moodle_links"]
         self.tables = metadata.tables
         self._wake = asyncio.Event()
+        self._listener_driver: Any = None  # asyncpg's connection under the LISTENing one
         self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
         self.totals = Counts()
 
@@ -516,9 +517,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set: a round whenever woken, when rows fall due, or every `poll`."""
-        listener = await self._listen()
+        listener: AsyncConnection | None = None
         try:
             while not stop.is_set():
+                listener = await self._listening(listener)
                 self._wake.clear()
                 try:
                     counts = await self.deliver_once()
@@ -530,7 +532,8 @@ class Worker:
                 await self._sleep(stop, await self._next_due())
         finally:
             if listener is not None:
-                await listener.close()
+                with contextlib.suppress(Exception):
+                    await listener.close()
 
     async def _more_due(self) -> bool:
         wait = await self._next_due()
@@ -561,15 +564,26 @@ class Worker:
             for waiting in waits:
                 waiting.cancel()
 
-    async def _listen(self) -> AsyncConnection | None:
-        """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker."""
+    async def _listening(self, listener: AsyncConnection | None) -> AsyncConnection | None:
+        """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker: the one
+        given while it is open, else a new one. None on SQLite, or while the database cannot be
+        reached (the poll covers the gap, and the next round tries again)."""
         if self.database.dialect.name != "postgresql":
             return None
-        conn = await self.database.connect()
+        if listener is not None:
+            if not listener.closed and not self._listener_driver.is_closed():
+                return listener
+            with contextlib.suppress(Exception):
+                await listener.close()
+        try:
+            conn = await self.database.connect()
+        except Exception:
+            log.warning("could not LISTEN for outbox rows; polling every %s s", self.policy.poll)
+            return None
         try:
             raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.add_listener(CHANNEL, lambda *_: self.wake())
+            self._listener_driver = raw.driver_connection
+            await self._listener_driver.add_listener(CHANNEL, lambda *_: self.wake())
         except Exception:
             await conn.close()
             log.warning("could not LISTEN for outbox rows; polling every %s s", self.policy.poll)
