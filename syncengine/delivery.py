@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every insert into the outbox
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
+CLAIM_LOCK = 0x5E0D_0B0C  # the PostgreSQL advisory lock that claims take in turn
 KINDS = {"user": targets.USER, "category": targets.CATEGORY, "course": targets.COURSE}
 Key = tuple[str, str]  # (entity, zoho_id)
 
@@ -82,6 +83,25 @@ class Counts:
 
 
 @dataclass
+class _Lease:
+    """One round's claim: the rows still held and the lease time that proves it.
+
+    The lease time is the claim's token: the worker renews it while it delivers (every third of the
+    lease, and before each batch of Moodle calls), and a row whose token changed was taken over by
+    another worker after the lease ran out; its record is left to that worker (no call, no link, no
+    settle), whose find-before-create links whatever this one made in Moodle.
+    """
+
+    until: dt.datetime
+    held: set[int]
+    rows_of: dict[tuple[str, str, str], frozenset[int]]  # (tenant, entity, zoho_id) -> its claimed rows
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def holds(self, tenant: str, key: Key) -> bool:
+        return self.rows_of[(tenant, *key)] <= self.held
+
+
+@dataclass
 class _Result:
     """What became of one record's targets in a round."""
 
@@ -112,6 +132,8 @@ class Worker:
         self.links = metadata.tables["syncengine_moodle_links"]
         self.tables = metadata.tables
         self._wake = asyncio.Event()
+        self._listener_driver: Any = None  # asyncpg's connection under the LISTENing one
+        self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
         self.totals = Counts()
 
     def wake(self) -> None:
@@ -125,8 +147,19 @@ class Worker:
         pending row of the same records (coalesced). One short transaction."""
         o, now = self.outbox, _now()
         lease = now + dt.timedelta(seconds=self.policy.lease)
+        held = o.alias("held")  # a record another worker is delivering is left to it, all its rows
+        busy = sa.exists().where(
+            held.c.tenant_id == o.c.tenant_id,
+            held.c.entity == o.c.entity,
+            held.c.zoho_id == o.c.zoho_id,
+            held.c.state == "working",
+            held.c.next_attempt_at > now,
+        )
         due = sa.select(o.c.id).where(
-            o.c.state.in_(DUE), o.c.next_attempt_at <= now, o.c.tenant_id.in_(sa.select(SITES.c.tenant_id))
+            o.c.state.in_(DUE),
+            o.c.next_attempt_at <= now,
+            o.c.tenant_id.in_(sa.select(SITES.c.tenant_id)),
+            ~busy,
         )
         if self.tenant is not None:
             due = due.where(o.c.tenant_id == self.tenant)
@@ -137,6 +170,8 @@ class Worker:
         mark = {"state": "working", "next_attempt_at": lease}
         returning = (o.c.id, o.c.tenant_id, o.c.entity, o.c.zoho_id, o.c.attempts, o.c.next_attempt_at)
         async with self.database.begin() as conn:
+            if conn.dialect.name == "postgresql":  # claims one at a time, so two never split one record
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK)))
             rows = list(await conn.execute(sa.update(o).where(o.c.id.in_(due)).values(mark).returning(*returning)))
             keys = {(r.tenant_id, r.entity, r.zoho_id) for r in rows}
             if keys:
@@ -153,16 +188,62 @@ class Worker:
                 )
         return rows
 
-    async def _settle(self, rows: Sequence[Any], values: dict[str, Any]) -> None:
-        """Set `values` on claimed rows still held by this claim (a lease taken over is left alone)."""
+    async def _settle(self, lease: _Lease, rows: Sequence[Any], values: dict[str, Any]) -> None:
+        """Set `values` on claimed rows still held by this claim (a lease taken over is left alone);
+        a record delivered settles its older dead rows too: its latest state is in Moodle."""
         o = self.outbox
-        async with self.database.begin() as conn:
-            for row in rows:
+        async with lease.lock, self.database.begin() as conn:
+            ids = [row.id for row in rows if row.id in lease.held]
+            settled = await conn.execute(
+                sa.update(o)
+                .where(o.c.id.in_(ids), o.c.state == "working", o.c.next_attempt_at == lease.until)
+                .values(values)
+                .returning(o.c.id)
+            )
+            done = {r.id for r in settled}
+            lease.held -= {row.id for row in rows}
+            if values["state"] == "done" and done:
+                first = rows[0]
                 await conn.execute(
                     sa.update(o)
-                    .where(o.c.id == row.id, o.c.state == "working", o.c.next_attempt_at == row.next_attempt_at)
-                    .values(values)
+                    .where(
+                        o.c.tenant_id == first.tenant_id,
+                        o.c.entity == first.entity,
+                        o.c.zoho_id == first.zoho_id,
+                        o.c.state == "dead",
+                        o.c.id < max(done),
+                    )
+                    .values(state="done", next_attempt_at=values["next_attempt_at"])
                 )
+
+    async def _renew(self, lease: _Lease, conn: AsyncConnection | None = None) -> None:
+        """Extend the lease of the rows still held, in `conn`'s transaction if given; rows another
+        worker took over (their lease had run out) are no longer held."""
+        o = self.outbox
+        until = _now() + dt.timedelta(seconds=self.policy.lease)
+        renew = (
+            sa.update(o)
+            .where(o.c.id.in_(lease.held), o.c.state == "working", o.c.next_attempt_at == lease.until)
+            .values(next_attempt_at=until)
+            .returning(o.c.id)
+        )
+        if conn is None:
+            async with lease.lock, self.database.begin() as own:
+                kept = {r.id for r in await own.execute(renew)}
+        else:
+            kept = {r.id for r in await conn.execute(renew)}
+        if lease.held - kept:
+            log.warning("delivery lease lost", extra={"fields": {"rows": sorted(lease.held - kept)}})
+        lease.held, lease.until = kept, until
+
+    async def _keep(self, lease: _Lease) -> None:
+        """Renew the lease every third of it until cancelled (a database error is logged and retried)."""
+        while True:
+            await asyncio.sleep(self.policy.lease / 3)
+            try:
+                await self._renew(lease)
+            except Exception:
+                log.exception("could not renew the delivery lease")
 
     # Rounds.
 
@@ -173,20 +254,33 @@ class Worker:
         by_tenant: dict[str, dict[Key, list[Any]]] = {}
         for row in rows:
             by_tenant.setdefault(row.tenant_id, {}).setdefault((row.entity, row.zoho_id), []).append(row)
-        for tenant, records in by_tenant.items():
-            await self._deliver_tenant(tenant, records, counts)
+        if rows:
+            rows_of = {
+                (tenant, *key): frozenset(r.id for r in claimed)
+                for tenant, records in by_tenant.items()
+                for key, claimed in records.items()
+            }
+            lease = _Lease(rows[0].next_attempt_at, {r.id for r in rows}, rows_of)
+            keeper = asyncio.ensure_future(self._keep(lease))
+            try:
+                for tenant, records in by_tenant.items():
+                    await self._deliver_tenant(lease, tenant, records, counts)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
         for name in ("delivered", "waiting", "retrying", "dead"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         if counts and self.on_round is not None:
             self.on_round(counts)
         return counts
 
-    async def _deliver_tenant(self, tenant: str, records: dict[Key, list[Any]], counts: Counts) -> None:
+    async def _deliver_tenant(self, lease: _Lease, tenant: str, records: dict[Key, list[Any]], counts: Counts) -> None:
         async with self.database.connect() as conn:
             site = await read_site(conn, tenant)
         if site is None:  # removed since the claim: back to pending, untouched
             await self._settle(
-                [r for rows in records.values() for r in rows], {"state": "pending", "next_attempt_at": _now()}
+                lease, [r for rows in records.values() for r in rows], {"state": "pending", "next_attempt_at": _now()}
             )
             return
         results: dict[Key, _Result] = {key: _Result() for key in records}
@@ -195,9 +289,12 @@ class Worker:
             for entity in self.catalog:
                 keys = [key for key in records if key[0] == entity.name]
                 if keys and entity.moodle:
-                    delivered_any |= await self._deliver_entity(client, site, entity, [k[1] for k in keys], results)
+                    delivered_any |= await self._deliver_entity(
+                        lease, client, site, entity, [k[1] for k in keys], results
+                    )
         for key, rows in records.items():
-            await self._finish(tenant, rows, results[key], counts)
+            if lease.holds(tenant, key):
+                await self._finish(lease, tenant, rows, results[key], counts)
         if delivered_any:  # a parent may have got its Moodle id: its waiting children are due now
             o = self.outbox
             async with self.database.begin() as conn:
@@ -205,7 +302,7 @@ class Worker:
                     sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting").values(next_attempt_at=_now())
                 )
 
-    async def _finish(self, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
+    async def _finish(self, lease: _Lease, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
         attempts = max(row.attempts for row in rows)
         if result.errors:
             error = result.errors[0]
@@ -227,11 +324,17 @@ class Worker:
             values = {"state": "waiting", "last_error": "; ".join(result.waiting), "next_attempt_at": later}
         else:
             counts.delivered += 1
-            values = {"state": "done", "last_error": None}
-        await self._settle(rows, values)
+            values = {"state": "done", "last_error": None, "next_attempt_at": _now()}
+        await self._settle(lease, rows, values)
 
     async def _deliver_entity(
-        self, client: MoodleClient, site: Site, entity: Entity, zoho_ids: list[str], results: dict[Key, _Result]
+        self,
+        lease: _Lease,
+        client: MoodleClient,
+        site: Site,
+        entity: Entity,
+        zoho_ids: list[str],
+        results: dict[Key, _Result],
     ) -> bool:
         """Each target of `entity`, in the mapping's order, for the records `zoho_ids`; whether
         any Moodle object was created or changed."""
@@ -247,11 +350,12 @@ class Worker:
             ids = await self._moodle_ids(site.tenant, needed)
             states = {z: desired_state(target, records[z], ids) for z in records}
             links = await self._links(site.tenant, entity.name, target.name, list(records))
-            changed |= await self._deliver_target(client, site, entity, target, states, links, results)
+            changed |= await self._deliver_target(lease, client, site, entity, target, states, links, results)
         return changed
 
     async def _deliver_target(
         self,
+        lease: _Lease,
         client: MoodleClient,
         site: Site,
         entity: Entity,
@@ -274,10 +378,13 @@ class Worker:
                 )
                 continue
             send[zoho_id] = state
+        if send:  # fenced: nothing is sent for a record whose lease another worker took over
+            await self._renew(lease)
+            send = {z: s for z, s in send.items() if lease.holds(site.tenant, (entity.name, z))}
         if not send:
             return False
         try:
-            outcomes = await self._send(client, site.max_input_vars, target, send, links)
+            outcomes = await self._send(client, self._budget(site), target, send, links)
         except MoodleError as error:  # a look-up failed: nothing of this target was sent
             outcomes = {zoho_id: targets.Outcome(error=error) for zoho_id in send}
         rows = []
@@ -291,11 +398,23 @@ class Worker:
             if moodle_id is None and link is not None:
                 moodle_id = link.moodle_id
             rows.append({"zoho_id": zoho_id, "moodle_id": moodle_id, "digest": state.digest, "active": state.active})
-        await self._save_links(site.tenant, entity.name, target.name, rows)
-        return bool(rows)
+        return await self._save_links(lease, site.tenant, entity.name, target.name, rows)
+
+    def _budget(self, site: Site) -> targets.Budget:
+        """The tenant's `max_input_vars` budget, as lowered by the cuts this worker saw (until the setting changes)."""
+        setting, budget = self._budgets.get(site.tenant, (None, None))
+        if budget is None or setting != site.max_input_vars:
+            budget = targets.Budget(site.max_input_vars)
+            self._budgets[site.tenant] = (site.max_input_vars, budget)
+        return budget
 
     async def _send(
-        self, client: MoodleClient, budget: int, target: Target, send: dict[str, DesiredState], links: dict[str, Any]
+        self,
+        client: MoodleClient,
+        budget: targets.Budget,
+        target: Target,
+        send: dict[str, DesiredState],
+        links: dict[str, Any],
     ) -> dict[str, targets.Outcome]:
         """The calls of one target for the records whose state changed, by kind and leave action."""
         outcomes: dict[str, targets.Outcome] = {}
@@ -313,10 +432,14 @@ class Worker:
                 outcomes |= await targets.deliver(
                     client, kind, budget, {z: s.params for z, s in staying.items()}, known
                 )
+            # Leaving sends the state change alone (suspended=1, visible=0): Moodle's update changes only
+            # the fields it is given, so the rest stays as last delivered, and a value Moodle would
+            # refuse now (an email taken meanwhile) cannot block a suspension.
+            state = target.kind.state
             acting = {
-                z: (int(links[z].moodle_id), s.params)
+                z: (int(links[z].moodle_id), {state.name: s.params[state.name]})
                 for z, s in leaving.items()
-                if s.leave != "nothing" and links[z].moodle_id is not None
+                if state is not None and s.leave != "nothing" and links[z].moodle_id is not None
             }
             outcomes |= await targets.update(client, kind, budget, acting) if acting else {}
         return outcomes
@@ -363,17 +486,37 @@ class Worker:
         async with self.database.connect() as conn:
             return {r.zoho_id: r for r in await conn.execute(query)}
 
-    async def _save_links(self, tenant: str, entity: str, target: str, rows: list[dict[str, Any]]) -> None:
+    async def _save_links(
+        self, lease: _Lease, tenant: str, entity: str, target: str, rows: list[dict[str, Any]]
+    ) -> bool:
+        """Record what Moodle now holds, for the records whose lease this worker still holds (checked
+        in the same transaction); whether anything was recorded."""
         if not rows:
-            return
-        values = [{"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": _now(), **r} for r in rows]
-        async with self.database.begin() as conn:
-            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
-            statement = insert.on_conflict_do_update(
-                index_elements=["tenant_id", "entity", "zoho_id", "target"],
-                set_={name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")},
-            )
-            await conn.execute(statement, values)
+            return False
+        async with lease.lock:
+            before = (set(lease.held), lease.until)
+            try:
+                async with self.database.begin() as conn:
+                    await self._renew(lease, conn)
+                    rows = [r for r in rows if lease.holds(tenant, (entity, r["zoho_id"]))]
+                    if not rows:
+                        return False
+                    values = [
+                        {"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": _now(), **r}
+                        for r in rows
+                    ]
+                    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
+                    statement = insert.on_conflict_do_update(
+                        index_elements=["tenant_id", "entity", "zoho_id", "target"],
+                        set_={
+                            name: insert.excluded[name] for name in ("moodle_id", "digest", "active", "delivered_at")
+                        },
+                    )
+                    await conn.execute(statement, values)
+            except BaseException:  # rolled back: the lease stands as it was
+                lease.held, lease.until = before
+                raise
+        return True
 
     # The loop.
 
@@ -382,8 +525,7 @@ class Worker:
         listener: AsyncConnection | None = None
         try:
             while not stop.is_set():
-                if listener is None:  # again each round until it works: the database may be away
-                    listener = await self._listen()
+                listener = await self._listening(listener)
                 self._wake.clear()
                 try:
                     counts = await self.deliver_once()
@@ -399,7 +541,8 @@ class Worker:
                 await self._sleep(stop, await self._next_due())
         finally:
             if listener is not None:
-                await listener.close()
+                with contextlib.suppress(Exception):
+                    await listener.close()
 
     async def _more_due(self) -> bool:
         wait = await self._next_due()
@@ -434,10 +577,17 @@ class Worker:
             for waiting in waits:
                 waiting.cancel()
 
-    async def _listen(self) -> AsyncConnection | None:
-        """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker."""
+    async def _listening(self, listener: AsyncConnection | None) -> AsyncConnection | None:
+        """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker: the one
+        given while it is open, else a new one. None on SQLite, or while the database cannot be
+        reached (the poll covers the gap, and the next round tries again)."""
         if self.database.dialect.name != "postgresql":
             return None
+        if listener is not None:
+            if not listener.closed and not self._listener_driver.is_closed():
+                return listener
+            with contextlib.suppress(Exception):
+                await listener.close()
         try:
             conn = await self.database.connect()
         except Exception as error:
@@ -445,8 +595,8 @@ class Worker:
             return None
         try:
             raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.add_listener(CHANNEL, lambda *_: self.wake())
+            self._listener_driver = raw.driver_connection
+            await self._listener_driver.add_listener(CHANNEL, lambda *_: self.wake())
         except Exception:
             await conn.close()
             log.warning("could not LISTEN for outbox rows; polling every %s s", self.policy.poll)

@@ -18,6 +18,7 @@ tenants, entities or storage.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,34 @@ from typing import Any
 from syncengine.moodle import WS_PARAMETERS, MoodleClient, MoodleError, encode
 
 Params = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+class Budget:
+    """A site's `max_input_vars` as delivery knows it: the tenant's setting, lowered for the calls
+    that follow once Moodle is seen cutting a POST (fewer records created than sent), so that
+    enrolments and updates, whose answers cannot show a cut, are sent within the real limit.
+
+        budget = Budget(1000)       # or pass an int: a budget for that call alone
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def lower(self, kept: int, function: str) -> None:
+        if kept < self.limit:
+            log.warning(
+                "moodle cut a POST: max_input_vars is below the tenant's setting",
+                extra={"fields": {"function": function, "setting": self.limit, "kept": kept}},
+            )
+            self.limit = kept
+
+    def __repr__(self) -> str:
+        return f"Budget({self.limit})"
+
+
+def _budget(budget: Budget | int) -> Budget:
+    return budget if isinstance(budget, Budget) else Budget(budget)
 
 
 @dataclass(frozen=True)
@@ -99,13 +128,13 @@ class Outcome:
     created: bool = False
 
 
-def batches(items: list[tuple[str, Params]], budget: int) -> Iterator[list[tuple[str, Params]]]:
+def batches(items: list[tuple[str, Params]], budget: Budget) -> Iterator[list[tuple[str, Params]]]:
     """Consecutive runs of records whose parameters, with the ws* ones, stay within the budget."""
     batch: list[tuple[str, Params]] = []
     used = WS_PARAMETERS
     for key, params in items:
         size = len(encode(params))
-        if batch and used + size > budget:
+        if batch and used + size > budget.limit:
             yield batch
             batch, used = [], WS_PARAMETERS
         batch.append((key, params))
@@ -114,8 +143,9 @@ def batches(items: list[tuple[str, Params]], budget: int) -> Iterator[list[tuple
         yield batch
 
 
-async def find(client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params]) -> dict[str, int]:
+async def find(client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, int]:
     """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order."""
+    budget = _budget(budget)
     found: dict[str, int] = {}
     for name in kind.lookups:
         wanted = {key: str(p[name]) for key, p in desired.items() if key not in found and p.get(name)}
@@ -133,12 +163,12 @@ def _norm(name: str, value: str) -> str:
 
 
 async def _existing(
-    client: MoodleClient, kind: Kind, name: str, values: list[str], desired: Mapping[str, Params], budget: int
+    client: MoodleClient, kind: Kind, name: str, values: list[str], desired: Mapping[str, Params], budget: Budget
 ) -> dict[str, int]:
     """value (emails lower-cased) -> id of the existing record, the lowest id where Moodle holds several."""
     rows: list[Params] = []
     if kind is USER:
-        step = max(1, budget - WS_PARAMETERS - 1)
+        step = max(1, budget.limit - WS_PARAMETERS - 1)
         for start in range(0, len(values), step):
             rows += await client.call(kind.find, {"field": name, "values": values[start : start + step]})
     elif kind is CATEGORY:
@@ -159,8 +189,11 @@ async def _existing(
     return existing
 
 
-async def create(client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+async def create(
+    client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[str, Params]
+) -> dict[str, Outcome]:
     """Create each desired record, or link the existing one an "already exists" answer points to."""
+    budget = _budget(budget)
     outcomes: dict[str, Outcome] = {}
     items = [
         (key, {**dict(kind.create_extra), **{k: v for k, v in p.items() if k not in kind.update_only}})
@@ -172,7 +205,7 @@ async def create(client: MoodleClient, kind: Kind, budget: int, desired: Mapping
 
 
 async def _create_batch(
-    client: MoodleClient, kind: Kind, budget: int, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
 ) -> None:
     try:
         answer = await client.call(kind.create, {kind.items: [params for _, params in batch]})
@@ -190,6 +223,7 @@ async def _create_batch(
     if not missing:
         return
     if ids:  # Moodle cut the POST: the last record it kept may have lost its trailing fields
+        budget.lower(WS_PARAMETERS + sum(len(encode(params)) for _, params in batch[: len(ids)]), kind.create)
         last_key, last_params = batch[len(ids) - 1]
         await update(client, kind, budget, {last_key: (ids[-1], last_params)})
     if not ids and len(missing) == 1:
@@ -210,7 +244,7 @@ async def _create_batch(
 async def _failed(
     client: MoodleClient,
     kind: Kind,
-    budget: int,
+    budget: Budget,
     batch: list[tuple[str, Params]],
     error: MoodleError,
     outcomes: dict[str, Outcome],
@@ -220,9 +254,10 @@ async def _failed(
 
 
 async def update(
-    client: MoodleClient, kind: Kind, budget: int, items: Mapping[str, tuple[int, Params]]
+    client: MoodleClient, kind: Kind, budget: Budget | int, items: Mapping[str, tuple[int, Params]]
 ) -> dict[str, Outcome]:
     """Bring existing records to their desired parameters; Moodle's per-item warnings become errors."""
+    budget = _budget(budget)
     outcomes: dict[str, Outcome] = {}
     records = [(key, {**params, "id": moodle_id}) for key, (moodle_id, params) in items.items()]
     for batch in batches(records, budget):
@@ -231,7 +266,7 @@ async def update(
 
 
 async def _update_batch(
-    client: MoodleClient, kind: Kind, budget: int, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
 ) -> None:
     try:
         answer = await client.call(kind.update, {kind.items: [params for _, params in batch]})
@@ -258,9 +293,14 @@ async def _update_batch(
 
 
 async def deliver(
-    client: MoodleClient, kind: Kind, budget: int, desired: Mapping[str, Params], known: Mapping[str, int] | None = None
+    client: MoodleClient,
+    kind: Kind,
+    budget: Budget | int,
+    desired: Mapping[str, Params],
+    known: Mapping[str, int] | None = None,
 ) -> dict[str, Outcome]:
     """Make Moodle hold the desired records: find (unless the id is known), create the missing, update the rest."""
+    budget = _budget(budget)
     ids = dict(known or {})
     ids |= await find(client, kind, budget, {k: p for k, p in desired.items() if k not in ids})
     created = await create(client, kind, budget, {k: p for k, p in desired.items() if k not in ids})
@@ -272,17 +312,19 @@ async def deliver(
 
 
 async def set_state(
-    client: MoodleClient, kind: Kind, budget: int, ids: Mapping[str, int], state: str
+    client: MoodleClient, kind: Kind, budget: Budget | int, ids: Mapping[str, int], state: str
 ) -> dict[str, Outcome]:
     """`suspend` / `reactivate` users, `hide` / `show` courses; nothing is deleted."""
+    budget = _budget(budget)
     return await update(client, kind, budget, {key: (moodle_id, STATES[state]) for key, moodle_id in ids.items()})
 
 
-async def enrol(client: MoodleClient, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+async def enrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
     """Manual enrolments with their full state (roleid, userid, courseid, timestart, timeend, suspend).
 
     Moodle updates an existing enrolment in place, so sending one twice changes nothing more.
     """
+    budget = _budget(budget)
     outcomes: dict[str, Outcome] = {}
     for batch in batches(
         [(key, {"timestart": 0, "timeend": 0, "suspend": 0, **p}) for key, p in desired.items()], budget
@@ -305,8 +347,9 @@ async def _enrol_batch(client: MoodleClient, batch: list[tuple[str, Params]], ou
     outcomes |= {key: Outcome() for key, _ in batch}
 
 
-async def unenrol(client: MoodleClient, budget: int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+async def unenrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
     """Remove manual enrolments (userid, courseid); only where a mapping says `leave: unenrol`."""
+    budget = _budget(budget)
     outcomes: dict[str, Outcome] = {}
     items = [(key, {"userid": p["userid"], "courseid": p["courseid"]}) for key, p in desired.items()]
     for batch in batches(items, budget):
