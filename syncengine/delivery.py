@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from syncengine import targets
 from syncengine.descriptors import Catalog, Entity
@@ -42,6 +42,8 @@ from syncengine.store import WRITES, translate
 from syncengine.tables import build_metadata, engine_table
 
 log = logging.getLogger(__name__)
+#: Seconds to open the LISTEN connection: a database that does not answer is tried again next round.
+LISTEN_CONNECT_TIMEOUT = 5.0
 
 CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every insert into the outbox
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
@@ -62,6 +64,10 @@ class Policy:
     permanent_attempts: int = 3  # permanent failures (Moodle refuses the values) before a row is dead
     waiting_recheck: float = 300.0  # seconds between checks of a waiting row, besides its parents' delivery
     poll: float = 5.0  # seconds between looks at the outbox when nothing wakes the worker
+    #: Seconds a worker lets wake-ups gather before its next round: every commit of a record wakes
+    #: it, and a round per commit would take the database and the event loop from the requests
+    #: (serve's webhooks: half their rate); a round per `gather` delivers them together.
+    gather: float = 0.1
 
     def backoff(self, attempts: int) -> float:
         ceiling: float = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
@@ -133,6 +139,7 @@ class Worker:
         self.tables = metadata.tables
         self._wake = asyncio.Event()
         self._listener_driver: Any = None  # asyncpg's connection under the LISTENing one
+        self._listen_database: AsyncEngine | None = None
         self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
         self.totals = Counts()
 
@@ -141,6 +148,13 @@ class Worker:
         self._wake.set()
 
     # Claims.
+
+    async def _site_tenants(self, conn: AsyncConnection) -> list[str]:
+        """The tenants whose rows this worker delivers: those with a Moodle site (or `tenant`, if it has one)."""
+        query = sa.select(SITES.c.tenant_id)
+        if self.tenant is not None:
+            query = query.where(SITES.c.tenant_id == self.tenant)
+        return list((await conn.execute(query)).scalars())
 
     async def claim(self) -> list[Any]:
         """Due rows of tenants with a site, marked `working` until the lease ends, with every other
@@ -155,15 +169,13 @@ class Worker:
             held.c.state == "working",
             held.c.next_attempt_at > now,
         )
-        due = sa.select(o.c.id).where(
-            o.c.state.in_(DUE),
-            o.c.next_attempt_at <= now,
-            o.c.tenant_id.in_(sa.select(SITES.c.tenant_id)),
-            ~busy,
-        )
-        if self.tenant is not None:
-            due = due.where(o.c.tenant_id == self.tenant)
-        async with self.database.connect() as conn:  # a read first: an idle round takes no write lock (SQLite)
+        async with self.database.connect() as conn:  # reads first: an idle round takes no write lock (SQLite)
+            tenants = await self._site_tenants(conn)
+            if not tenants:  # nothing is claimed: the outbox is not even read
+                return []
+            due = sa.select(o.c.id).where(
+                o.c.state.in_(DUE), o.c.next_attempt_at <= now, o.c.tenant_id.in_(tenants), ~busy
+            )
             if (await conn.execute(due.limit(1))).first() is None:
                 return []
         due = due.order_by(o.c.id).limit(self.policy.batch).with_for_update(skip_locked=True)
@@ -539,10 +551,13 @@ class Worker:
                 if counts and await self._more_due():
                     continue
                 await self._sleep(stop, await self._next_due())
+                await self._sleep(stop, self.policy.gather, woken=False)  # later wake-ups join the round
         finally:
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.close()
+            if self._listen_database is not None:
+                await self._listen_database.dispose()
 
     async def _more_due(self) -> bool:
         wait = await self._next_due()
@@ -553,13 +568,14 @@ class Worker:
         None. Rows of tenants without a Moodle site are never claimed, so they are not counted
         (they would make the worker loop without a pause)."""
         o = self.outbox
-        query = sa.select(sa.func.min(o.c.next_attempt_at)).where(
-            o.c.state.in_(DUE), o.c.tenant_id.in_(sa.select(SITES.c.tenant_id))
-        )
-        if self.tenant is not None:
-            query = query.where(o.c.tenant_id == self.tenant)
         try:
             async with self.database.connect() as conn:
+                tenants = await self._site_tenants(conn)
+                if not tenants:
+                    return None
+                query = sa.select(sa.func.min(o.c.next_attempt_at)).where(
+                    o.c.state.in_(DUE), o.c.tenant_id.in_(tenants)
+                )
                 first = (await conn.execute(query)).scalar()
         except Exception:
             return None
@@ -568,9 +584,12 @@ class Worker:
         first = first if first.tzinfo is not None else first.replace(tzinfo=dt.UTC)
         return float((first - _now()).total_seconds())
 
-    async def _sleep(self, stop: asyncio.Event, due_in: float | None) -> None:
+    async def _sleep(self, stop: asyncio.Event, due_in: float | None, *, woken: bool = True) -> None:
+        """Until `due_in` seconds (at most `poll`) have passed, `stop` is set or (`woken`) a wake-up."""
         timeout = self.policy.poll if due_in is None else max(0.0, min(self.policy.poll, due_in))
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        waits = [asyncio.ensure_future(stop.wait())]
+        if woken:
+            waits.append(asyncio.ensure_future(self._wake.wait()))
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -588,8 +607,12 @@ class Worker:
                 return listener
             with contextlib.suppress(Exception):
                 await listener.close()
+        if self._listen_database is None:  # its own connection: not one of the pool that serves requests
+            self._listen_database = create_async_engine(
+                self.database.url, poolclass=sa.pool.NullPool, connect_args={"timeout": LISTEN_CONNECT_TIMEOUT}
+            )
         try:
-            conn = await self.database.connect()
+            conn = await self._listen_database.connect()
         except Exception as error:
             log.warning("could not LISTEN for outbox rows (%s); polling every %s s", error, self.policy.poll)
             return None
