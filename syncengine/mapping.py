@@ -3,9 +3,9 @@
 An entity's `moodle:` section (`spec.TargetSpec`) is compiled once, at load, into `Target`s; from
 then on everything here is a pure function of a record's stored values:
 
-    states = desired_states(entity.moodle, Record("5001", {"academic_email": "Ada@x.edu", ...}),
-                            moodle_ids={("programs", "1001"): 12})
-    states[0].kind, states[0].params    # "user", {"username": "ada@x.edu", ..., "suspended": 0}
+    states = desired_states(entity.moodle, Record(zoho_id, values),   # values by our field names
+                            moodle_ids={(lookup.target, parent_zoho_id): 12})
+    states[0].kind, states[0].params    # the target's kind and its Moodle parameters
 
 `KINDS` is the one table of what each Moodle kind takes; nothing else here knows Moodle.
 """

@@ -133,7 +133,7 @@ class Rows:
     """A row set: how it is written, its table and column names, and one tuple of values per
     row in that order; for `Write.UPDATE`, the version each row had when fetched (`Store.fetch`).
 
-        Rows(Write.INSERT, outbox, ("tenant_id", "entity", ...), [("school", "students", ...)])
+        Rows(Write.INSERT, outbox, ("tenant_id", "entity", ...), [(tenant, entity.name, ...)])
     """
 
     write: Write

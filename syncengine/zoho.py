@@ -4,8 +4,8 @@ It is handed credentials and returns records in Zoho's shape (dicts with `id` an
 it knows nothing of tenants or storage. Facts it relies on: ../shared/reference/zoho-crm.md.
 
     async with ZohoClient(Credentials("1000.ID", secret, refresh_token, dc="eu")) as zoho:
-        found = await zoho.get_records("BTEC_Enrollments", ["6284103000002402077"])
-        async for page in zoho.pages("BTEC_Enrollments", ["Name", "Modified_Time"]):
+        found = await zoho.get_records(entity.source, zoho_ids)   # the module's API name, from the descriptor
+        async for page in zoho.pages(entity.source, [f.source for f in entity.fields]):
             ...  # page.records, page.next_page_token (resume from it)
 
 Access tokens live in a `TokenCache` (get / store / lock): one refresh at a time per credential,
