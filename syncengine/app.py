@@ -44,7 +44,7 @@ from litestar.types import Message
 from syncengine import migrate
 from syncengine.admission import admitted
 from syncengine.config import Settings
-from syncengine.delivery import STATES, list_deliveries, record_moodle_state, retry_deliveries
+from syncengine.delivery import STATES, list_deliveries, retry_deliveries
 from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
@@ -556,8 +556,6 @@ async def read_record(
     if record is None:
         singular = service.engine.catalog.entity(entity).singular
         raise ApiError(404, "record_not_found", f"no {singular} with Zoho id '{zoho_id}' is stored for this tenant")
-    described = service.engine.catalog.entity(entity)
-    record["moodle"] = await record_moodle_state(service.engine.database, described, tenant.name, zoho_id)
     return _json(_encode(record))
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from syncengine import targets
 from syncengine.descriptors import Catalog, Entity
 from syncengine.exceptions import Unavailable
+from syncengine.fieldtypes import utc_now
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
 from syncengine.sites import SITES, Site, read_site
@@ -115,10 +116,6 @@ class _Result:
     waiting: list[str] = field(default_factory=list)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class Worker:
     """Delivers the outbox of every tenant with a Moodle site (or of `tenant` only)."""
 
@@ -159,7 +156,7 @@ class Worker:
     async def claim(self) -> list[Any]:
         """Due rows of tenants with a site, marked `working` until the lease ends, with every other
         pending row of the same records (coalesced). One short transaction."""
-        o, now = self.outbox, _now()
+        o, now = self.outbox, utc_now()
         lease = now + dt.timedelta(seconds=self.policy.lease)
         held = o.alias("held")  # a record another worker is delivering is left to it, all its rows
         busy = sa.exists().where(
@@ -232,7 +229,7 @@ class Worker:
         """Extend the lease of the rows still held, in `conn`'s transaction if given; rows another
         worker took over (their lease had run out) are no longer held."""
         o = self.outbox
-        until = _now() + dt.timedelta(seconds=self.policy.lease)
+        until = utc_now() + dt.timedelta(seconds=self.policy.lease)
         renew = (
             sa.update(o)
             .where(o.c.id.in_(lease.held), o.c.state == "working", o.c.next_attempt_at == lease.until)
@@ -291,9 +288,8 @@ class Worker:
         async with self.database.connect() as conn:
             site = await read_site(conn, tenant)
         if site is None:  # removed since the claim: back to pending, untouched
-            await self._settle(
-                lease, [r for rows in records.values() for r in rows], {"state": "pending", "next_attempt_at": _now()}
-            )
+            claimed = [r for rows in records.values() for r in rows]
+            await self._settle(lease, claimed, {"state": "pending", "next_attempt_at": utc_now()})
             return
         results: dict[Key, _Result] = {key: _Result() for key in records}
         delivered_any = False
@@ -310,9 +306,8 @@ class Worker:
         if delivered_any:  # a parent may have got its Moodle id: its waiting children are due now
             o = self.outbox
             async with self.database.begin() as conn:
-                await conn.execute(
-                    sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting").values(next_attempt_at=_now())
-                )
+                waiting = sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting")
+                await conn.execute(waiting.values(next_attempt_at=utc_now()))
 
     async def _finish(self, lease: _Lease, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
         attempts = max(row.attempts for row in rows)
@@ -328,15 +323,15 @@ class Worker:
                 log.warning("delivery dead", extra={"fields": {"tenant": tenant, "error": message}})
             else:
                 counts.retrying += 1
-                later = _now() + dt.timedelta(seconds=self.policy.backoff(attempts))
+                later = utc_now() + dt.timedelta(seconds=self.policy.backoff(attempts))
                 values = {"state": "pending", "attempts": attempts, "last_error": message, "next_attempt_at": later}
         elif result.waiting:
             counts.waiting += 1
-            later = _now() + dt.timedelta(seconds=self.policy.waiting_recheck)
+            later = utc_now() + dt.timedelta(seconds=self.policy.waiting_recheck)
             values = {"state": "waiting", "last_error": "; ".join(result.waiting), "next_attempt_at": later}
         else:
             counts.delivered += 1
-            values = {"state": "done", "last_error": None, "next_attempt_at": _now()}
+            values = {"state": "done", "last_error": None, "next_attempt_at": utc_now()}
         await self._settle(lease, rows, values)
 
     async def _deliver_entity(
@@ -514,7 +509,7 @@ class Worker:
                     if not rows:
                         return False
                     values = [
-                        {"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": _now(), **r}
+                        {"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": utc_now(), **r}
                         for r in rows
                     ]
                     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
@@ -581,8 +576,7 @@ class Worker:
             return None
         if first is None:
             return None
-        first = first if first.tzinfo is not None else first.replace(tzinfo=dt.UTC)
-        return float((first - _now()).total_seconds())
+        return float((first - utc_now()).total_seconds())
 
     async def _sleep(self, stop: asyncio.Event, due_in: float | None, *, woken: bool = True) -> None:
         """Until `due_in` seconds (at most `poll`) have passed, `stop` is set or (`woken`) a wake-up."""
@@ -703,8 +697,8 @@ async def list_deliveries(
             attempts=int(r.attempts),
             last_error=r.last_error,
             moodle_id=ids.get((r.tenant_id, r.entity, r.zoho_id)),
-            next_attempt_at=_utc(r.next_attempt_at) if r.state in DUE else None,
-            created_at=_utc(r.created_at),
+            next_attempt_at=r.next_attempt_at if r.state in DUE else None,
+            created_at=r.created_at,
         )
         for r in rows
     ]
@@ -758,7 +752,7 @@ async def retry_deliveries(
             await conn.execute(
                 sa.update(o)
                 .where(o.c.id.in_([r.id for r in requeue]), o.c.state != "working")
-                .values(state="pending", attempts=0, next_attempt_at=_now(), last_error=None)
+                .values(state="pending", attempts=0, next_attempt_at=utc_now(), last_error=None)
             )
         for r in requeue:
             if r.state == "done":
@@ -812,7 +806,7 @@ async def record_moodle_state(database: AsyncEngine, entity: Entity, tenant: str
                 "kind": target.kind.name,
                 "moodle_id": None if link is None or link.moodle_id is None else int(link.moodle_id),
                 "state": "not_delivered" if link is None else "active" if link.active else "left",
-                "delivered_at": None if link is None else _utc(link.delivered_at),
+                "delivered_at": None if link is None else link.delivered_at,
             }
         )
     delivery = None
@@ -822,12 +816,7 @@ async def record_moodle_state(database: AsyncEngine, entity: Entity, tenant: str
             "operation": last.operation,
             "state": last.state,
             "attempts": int(last.attempts),
-            "next_attempt_at": _utc(last.next_attempt_at) if last.state in DUE else None,
+            "next_attempt_at": last.next_attempt_at if last.state in DUE else None,
             "last_error": last.last_error,
         }
     return {"moodle_id": targets_[0]["moodle_id"] if targets_ else None, "targets": targets_, "delivery": delivery}
-
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    """SQLite gives back naive datetimes: they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)

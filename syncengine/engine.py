@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.compiled import CompiledEntity, compile_entity
 from syncengine.config import Settings
+from syncengine.delivery import record_moodle_state
 from syncengine.descriptors import Catalog, load_catalog
 from syncengine.exceptions import Conflict, LostRace, SchemaMissing
 from syncengine.idempotency import Answer, ClaimLost
@@ -231,23 +232,14 @@ class SyncEngine:
         Values are keyed by Zoho field name, as records arrive and as reports show changes.
         """
         described = self.catalog.entity(entity)
-        table, outbox = self.metadata.tables[described.name], self.metadata.tables[OUTBOX]
+        table = self.metadata.tables[described.name]
         fields = [(f, table.c[f.value_column]) for f in described.fields]
-        system = ("fingerprint", "source_version", "moodle_id", "created_at", "updated_at", "deleted_at")
+        system = ("fingerprint", "source_version", "created_at", "updated_at", "deleted_at")
         query = sa.select(*(column for _, column in fields), *(table.c[name] for name in system)).where(
             table.c.tenant_id == tenant, table.c.zoho_id == zoho_id
         )
-        delivery = (
-            sa.select(
-                outbox.c.operation, outbox.c.state, outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.last_error
-            )
-            .where(outbox.c.tenant_id == tenant, outbox.c.entity == described.name, outbox.c.zoho_id == zoho_id)
-            .order_by(outbox.c.id.desc())
-            .limit(1)
-        )
         async with self.database.connect() as conn:
             row = (await conn.execute(query)).first()
-            last = (await conn.execute(delivery)).first() if row is not None else None
         if row is None:
             return None
         raw_values = zip(fields, row[: len(fields)], strict=True)
@@ -262,10 +254,7 @@ class SyncEngine:
             "created_at": stored["created_at"],
             "updated_at": stored["updated_at"],
             "deleted_at": stored["deleted_at"],
-            "moodle": {
-                "moodle_id": stored["moodle_id"],
-                "delivery": None if last is None else last._asdict(),
-            },
+            "moodle": await record_moodle_state(self.database, described, tenant, zoho_id),
         }
 
     async def close(self) -> None:
