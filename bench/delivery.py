@@ -67,7 +67,7 @@ from bench.measure import Measurement, Target, figures_table, targets_table
 from bench.records import World
 from bench.settings import SMOKE, Sizes
 from syncengine import targets as kinds
-from syncengine.delivery import CHANNEL, KINDS, Policy
+from syncengine.delivery import CHANNEL, Policy
 from syncengine.descriptors import Catalog, Entity, load_catalog
 from syncengine.engine import SyncEngine
 from syncengine.mapping import Record, desired_state
@@ -81,7 +81,7 @@ TOKEN = "bench-token-0123456789abcdef"
 TEACHER_BASE = 6284103000050000000
 WEBHOOK_STUDENTS = 1_000_000  # index of the first student sent by webhook, far from the school's
 #: Moodle functions that write; the fake notes when it handled each idnumber they carry.
-WRITES = frozenset({kind.create for kind in KINDS.values()} | {kind.update for kind in KINDS.values()} | {kinds.ENROL})
+WRITES = frozenset({f for kind in kinds.BY_NAME.values() for f in (kind.create, kind.update)} | {kinds.ENROL})
 META = {"$approval_state": "approved", "$editable": True, "$state": "save", "$process_flow": False}
 
 
@@ -542,7 +542,7 @@ async def naive_deliver(database: Any, catalog: Catalog, client: MoodleClient) -
                         kinds.ENROL, {"enrolments": [{"timestart": 0, "timeend": 0, "suspend": 0, **state.params}]}
                     )
                     continue
-                kind = KINDS[target.kind.name]
+                kind = kinds.BY_NAME[target.kind.name]
                 found = _found(await client.call(*_lookup(kind, str(state.params["idnumber"]))))
                 if found:
                     moodle_id = int(found[0]["id"])
@@ -591,7 +591,7 @@ async def minimum_calls(database: Any, catalog: Catalog, budget: int) -> int:
                 if target.kind.name == "enrolment":
                     parameters[kinds.ENROL] += len(encode({"timestart": 0, "timeend": 0, "suspend": 0, **params}))
                 else:
-                    kind = KINDS[target.kind.name]
+                    kind = kinds.BY_NAME[target.kind.name]
                     sent = {**dict(kind.create_extra), **{k: v for k, v in params.items() if k not in kind.update_only}}
                     parameters[kind.create] += len(encode(sent))
     return sum(math.ceil(n / (budget - WS_PARAMETERS)) for n in parameters.values())

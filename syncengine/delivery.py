@@ -49,7 +49,6 @@ LISTEN_CONNECT_TIMEOUT = 5.0
 CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every insert into the outbox
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
 CLAIM_LOCK = 0x5E0D_0B0C  # the PostgreSQL advisory lock that claims take in turn
-KINDS = {"user": targets.USER, "category": targets.CATEGORY, "course": targets.COURSE}
 Key = tuple[str, str]  # (entity, zoho_id)
 
 
@@ -433,7 +432,7 @@ class Worker:
             outcomes |= await targets.enrol(client, budget, enrol) if enrol else {}
             outcomes |= await targets.unenrol(client, budget, unenrol) if unenrol else {}
         else:
-            kind = KINDS[target.kind.name]
+            kind = targets.BY_NAME[target.kind.name]
             if staying:
                 known = {z: int(links[z].moodle_id) for z in staying if z in links and links[z].moodle_id is not None}
                 outcomes |= await targets.deliver(

@@ -44,7 +44,8 @@ class StateParam:
 @dataclass(frozen=True)
 class Kind:
     """A Moodle object kind: its parameters (Moodle's names and types), the required ones, the
-    parameters a find-or-create looks it up by (each tuple in turn), and its leave actions."""
+    parameters a find-or-create looks it up by (each tuple in turn; targets.py's look-ups read
+    them), and its leave actions."""
 
     name: MoodleKind
     params: dict[str, ParamType]
@@ -82,7 +83,7 @@ KINDS: dict[str, Kind] = {
             {"fullname": "text", "shortname": "text", "categoryid": "int", "idnumber": "text",
              "startdate": "int", "enddate": "int", "visible": "int"},
             required=("fullname", "shortname", "categoryid"),
-            finds_by=(("idnumber",), ("shortname",)),
+            finds_by=(("idnumber",),),
             leaves=("hide", "nothing"),
             state=StateParam("visible", active=1, left=0, action="hide"),
         ),

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from syncengine import mapping
 from syncengine.moodle import WS_PARAMETERS, MoodleClient, MoodleError, encode
 
 Params = dict[str, Any]
@@ -69,6 +70,11 @@ class Kind:
     create_extra: tuple[tuple[str, Any], ...] = ()  # parameters a create needs that the mapping does not give
 
 
+def _finds_by(kind: str) -> tuple[str, ...]:
+    """The parameters a kind is looked up by, in turn: `mapping.KINDS` is the one table of them."""
+    return tuple(key for (key,) in mapping.KINDS[kind].finds_by)
+
+
 USER = Kind(
     "user",
     "users",
@@ -76,7 +82,7 @@ USER = Kind(
     "core_user_create_users",
     "core_user_update_users",
     frozenset({"invalidparameter"}),
-    ("idnumber", "username", "email"),
+    _finds_by("user"),
     update_only=frozenset({"suspended"}),
     create_extra=(("createpassword", 1),),  # no password is synced: Moodle makes one and mails it
 )
@@ -87,7 +93,7 @@ CATEGORY = Kind(
     "core_course_create_categories",
     "core_course_update_categories",
     frozenset({"categoryidnumbertaken"}),
-    ("idnumber",),
+    _finds_by("category"),
 )
 COURSE = Kind(
     "course",
@@ -96,15 +102,17 @@ COURSE = Kind(
     "core_course_create_courses",
     "core_course_update_courses",
     frozenset({"shortnametaken", "courseidnumbertaken"}),
-    ("idnumber",),
+    _finds_by("course"),
 )
 ENROL = "enrol_manual_enrol_users"
 UNENROL = "enrol_manual_unenrol_users"
 SITE_INFO = "core_webservice_get_site_info"  # `syncengine moodle check` calls it: the service needs it too
 #: The web-service functions each mapping kind calls, the one list `syncengine moodle check` holds
 #: a token's service to; every call here names its function from these (`needed_functions`).
+#: The kinds found before they are created, by name (enrolments are sent as they are).
+BY_NAME = {kind.name: kind for kind in (USER, CATEGORY, COURSE)}
 FUNCTIONS: dict[str, tuple[str, ...]] = {
-    **{kind.name: (kind.find, kind.create, kind.update) for kind in (USER, CATEGORY, COURSE)},
+    **{name: (kind.find, kind.create, kind.update) for name, kind in BY_NAME.items()},
     "enrolment": (ENROL,),
 }
 
@@ -116,9 +124,6 @@ def needed_functions(kind: str, leave: str | None) -> tuple[str, ...]:
     ('enrol_manual_enrol_users', 'enrol_manual_unenrol_users')
     """
     return FUNCTIONS[kind] + ((UNENROL,) if leave == "unenrol" else ())
-
-
-STATES = {"suspend": {"suspended": 1}, "reactivate": {"suspended": 0}, "hide": {"visible": 0}, "show": {"visible": 1}}
 
 
 @dataclass(frozen=True)
@@ -314,9 +319,13 @@ async def deliver(
 async def set_state(
     client: MoodleClient, kind: Kind, budget: Budget | int, ids: Mapping[str, int], state: str
 ) -> dict[str, Outcome]:
-    """`suspend` / `reactivate` users, `hide` / `show` courses; nothing is deleted."""
-    budget = _budget(budget)
-    return await update(client, kind, budget, {key: (moodle_id, STATES[state]) for key, moodle_id in ids.items()})
+    """`suspend` / `reactivate` users, `hide` / `show` courses; nothing is deleted. The parameter
+    and its values are the kind's state parameter in `mapping.KINDS`."""
+    param = mapping.KINDS[kind.name].state
+    assert param is not None, f"a {kind.name} has no state to set"
+    value = param.left if state in ("suspend", "hide") else param.active
+    changes = {key: (moodle_id, {param.name: value}) for key, moodle_id in ids.items()}
+    return await update(client, kind, _budget(budget), changes)
 
 
 async def enrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
