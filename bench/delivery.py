@@ -59,9 +59,9 @@ from bench.http import (
     Server,
     _command,
     _environment,
-    _wait_listening,
     free_port,
     fresh_database,
+    started,
 )
 from bench.measure import Measurement, Target, figures_table, targets_table
 from bench.records import World
@@ -425,22 +425,9 @@ async def serving(url: str, engine: SyncEngine, env: dict[str, str], workdir: Pa
     """`syncengine serve` (one process, its in-process delivery worker) on a free port."""
     port = free_port()
     server = Server("service", url, engine, {}, port)
-    log_file = workdir / f"serve-{name}.log"
-    output = open(log_file, "wb")
     argv = [SYNCENGINE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    try:
-        server.process = await asyncio.create_subprocess_exec(*argv, env=env, cwd=workdir, stdout=output, stderr=output)
-        await _wait_listening(server, log_file)
+    async with started(server, argv, env, workdir, workdir / f"serve-{name}.log"):
         yield server
-    finally:
-        if server.process is not None and server.process.returncode is None:
-            server.process.terminate()
-            try:
-                await asyncio.wait_for(server.process.wait(), 20)
-            except TimeoutError:
-                server.process.kill()
-                await server.process.wait()
-        output.close()
 
 
 async def _notify(url: str) -> None:

@@ -189,25 +189,39 @@ async def running(name: str, url: str, sizes: HttpSizes, workdir: Path) -> Async
         argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"]
         argv += ["--no-access-log"]
     server = Server(name, url, engine, headers, port)
-    output = open(workdir / f"{name}.log", "wb")  # the service logs a JSON line per request here
+    log_file = workdir / f"{name}.log"  # the service logs a JSON line per request here
     try:
-        server.process = await asyncio.create_subprocess_exec(*argv, env=env, cwd=workdir, stdout=output, stderr=output)
-        await _wait_listening(server, workdir / f"{name}.log")
-        yield server
+        async with started(server, argv, env, workdir, log_file):
+            yield server
     except Exception:
-        errors = [line for line in (workdir / f"{name}.log").read_text().splitlines() if '"level":"INFO"' not in line]
+        errors = [line for line in log_file.read_text().splitlines() if '"level":"INFO"' not in line]
         log(f"{name} server log, without the request lines (last 40):\n" + "\n".join(errors[-40:]))
         raise
     finally:
-        if server.process is not None and server.process.returncode is None:
-            server.process.terminate()
-            try:
-                await asyncio.wait_for(server.process.wait(), 20)
-            except TimeoutError:
-                server.process.kill()
-                await server.process.wait()
-        output.close()
         await engine.close()
+
+
+@contextlib.asynccontextmanager
+async def started(
+    server: Server, argv: list[str], env: dict[str, str], workdir: Path, log_file: Path
+) -> AsyncIterator[None]:
+    """`argv` runs as `server`'s process, its output in `log_file`, listening before the block
+    starts; terminated after it (killed if it has not ended within 20 s)."""
+    with open(log_file, "wb") as output:
+        try:
+            server.process = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=workdir, stdout=output, stderr=output
+            )
+            await _wait_listening(server, log_file)
+            yield
+        finally:
+            if server.process is not None and server.process.returncode is None:
+                server.process.terminate()
+                try:
+                    await asyncio.wait_for(server.process.wait(), 20)
+                except TimeoutError:
+                    server.process.kill()
+                    await server.process.wait()
 
 
 async def _wait_listening(server: Server, log_file: Path) -> None:
