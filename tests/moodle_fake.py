@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
+from tests.threaded_server import serving
+
 RELEASE = "4.5.11+ (Build: 20260501)"
 ROLES = {1: "manager", 3: "editingteacher", 4: "teacher", 5: "student"}
 ASSIGNABLE = {3, 4, 5}
@@ -658,14 +660,8 @@ def running(port: int = 0, **options: Any) -> Iterator[MoodleFake]:
     fake = MoodleFake(**options)
     server = Server(("127.0.0.1", port), handler_for(fake))
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="moodle-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "moodle-fake"):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def main() -> None:

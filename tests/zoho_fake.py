@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.threaded_server import serving
+
 CLIENT_ID = "1000.FAKECLIENTID"
 CLIENT_SECRET = "fake-client-secret-5f1e"
 REFRESH_TOKEN = "1000.fake-refresh-token.9c2b"
@@ -349,14 +351,8 @@ def serve_fake(fake: ZohoFake | None = None) -> Iterator[ZohoFake]:
     """Run the fake on a free port of 127.0.0.1 in a thread, for the length of the block."""
     fake = fake or ZohoFake()
     server = FakeServer(fake)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="zoho-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "zoho-fake"):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def main() -> None:
