@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -22,6 +22,10 @@ from syncengine.payloads import FORM_CONTENT_TYPE, PayloadError, parse_body
 from syncengine.report import SyncReport
 from syncengine.spec import json_schema
 from syncengine.store import translate
+from syncengine.zoho import DATA_CENTRES
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENTITIES_OPTION = click.option(
     "--entities",
@@ -448,6 +452,67 @@ def tenant_moodle(name: str, url: str, token_file: Path, max_input_vars: int, en
     click.echo(f"tenant '{name}' delivers to {url.rstrip('/')} (max_input_vars {max_input_vars})", err=True)
 
 
+def _read_secret(path: Path, what: str) -> str:
+    """The secret alone in `path` (or standard input for -); one line saying what to fix otherwise."""
+    try:
+        secret = (sys.stdin.read() if str(path) == "-" else path.read_text()).strip()
+    except OSError as error:
+        _fail(f"cannot read the {what} file {path} ({error.strerror}): check the path")
+    if not secret or any(c.isspace() for c in secret):
+        _fail(f"the {what} file {path} holds no {what} (or one with spaces inside): put the {what} alone in it")
+    return secret
+
+
+SECRET_FILE = click.Path(path_type=Path, dir_okay=False, allow_dash=True)
+
+
+@tenant.command("zoho")
+@click.argument("name")
+@click.option("--dc", required=True, type=click.Choice(sorted(DATA_CENTRES)), help="The Zoho data centre.")
+@click.option("--client-id", required=True, help="The client id from api-console.zoho.com.")
+@click.option("--client-secret-file", required=True, type=SECRET_FILE, help="A file holding the client secret alone.")
+@click.option("--refresh-token-file", required=True, type=SECRET_FILE, help="A file holding the refresh token alone.")
+@click.option("--accounts-url", default=None, help="Overrides the data centre's accounts host (sandboxes, tests).")
+@click.option("--api-url", default=None, help="Overrides the API host Zoho names (sandboxes, tests).")
+@click.option("--no-check", is_flag=True, help="Store without asking Zoho for an access token first.")
+@ENTITIES_OPTION
+def tenant_zoho(
+    name: str,
+    dc: str,
+    client_id: str,
+    client_secret_file: Path,
+    refresh_token_file: Path,
+    accounts_url: str | None,
+    api_url: str | None,
+    no_check: bool,
+    entities: Path | None,
+) -> None:
+    """Store tenant NAME's Zoho CRM credentials (never printed); first check that Zoho grants a token."""
+    from syncengine.zoho import Credentials, ZohoClient, ZohoError
+    from syncengine.zoho_sites import DatabaseTokenCache, save_zoho
+
+    secret = _read_secret(client_secret_file, "client secret")
+    refresh = _read_secret(refresh_token_file, "refresh token")
+    credentials = Credentials(client_id.strip(), secret, refresh, dc, accounts_url, api_url)
+    settings = _settings(entities)
+    _require_tenant(settings, name)
+
+    async def store(database: AsyncEngine) -> str | None:
+        where = None
+        if not no_check:  # the token it fetches is cached, so the check spends none of Zoho's ten
+            async with ZohoClient(credentials, cache=DatabaseTokenCache(database), max_attempts=2) as zoho:
+                where = await zoho.api_domain()
+        await save_zoho(database, name, credentials)
+        return where
+
+    try:
+        where = _run_tenant_command(entities, store)
+    except ZohoError as error:
+        _fail(f"Zoho refused the credentials, nothing was stored: {error}")
+    reads = f"; Zoho granted a token for {where}" if where else " (not checked)"
+    click.echo(f"tenant '{name}' reads Zoho CRM ({dc}){reads}", err=True)
+
+
 @main.command()
 @click.option("--tenant", default=None, help="Deliver this tenant's changes only (default: every tenant).")
 @ENTITIES_OPTION
@@ -569,8 +634,6 @@ def moodle() -> None:
 def moodle_check(tenant: str | None, entities: Path | None) -> None:
     """Ask each site for its release and list the web-service functions the mappings need that
     the token's service lacks; exit 1 if any is missing or a site cannot be reached."""
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
     from syncengine.moodle import MoodleError
     from syncengine.sites import MoodleCheck, SiteError, check_moodle, read_site, site_tenants
 

@@ -14,46 +14,24 @@ which web-service functions its token may call and lists those the mappings need
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine.descriptors import Catalog
 from syncengine.moodle import MoodleClient
 from syncengine.tables import engine_table
 from syncengine.targets import SITE_INFO, needed_functions
+from syncengine.vault import seal, unseal
 
 SITES = engine_table("syncengine_moodle_sites")
 DEFAULT_MAX_INPUT_VARS = 1000
-SECRET_KEY = "SYNCENGINE_SECRET_KEY"
-ENCRYPTED = "fernet:"  # the prefix of a token stored encrypted
-MAKE_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 class SiteError(ValueError):
     """A Moodle site that cannot be stored as given."""
-
-
-class SecretKeyError(SiteError):
-    """SYNCENGINE_SECRET_KEY is not a key, or not the one a stored token was encrypted with."""
-
-
-def _fernet(environ: Mapping[str, str] = os.environ) -> Fernet | None:
-    """The Fernet of SYNCENGINE_SECRET_KEY, or None where it is not set."""
-    key = environ.get(SECRET_KEY, "").strip()
-    if not key:
-        return None
-    try:
-        return Fernet(key)
-    except ValueError:
-        raise SecretKeyError(
-            f"{SECRET_KEY} is not a Fernet key (32 url-safe base64-encoded bytes): make one with {MAKE_KEY}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -87,11 +65,9 @@ async def save_site(
 ) -> None:
     """Store (or replace) `tenant`'s Moodle site."""
     check_site(url, token, max_input_vars)
-    fernet = _fernet()
-    stored = token.strip() if fernet is None else ENCRYPTED + fernet.encrypt(token.strip().encode()).decode()
     values = {
         "url": url.rstrip("/"),
-        "token": stored,
+        "token": seal(token.strip()),
         "max_input_vars": max_input_vars,
         "updated_at": dt.datetime.now(dt.UTC),
     }
@@ -112,21 +88,8 @@ async def read_site(conn: AsyncConnection, tenant: str) -> Site | None:
     ).first()
     if row is None:
         return None
-    token: str = row.token
-    if token.startswith(ENCRYPTED):
-        again = (
-            f"set {SECRET_KEY} to the key it was stored with, or store the token again: "
-            f"`syncengine tenant moodle {tenant} --url URL --token-file FILE`"
-        )
-        fernet = _fernet()
-        if fernet is None:
-            raise SecretKeyError(
-                f"tenant '{tenant}''s Moodle token is stored encrypted and {SECRET_KEY} is not set: {again}"
-            )
-        try:
-            token = fernet.decrypt(token[len(ENCRYPTED) :].encode()).decode()
-        except InvalidToken:
-            raise SecretKeyError(f"{SECRET_KEY} does not decrypt tenant '{tenant}''s Moodle token: {again}") from None
+    again = f"store the token again: `syncengine tenant moodle {tenant} --url URL --token-file FILE`"
+    token = unseal(row.token, f"tenant '{tenant}''s Moodle token", again)
     return Site(tenant, row.url, token, row.max_input_vars)
 
 

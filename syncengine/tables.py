@@ -34,6 +34,11 @@ IDEMPOTENCY_KEY_LENGTH = 255
 OUTBOX = "syncengine_outbox"
 TENANTS = "syncengine_tenants"
 IDEMPOTENCY_KEYS = "syncengine_idempotency_keys"
+ZOHO_SITES = "syncengine_zoho_sites"
+ZOHO_TOKENS = "syncengine_zoho_tokens"
+ZOHO_CHANNELS = "syncengine_zoho_channels"
+INTAKE = "syncengine_intake"
+BACKFILLS = "syncengine_backfills"
 
 
 def build_metadata(catalog: Catalog) -> sa.MetaData:
@@ -142,6 +147,88 @@ def engine_tables(metadata: sa.MetaData) -> None:
         sa.Column("max_input_vars", sa.Integer, nullable=False, server_default="1000"),
         sa.Column("updated_at", Timestamp, nullable=False),
         comment="Each tenant's Moodle site and web-service token",
+    )
+
+    zoho_tables(metadata)
+
+
+def zoho_tables(metadata: sa.MetaData) -> None:
+    """What Zoho intake keeps: credentials, the shared access token, channels, queued ids, backfill cursors."""
+    sa.Table(
+        ZOHO_SITES,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False, unique=True),
+        sa.Column("dc", sa.String(8), nullable=False, comment="Zoho data centre: us, eu, in, au, jp, cn, sa, uk, ca"),
+        sa.Column("accounts_url", sa.Text, comment="overrides the data centre's accounts host"),
+        sa.Column("api_url", sa.Text, comment="overrides the API host Zoho names with each token"),
+        sa.Column("client_id", sa.String(255), nullable=False),
+        sa.Column("client_secret", sa.Text, nullable=False, comment="sealed (vault.py); read by zoho_sites.py only"),
+        sa.Column("refresh_token", sa.Text, nullable=False, comment="sealed (vault.py); read by zoho_sites.py only"),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        comment="Each tenant's Zoho CRM client credentials",
+    )
+    sa.Table(
+        ZOHO_TOKENS,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("cache_key", sa.String(255), nullable=False, unique=True, comment="accounts|client id|digest"),
+        sa.Column("access_token", sa.Text, comment="sealed (vault.py); null until the first refresh"),
+        sa.Column("api_domain", sa.Text),
+        sa.Column("expires_at", Timestamp),
+        sa.Column("refreshing_until", Timestamp, comment="a process refreshes the token until then; others wait"),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        comment="Zoho access tokens shared by every process (10 new tokens per 10 minutes per refresh token)",
+    )
+    sa.Table(
+        ZOHO_CHANNELS,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("channel_id", sa.BigInteger, nullable=False, unique=True, comment="Zoho's channel_id, ours to pick"),
+        sa.Column("token_hash", sa.String(64), nullable=False, comment="SHA-256 of the token Zoho echoes, hex"),
+        sa.Column("notify_url", sa.Text, nullable=False),
+        sa.Column("expires_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.UniqueConstraint("tenant_id", "entity"),
+        comment="Zoho notification channels: one per tenant and entity, renewed before it expires",
+    )
+    sa.Table(
+        INTAKE,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("zoho_id", sa.String(ZOHO_ID_LENGTH), nullable=False),
+        sa.Column("operation", sa.String(16), nullable=False, comment="insert, update or delete"),
+        sa.Column("state", sa.String(16), nullable=False, server_default="pending", comment="pending, done or failed"),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("next_attempt_at", Timestamp, nullable=False),
+        sa.Column("status", sa.String(16), comment="the record's outcome once synced: NEW, UPDATED, INVALID..."),
+        sa.Column("last_error", sa.Text),
+        sa.Column("channel_id", sa.BigInteger, comment="the notification channel it came from"),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.Index(None, "state", "next_attempt_at"),
+        sa.Index(None, "tenant_id", "state"),
+        comment="Ids Zoho notified, queued at once and fetched and synced after the answer",
+    )
+    sa.Table(
+        BACKFILLS,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tenant_id", sa.String(TENANT_LENGTH), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("since", Timestamp, comment="If-Modified-Since of the pull, null for everything"),
+        sa.Column("page_token", sa.Text, comment="where the pull resumes; null before the first page"),
+        sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("counts", sa.Text, nullable=False, server_default="{}", comment="records per status, JSON"),
+        sa.Column("state", sa.String(16), nullable=False, comment="running or done"),
+        sa.Column("started_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.UniqueConstraint("tenant_id", "entity"),
+        comment="Each entity's backfill cursor, so an interrupted backfill resumes where it stopped",
     )
 
 

@@ -202,6 +202,12 @@ class ZohoClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
+    async def api_domain(self) -> str:
+        """Where the API is, as Zoho names it with an access token (fetched if none is cached): a
+        check that the credentials work."""
+        token = await self._token()
+        return (self.credentials.api_url or token.api_domain).rstrip("/")
+
     # -- records ----------------------------------------------------------------------------------
 
     async def get_records(

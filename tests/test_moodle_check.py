@@ -12,7 +12,8 @@ from cryptography.fernet import Fernet
 from syncengine.delivery import Worker
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
-from syncengine.sites import SecretKeyError, mapped_functions, read_site, save_site
+from syncengine.sites import mapped_functions, read_site, save_site
+from syncengine.vault import SecretKeyError
 from tests import records
 from tests.conftest import ENTITIES
 from tests.moodle_fake import running
