@@ -123,10 +123,7 @@ class Tally:
             if len(self.problems) >= SHOWN_PROBLEMS:
                 self.unshown += 1
                 continue
-            message = result.message
-            if result.errors:
-                message += ": " + "; ".join(f"{e.field}: {e.message}" for e in result.errors)
-            self.problems.append(Problem(result.zoho_id, result.status, message, lines[i] if lines else None))
+            self.problems.append(Problem(result.zoho_id, result.status, result.message, lines[i] if lines else None))
 
     def bad_line(self, line: int, message: str) -> None:
         """A line of a file that holds no record it could read: counted apart from the statuses."""

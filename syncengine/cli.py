@@ -253,7 +253,8 @@ def _load_file(settings: Settings, entity: str, file: Path, tenant: str) -> None
         click.echo(summary([tally]))
         bad = tally.counts.get("bad lines", 0)
         click.echo(
-            f"loaded {file} into {name}: {tally.records:,} records" + (f", {bad:,} bad lines skipped" if bad else ""),
+            f"loaded {file} into {name}: {tally.records:,} records"
+            + (f"; lines holding no record, skipped: {bad:,}" if bad else ""),
             err=True,
         )
 

@@ -22,6 +22,7 @@ import codecs
 import csv
 import io
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +329,7 @@ async def load_file(engine: SyncEngine, tenant: str, entity: str, reader: Export
     counted and shown, not synced."""
     name = engine.catalog.entity(entity).name
     tally = Tally(name)
+    started = time.perf_counter()
     listener.begin(name, 0, reader.size)
     batch: list[Any] = []
     lines: list[int] = []
@@ -352,4 +354,5 @@ async def load_file(engine: SyncEngine, tenant: str, entity: str, reader: Export
         if len(batch) >= BATCH_RECORDS:
             await flush()
     await flush()
+    tally.seconds = time.perf_counter() - started
     return tally

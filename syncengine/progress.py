@@ -93,9 +93,10 @@ def summary(tallies: Sequence[Tally]) -> str:
         if not tally.problems:
             continue
         lines.append(f"{tally.entity}: not applied:")
-        for problem in tally.problems:
+        for problem in sorted(tally.problems, key=lambda p: p.line or 0):
             where = f"line {problem.line}: " if problem.line is not None else ""
-            lines.append(f"  {where}{problem.zoho_id or '-'} {problem.status}: {problem.message}")
+            record = f"{problem.zoho_id} " if problem.zoho_id is not None else ""
+            lines.append(f"  {where}{record}{problem.status}: {problem.message}")
         if tally.unshown:
             lines.append(f"  ... and {tally.unshown:,} more")
     return "\n".join(lines)
