@@ -15,6 +15,7 @@ batch again on resume, where its records come back UNCHANGED (no row, no deliver
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter
@@ -295,16 +296,26 @@ class Backfill:
         return count or None
 
     async def _pull(self, entity: Entity, cursor: Cursor, tally: Tally) -> None:
-        """Sync the listing from the cursor on, a batch a transaction, storing the cursor after each."""
-        async for batch in self._batches(entity, cursor.page_token):
-            if batch.records:
-                report = await self.engine.sync(self.tenant, entity.name, batch.records)
-                tally.add(report)
-            cursor.page_token, cursor.pages = batch.next_page_token, cursor.pages + batch.pages
-            if batch.next_page_token is None:
-                cursor.state = DELETING if self.since is not None else DONE
-            await save_cursor(self.engine.database, self.tenant, cursor)
-            self.listener.advance(entity.name, len(batch.records), len(batch.records))
+        """Sync the listing from the cursor on, a batch a transaction. The cursor is stored after
+        each batch commits, while the next one is synced (its COMMIT waits for the disk too)."""
+        saving: asyncio.Task[None] | None = None
+        try:
+            async for batch in self._batches(entity, cursor.page_token):
+                if batch.records:
+                    tally.add(await self.engine.sync(self.tenant, entity.name, batch.records))
+                cursor.page_token, cursor.pages = batch.next_page_token, cursor.pages + batch.pages
+                if batch.next_page_token is None:
+                    cursor.state = DELETING if self.since is not None else DONE
+                if saving is not None:
+                    await saving  # cursors are stored in order
+                saving = asyncio.create_task(self._save(dataclasses.replace(cursor, counts=Counter(cursor.counts))))
+                self.listener.advance(entity.name, len(batch.records), len(batch.records))
+        finally:
+            if saving is not None:
+                await saving
+
+    async def _save(self, cursor: Cursor) -> None:
+        await save_cursor(self.engine.database, self.tenant, cursor)
 
     async def _batches(self, entity: Entity, page_token: str | None) -> AsyncIterator[Batch]:
         """The listing in batches of `batch_pages` pages, the next one fetched while one is synced."""
