@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import secrets
 import socket
 import sys
@@ -41,6 +42,7 @@ from bench.delivery import School, peak_rss_mb, school_records
 from bench.http import DEFAULT_POSTGRES_URL, ROOT, SYNCENGINE, _command, _environment, free_port, fresh_database
 from bench.measure import Measurement, Target, figures_table, targets_table
 from bench.settings import SMOKE, Sizes
+from syncengine.backfill import api_names
 from syncengine.descriptors import load_catalog
 from syncengine.engine import SyncEngine
 from syncengine.store import open_database
@@ -61,9 +63,11 @@ def school_for(sizes: Sizes) -> School:
 
 
 def serve_fake(argv: Sequence[str]) -> None:
-    """`python -m bench.backfill fake`: tests/zoho_fake.py serving the school, listing in O(page):
-    the fake's own list sorts every row of the module on each call, which for 100,000 rows would
-    make the fake, not the backfill, what is measured. `GET /bench/stats` answers its counters."""
+    """`python -m bench.backfill fake`: tests/zoho_fake.py serving the school, its list calls
+    answered from records sorted and JSON-encoded once, at start-up: the fake's own list sorts
+    every row of the module on each call and encodes each page, and on this machine's two cores
+    its CPU would be taken from the backfill and PostgreSQL (a real Zoho's is not). Its tokens,
+    calls and errors are the fake's. `GET /bench/stats` answers its counters."""
     from tests import zoho_fake
 
     parser = argparse.ArgumentParser(prog="python -m bench.backfill fake")
@@ -72,18 +76,18 @@ def serve_fake(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     school = School(*(int(n) for n in args.school.split(",")))
 
-    class SortedFake(zoho_fake.ZohoFake):
+    class EncodedFake(zoho_fake.ZohoFake):
         """Lists as the fake does (fields, per_page, page_token, If-Modified-Since, id descending),
-        from rows sorted once per module and query."""
+        each record's JSON encoded once: a page is its records' bytes joined."""
 
-        sorted_rows: dict[tuple[str, str | None], list[dict[str, Any]]]
+        encoded: dict[tuple[str, str | None, str], list[bytes]]
         offsets: dict[str, int]
 
         def _list(self, module: str, params: dict[str, str], since: str | None) -> tuple[int, dict[str, str], Any]:
-            rows = self.sorted_rows.get((module, since))
+            fields = params.get("fields", "")
+            rows = self.encoded.get((module, since, fields))
             if rows is None:
-                rows = zoho_fake.modified_since(self.records[module], since)
-                rows = self.sorted_rows[(module, since)] = sorted(rows, key=lambda r: int(r["id"]), reverse=True)
+                rows = self.encoded[(module, since, fields)] = encode(self.records[module], since, fields)
             per_page = int(params.get("per_page", "200"))
             token = params.get("page_token")
             if token is not None and token not in self.offsets:
@@ -98,14 +102,21 @@ def serve_fake(argv: Sequence[str]) -> None:
                 self.offsets[next_token] = offset + per_page
             info = {"per_page": per_page, "count": len(chunk), "page": offset // per_page + 1, "sort_by": "id",
                     "sort_order": "desc", "more_records": more, "next_page_token": next_token}  # fmt: skip
-            return 200, {}, {"data": [zoho_fake.pick(r, params.get("fields")) for r in chunk], "info": info}
+            return 200, {}, b'{"data":[' + b",".join(chunk) + b'],"info":' + json.dumps(info).encode() + b"}"
 
-    fake = SortedFake()
-    fake.sorted_rows, fake.offsets = {}, {}
+    def encode(rows: list[dict[str, Any]], since: str | None, fields: str) -> list[bytes]:
+        rows = sorted(zoho_fake.modified_since(rows, since), key=lambda r: int(r["id"]), reverse=True)
+        return [json.dumps(zoho_fake.pick(row, fields or None)).encode() for row in rows]
+
+    fake = EncodedFake()
+    fake.encoded, fake.offsets = {}, {}
     for module in MODULES.values():
         fake.load(module, [])
     for entity, rows in school_records(school).items():
         fake.load(MODULES[entity], rows)
+    for described in load_catalog(ROOT / "entities.yaml"):  # what the backfill asks for, before it asks
+        fields = ",".join(api_names(described))
+        fake.encoded[(described.source, None, fields)] = encode(fake.records[described.source], None, fields)
 
     class StatsHandler(zoho_fake.Handler):
         def setup(self) -> None:
@@ -113,6 +124,16 @@ def serve_fake(argv: Sequence[str]) -> None:
             second waited for the client's delayed ACK, 40 ms a page; a real server sends both at once."""
             super().setup()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def answer(self, status: int, headers: dict[str, str], body: Any) -> None:
+            if not isinstance(body, bytes):
+                super().answer(status, headers, body)
+                return
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json;charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def do_GET(self) -> None:
             if self.path == "/bench/stats":
