@@ -192,7 +192,7 @@ def api_names(entity: Entity) -> list[str]:
 
 @dataclass(frozen=True)
 class Batch:
-    records: list[dict[str, Any]]
+    records: list[Any]  # each record's JSON text (msgspec.Raw)
     next_page_token: str | None  # None: the listing is over
     pages: int
 
@@ -324,9 +324,11 @@ class Backfill:
 
         async def fetch() -> None:
             try:
-                records: list[dict[str, Any]] = []
+                records: list[Any] = []
                 pages, last = 0, False
-                listing = self.zoho.pages(entity.source, fields, modified_since=self.since, page_token=page_token)
+                listing = self.zoho.pages(
+                    entity.source, fields, modified_since=self.since, page_token=page_token, raw=True
+                )
                 async for page in listing:
                     records.extend(page.records)
                     pages += 1
