@@ -4,6 +4,7 @@ that holds no record is reported with its number and the load goes on. Real proc
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tests.test_cli import run
 PROGRAMS = [records.program(str(1000 + i), Modified_Time=records.MODIFIED) for i in range(5)]
 
 
-def lines(values: list[object]) -> list[str]:
+def lines(values: Sequence[object]) -> list[str]:
     return [json.dumps(value) for value in values]
 
 
