@@ -241,7 +241,7 @@ def _load_file(settings: Settings, entity: str, file: Path, tenant: str) -> None
     name = _entity(settings, entity).name
     _prepare(settings)
     _require_tenant(settings, tenant)
-    bar = Bar()
+    bar = Bar(of_bytes=True)
 
     async def run() -> None:
         engine = SyncEngine.open(settings)

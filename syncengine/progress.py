@@ -14,7 +14,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from syncengine.backfill import Tally
@@ -34,11 +43,12 @@ class _Rate(ProgressColumn):
 class Bar:
     """A `Listener` (backfill.py) drawing the progress of each entity on standard error."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, of_bytes: bool = False) -> None:
+        """`of_bytes`: the bar counts a file's bytes (shown as done of the file's size), not records."""
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("{task.description:<14}"), BarColumn(), _Rate(), TextColumn("left"), TimeRemainingColumn(),
-            console=self.console, disable=not self.console.is_terminal,
+            TextColumn("{task.description:<14}"), BarColumn(), *([DownloadColumn()] if of_bytes else []), _Rate(),
+            TextColumn("left"), TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal,
         )  # fmt: skip
         self.tasks: dict[str, TaskID] = {}
         self.plain: dict[str, tuple[int, float, float]] = {}  # entity -> (records, started, last line)
