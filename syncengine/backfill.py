@@ -92,7 +92,7 @@ class Quiet:
 
 
 @dataclass(frozen=True)
-class Problem:
+class NotApplied:
     """A record that was not applied (INVALID or SKIPPED), where it came from (a file's line)."""
 
     zoho_id: str | None
@@ -107,7 +107,7 @@ class Tally:
 
     entity: str
     counts: Counter[str] = field(default_factory=Counter)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[NotApplied] = field(default_factory=list)
     unshown: int = 0  # problems beyond SHOWN_PROBLEMS
     seconds: float = 0.0
 
@@ -124,7 +124,7 @@ class Tally:
             if len(self.problems) >= SHOWN_PROBLEMS:
                 self.unshown += 1
                 continue
-            self.problems.append(Problem(result.zoho_id, result.status, result.message, lines[i] if lines else None))
+            self.problems.append(NotApplied(result.zoho_id, result.status, result.message, lines[i] if lines else None))
 
     def bad_line(self, line: int, message: str) -> None:
         """A line of a file that holds no record it could read: counted apart from the statuses."""
@@ -132,7 +132,7 @@ class Tally:
         if len(self.problems) >= SHOWN_PROBLEMS:
             self.unshown += 1
         else:
-            self.problems.append(Problem(None, "BAD LINE", message, line))
+            self.problems.append(NotApplied(None, "BAD LINE", message, line))
 
 
 @dataclass
