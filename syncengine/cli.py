@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -187,17 +188,31 @@ def dry_run(entity: str, file: Path, tenant: str, as_json: bool, form: bool, ent
 
 
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("target", metavar="ENTITY FILE | FOLDER")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--tenant", default="default", show_default=True, help="The tenant to load into.")
 @ENTITIES_OPTION
-def load(folder: Path, tenant: str, entities: Path | None) -> None:
-    """Sync each ENTITY.json file of FOLDER into ENTITY, parents first (`load samples`: a sample school).
+def load(target: str, file: Path | None, tenant: str, entities: Path | None) -> None:
+    """Sync an export FILE into ENTITY, streaming; or each ENTITY.json of FOLDER, parents first.
 
-    Each file holds any JSON body POST /v1/sync/ENTITY takes. A second load of the same files
-    reports UNCHANGED. (Each entity is its own transaction, so there is no dry run of a whole
-    folder: `dry-run` one file.)
+    FILE is a JSON array of records, Zoho's {"data": [...]} pages (one, several, or one a line),
+    NDJSON, or Zoho's CSV export with API-name headers. It is read a record at a time and synced
+    1,000 records a transaction, with a progress bar; a line that holds no record is reported with
+    its number and skipped. A summary per status ends it.
+
+    FOLDER (`load samples`: a sample school): each file holds any JSON body POST /v1/sync/ENTITY
+    takes, and every record's result is printed. A second load of the same files reports UNCHANGED.
     """
     settings = _settings(entities)
+    if file is not None:
+        _load_file(settings, target, file, tenant)
+        return
+    folder = Path(target)
+    if not folder.is_dir():
+        _fail(
+            f"{folder} is not a folder: `syncengine load FOLDER` loads each ENTITY.json of a folder, "
+            "`syncengine load ENTITY FILE` one export file"
+        )
     catalog = _catalog(settings)
     files = {path.stem: path for path in sorted(folder.glob("*.json"))}
     unknown = sorted(set(files) - set(catalog.entities))
@@ -217,6 +232,97 @@ def load(folder: Path, tenant: str, entities: Path | None) -> None:
     _require_tenant(settings, tenant)
     reports = _sync(settings, tenant, batches, dry_run=False)
     click.echo("\n\n".join(render_table(report, written=True) for report in reports))
+
+
+def _load_file(settings: Settings, entity: str, file: Path, tenant: str) -> None:
+    from syncengine.exports import ExportReader, load_file
+    from syncengine.progress import Bar, summary
+
+    name = _entity(settings, entity).name
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    bar = Bar(of_bytes=True)
+
+    async def run() -> None:
+        engine = SyncEngine.open(settings)
+        try:
+            with bar.shown():
+                tally = await load_file(engine, tenant, name, ExportReader(file), bar)
+        finally:
+            await engine.close()
+        click.echo(summary([tally]))
+        bad = tally.counts.get("bad lines", 0)
+        click.echo(
+            f"loaded {file} into {name}: {tally.records:,} records"
+            + (f"; lines holding no record, skipped: {bad:,}" if bad else ""),
+            err=True,
+        )
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.argument("entity_names", nargs=-1, metavar="[ENTITY]...")
+@click.option("--tenant", required=True, help="The tenant whose Zoho CRM to read (`syncengine tenant zoho`).")
+@click.option(
+    "--since", default=None, help="Only records changed after this ISO date-time (or date, UTC), and deletions."
+)
+@click.option("--restart", is_flag=True, help="Start over, leaving any interrupted backfill's cursor.")
+@ENTITIES_OPTION
+def backfill(
+    entity_names: tuple[str, ...], tenant: str, since: str | None, restart: bool, entities: Path | None
+) -> None:
+    """Pull every record of ENTITY... (every entity, parents first, when none is named) from the
+    tenant's Zoho CRM through the pipeline, 1,000 records a transaction, with a progress bar.
+
+    Interrupted, it resumes where it stopped when run again (with the same --since); a finished
+    one starts over. With --since, records deleted in Zoho since then are synced as deletions.
+    """
+    from syncengine.backfill import Backfill
+    from syncengine.progress import Bar, summary
+    from syncengine.zoho import ZohoError
+    from syncengine.zoho_sites import open_zoho
+
+    settings = _settings(entities)
+    moment = _moment(since) if since is not None else None
+    catalog = _catalog(settings)
+    for name in entity_names:
+        catalog.entity(name)  # an unknown name stops here, listing the known ones
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    bar = Bar()
+
+    async def run() -> None:
+        engine = SyncEngine.open(settings)
+        try:
+            async with await open_zoho(engine.database, tenant) as zoho:
+                work = Backfill(engine, zoho, tenant, since=moment, restart=restart, listener=bar)
+                with bar.shown():
+                    tallies = await work.run(work.order(entity_names))
+        finally:
+            await engine.close()
+        click.echo(summary(tallies))
+        click.echo(f"backfill of tenant '{tenant}' done: {sum(t.records for t in tallies):,} records", err=True)
+
+    try:
+        asyncio.run(run())
+    except ZohoError as error:
+        _fail(f"{error}; what was synced is kept: run the same command again to resume")
+    except KeyboardInterrupt:
+        _fail("interrupted; what was synced is kept: run the same command again to resume", 130)
+
+
+def _moment(text: str) -> dt.datetime:
+    """--since: an ISO date-time with its offset, or a date (00:00 UTC)."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01")
+    if moment.tzinfo is None:
+        if len(text) > 10:
+            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00")
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
 
 
 def _catalog(settings: Settings) -> Catalog:

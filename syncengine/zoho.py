@@ -27,6 +27,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
+import msgspec
 
 log = logging.getLogger("syncengine.zoho")
 
@@ -164,10 +165,22 @@ class MemoryTokenCache:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a module; `next_page_token` resumes the listing after it (None on the last page)."""
+    """One page of a module; `next_page_token` resumes the listing after it (None on the last page).
+    Its records are dicts, or with `pages(raw=True)` each record's JSON text (`msgspec.Raw`)."""
 
-    records: list[Record]
+    records: list[Any]
     next_page_token: str | None
+
+
+class _RawPage(msgspec.Struct):
+    """A list answer with its records left as JSON text: the pipeline decodes them straight into
+    the entity's Struct, as it does a POST body's (see parsing.Parser.parse)."""
+
+    data: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_decode_raw_page = msgspec.json.Decoder(_RawPage).decode
 
 
 class ZohoClient:
@@ -243,8 +256,10 @@ class ZohoClient:
         page_token: str | None = None,
         sort_by: str | None = None,
         sort_order: str = "asc",
+        raw: bool = False,
     ) -> AsyncGenerator[Page, None]:
-        """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on."""
+        """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on;
+        with `raw`, each record as its JSON text."""
         if not fields or len(fields) > 50:
             raise ValueError(f"listing {module} needs 1 to 50 fields (Zoho's limit); got {len(fields)}")
         params: dict[str, Any] = {"fields": ",".join(fields), "per_page": PER_PAGE}
@@ -252,12 +267,13 @@ class ZohoClient:
             params |= {"sort_by": sort_by, "sort_order": sort_order}
         headers = _since(modified_since)
         while True:
-            body = await self._get(f"/{module}", params | ({"page_token": page_token} if page_token else {}), headers)
+            query = params | ({"page_token": page_token} if page_token else {})
+            body = await self._get(f"/{module}", query, headers, decode=_decode_raw_page if raw else None)
             if body is None:
                 return
-            info = body.get("info", {})
+            data, info = (body.data, body.info) if raw else (body["data"], body.get("info", {}))
             page_token = info.get("next_page_token") if info.get("more_records") else None
-            yield Page(body["data"], page_token)
+            yield Page(data, page_token)
             if page_token is None:
                 return
 
@@ -278,8 +294,15 @@ class ZohoClient:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    async def _get(self, path: str, params: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-        """A GET on the API with the access token: its JSON, or None for 204/304 (nothing)."""
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """A GET on the API with the access token: its JSON (read by `decode` if given), or None
+        for 204/304 (nothing)."""
         where = f"Zoho GET /crm/{self.api_version}{path}"
         token = await self._token()
         for forced in (False, True):
@@ -289,7 +312,7 @@ class ZohoClient:
             if response.status_code in (204, 304):
                 return None
             if response.is_success:
-                return response.json()
+                return decode(response.content) if decode is not None else response.json()
             error = self._error(where, response)
             if error.status == 401 and (error.code != "INVALID_TOKEN" or forced):
                 raise ZohoAuthError(where, error.status, error.code, error.message, error.details)

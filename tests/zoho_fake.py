@@ -93,6 +93,7 @@ class ZohoFake:
     failures: list[Failure] = field(default_factory=list)
     call_times: list[float] = field(default_factory=list)
     page_tokens: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # token -> (module, query, offset)
+    expired_page_tokens: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load(self, module: str, records: list[dict[str, Any]]) -> None:
@@ -107,6 +108,11 @@ class ZohoFake:
         """Every access token issued so far is now expired (INVALID_TOKEN)."""
         with self.lock:
             self.tokens.clear()
+
+    def expire_page_tokens(self) -> None:
+        """Every page_token issued so far is now past its 24 hours (`EXPIRED_VALUE`, reference §3.1)."""
+        with self.lock:
+            self.expired_page_tokens |= set(self.page_tokens)
 
     @property
     def api_calls(self) -> int:
@@ -217,6 +223,8 @@ class ZohoFake:
                 held = self.page_tokens.get(params["page_token"])
             if held is None:
                 return 400, {}, error("INVALID_DATA", "invalid page token", param_name="page_token")
+            if params["page_token"] in self.expired_page_tokens:
+                return 400, {}, error("EXPIRED_VALUE", "the page token has expired", param_name="page_token")
             if held[:2] != (module, bound):
                 return 400, {}, error("TOKEN_BOUND_DATA_MISMATCH", "the page token was issued for other parameters")
             offset, page = held[2], held[2] // per_page + 1
