@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from syncengine.channels import ChannelRefused
 from syncengine.engine import ContendedError
 from syncengine.exceptions import (
     BadInput,
@@ -71,6 +72,7 @@ HTTP: dict[type[SyncEngineError], Http] = {
     Conflict: Http(409),
     Unavailable: Http(503),
     CredentialError: Http(401, {"WWW-Authenticate": 'Bearer error="invalid_request"'}),
+    ChannelRefused: Http(401),
     IdempotencyKeyReused: Http(422),
     IdempotencyKeyInUse: Http(409, {"Retry-After": "5"}),
     ContendedError: Http(409, {"Retry-After": "1"}),
