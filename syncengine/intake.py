@@ -41,7 +41,8 @@ from syncengine.parsing import DELETED_KEY
 from syncengine.report import RecordResult
 from syncengine.store import WRITES, translate
 from syncengine.tables import INTAKE, engine_table
-from syncengine.zoho import MAX_IDS, ZohoError, ZohoUnavailable
+from syncengine.fetching import fetch_and_sync
+from syncengine.zoho import MAX_IDS
 from syncengine.zoho_sites import NoZohoCredentials, open_zoho
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ class IntakePolicy:
     attempts: int = 10  # tries while Zoho or the database is unavailable before a row is failed
     poll: float = 5.0  # seconds between looks at the queue when nothing wakes the worker
 
-    def backoff(self, attempts: int, at_least: float | None = None) -> float:
+    def backoff(self, attempts: int) -> float:
         ceiling: float = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
-        return max(at_least or 0.0, ceiling / 2 + random.uniform(0, ceiling / 2))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter: workers do not retry in step
 
 
 @dataclass
@@ -258,20 +259,14 @@ class IntakeWorker:
                 report = await self.engine.sync(tenant, entity, records)
                 await self._done(lease, rows_of, report.results, counts)
             if fetches:
-                from syncengine.fetching import fetch_and_sync
-
                 async with await open_zoho(self.database, tenant, **self.zoho_options) as zoho:
                     for start in range(0, len(fetches), MAX_IDS):
                         chunk = fetches[start : start + MAX_IDS]
                         report = await fetch_and_sync(self.engine, zoho, tenant, entity, chunk)
                         await self._done(lease, rows_of, report.results, counts)
-        except NoZohoCredentials as error:
+        except NoZohoCredentials as error:  # a person must act: retrying would change nothing
             await self._fail(lease, self._left(lease, rows), error.message, counts)
-        except ZohoUnavailable as error:
-            await self._retry(lease, self._left(lease, rows), str(error), counts, error.retry_after)
-        except ZohoError as error:  # refused credentials, a module Zoho does not know: a person must act
-            await self._fail(lease, self._left(lease, rows), str(error), counts)
-        except Exception as error:
+        except Exception as error:  # Zoho unreachable or throttled past the client's retries, the database away
             failure = error if isinstance(error, SyncEngineError) else translate(error)
             if not isinstance(failure, Unavailable):
                 raise  # a bug: logged by the loop; the rows are due again when the lease ends
@@ -302,9 +297,7 @@ class IntakeWorker:
                                                       "tries": row.attempts + 1, "next_at": now})  # fmt: skip
         counts.failed += len(rows)
 
-    async def _retry(
-        self, lease: _Lease, rows: list[Any], error: str, counts: Counts, retry_after: float | None = None
-    ) -> None:
+    async def _retry(self, lease: _Lease, rows: list[Any], error: str, counts: Counts) -> None:
         """Pending again after a back-off, or failed once a row has had its attempts."""
         now = utc_now()
 
@@ -313,7 +306,7 @@ class IntakeWorker:
             if tries >= self.policy.attempts:
                 return {"new_state": "failed", "new_status": None, "tries": tries, "next_at": now,
                         "error": f"{error} (gave up after {tries} attempts)"}  # fmt: skip
-            wait = dt.timedelta(seconds=self.policy.backoff(tries, retry_after))
+            wait = dt.timedelta(seconds=self.policy.backoff(tries))
             return {"new_state": "pending", "new_status": None, "error": error, "tries": tries, "next_at": now + wait}
 
         await self._settle(lease, rows, values)

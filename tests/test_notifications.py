@@ -24,7 +24,7 @@ from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.intake import IntakePolicy, IntakeWorker, queue_ids
 from syncengine.store import open_database
-from syncengine.tables import INTAKE, ZOHO_CHANNELS
+from syncengine.tables import INTAKE, ZOHO_CHANNELS, engine_table
 from syncengine.tenants import add_tenant
 from syncengine.zoho import Credentials
 from syncengine.zoho_sites import save_zoho
@@ -112,7 +112,7 @@ async def test_a_notification_of_inserts_updates_and_a_delete_ends_stored_and_vi
         ("3005", "update", "done", "UPDATED", None),
         ("3006", "delete", "done", "DELETED", None),
     ]
-    assert stored["first_name"] == "Zeynep"
+    assert stored["values"]["First_Name"] == "Zeynep"
     assert deleted["deleted_at"] is not None
     assert refused.status_code == 400
     assert refused.json()["message"] == (
@@ -304,7 +304,10 @@ async def test_a_tenant_without_credentials_fails_with_how_to_configure_and_zoho
     assert str(await worker.intake_once()) == "intake: done 0, retrying 0, failed 1"
     row = (await intake_rows(engine.database))[-1]
     assert (row.state, row.attempts) == ("failed", 2)
-    assert row.last_error.startswith("Zoho GET /crm/v8/BTEC_Students: INTERNAL_ERROR (HTTP 503)")
+    assert row.last_error.startswith(
+        "could not fetch the id-only students records from Zoho: Zoho GET /crm/v8/BTEC_Students failed with "
+        "INTERNAL_ERROR (HTTP 503) after the client's retries"
+    )
     assert row.last_error.endswith("(gave up after 2 attempts)")
     async with engine.database.begin() as conn:
         await queue_ids(conn, "other", "students", "update", ["3002"])
@@ -312,6 +315,7 @@ async def test_a_tenant_without_credentials_fails_with_how_to_configure_and_zoho
 
 
 async def _due(database: AsyncEngine) -> bool:
+    queue = engine_table(INTAKE)
     async with database.connect() as conn:
-        rows = list(await conn.execute(sa.text(f"SELECT next_attempt_at FROM {INTAKE} WHERE state = 'pending'")))
-    return all(dt.datetime.fromisoformat(str(moment)) <= dt.datetime.now(dt.UTC) for (moment,) in rows)
+        rows = await conn.execute(sa.select(queue.c.next_attempt_at).where(queue.c.state == "pending"))
+        return all(moment <= dt.datetime.now(dt.UTC) for (moment,) in rows)
