@@ -139,7 +139,8 @@ async def accept_notification(catalog: Catalog, database: AsyncEngine, notificat
     c = CHANNELS
     async with database.connect() as conn:
         row = (await conn.execute(sa.select(c).where(c.c.channel_id == notification.channel_id))).first()
-    if not _matches(notification.token, *((row.token_hash, row.previous_token_hash) if row else (None,))):
+    if row is None or not _matches(notification.token, row.token_hash, row.previous_token_hash):
+        _matches(notification.token, None, None)  # as long as a known channel's check: the time tells nothing
         raise ChannelRefused(
             f"the callback's channel_id {notification.channel_id} and token match no channel of this service: "
             f"a callback is taken only from a channel that {WATCH} subscribed, with the token it was given"
@@ -230,7 +231,7 @@ async def _watch(database: AsyncEngine, zoho: ZohoClient, tenant: str, entity: E
                 await conn.execute(sa.insert(c).values(values))
         except IntegrityError:
             return Watched(tenant, entity.name, None, "skipped", error="another process subscribes it right now")
-        undo = sa.delete(c).where(c.c.channel_id == channel_id)
+        undo: sa.Delete | sa.Update = sa.delete(c).where(c.c.channel_id == channel_id)
     else:
         channel_id = int(row.channel_id)
         async with database.begin() as conn:  # the renewal is this process's if the token is still the one read

@@ -27,8 +27,8 @@
 | SYNCENGINE_DELIVERY_RETRY_BASE   | 5 seconds: the first retry's delay, doubled each attempt, with jitter |
 | SYNCENGINE_DELIVERY_RETRY_MAX    | 3600 seconds: the longest delay between retries    |
 | SYNCENGINE_DELIVERY_LEASE        | 300 seconds: a claim a killed worker left is taken over after this |
-| SYNCENGINE_INTAKE_WORKER         | 1: `serve` runs an intake worker and renews Zoho channels (0: neither, as `serve --no-worker`) |
-| SYNCENGINE_INTAKE_ATTEMPTS       | 10: tries while Zoho (or the database) is unavailable before an intake row is failed |
+| SYNCENGINE_INTAKE_WORKER         | 1: `serve` takes in Zoho's notifications and renews channels (0: neither) |
+| SYNCENGINE_INTAKE_ATTEMPTS       | 10: tries while Zoho is unavailable before an intake row is failed |
 | SYNCENGINE_INTAKE_RETRY_BASE     | 5 seconds: the first retry's delay, doubled each attempt, with jitter |
 | SYNCENGINE_INTAKE_RETRY_MAX      | 600 seconds: the longest delay between retries     |
 | SYNCENGINE_INTAKE_LEASE          | 300 seconds: intake rows a killed worker claimed are taken over after this |

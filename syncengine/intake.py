@@ -36,12 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from syncengine.engine import SyncEngine
 from syncengine.exceptions import SyncEngineError, Unavailable
+from syncengine.fetching import fetch_and_sync
 from syncengine.fieldtypes import utc_now
 from syncengine.parsing import DELETED_KEY
 from syncengine.report import RecordResult
 from syncengine.store import WRITES, translate
 from syncengine.tables import INTAKE, engine_table
-from syncengine.fetching import fetch_and_sync
 from syncengine.zoho import MAX_IDS
 from syncengine.zoho_sites import NoZohoCredentials, open_zoho
 
@@ -250,7 +250,8 @@ class IntakeWorker:
         deletes = [zoho_id for zoho_id, operation in latest.items() if operation == "delete"]
         fetches = [zoho_id for zoho_id, operation in latest.items() if operation != "delete"]
         if entity not in self.engine.catalog.entities:
-            gone = f"entity '{entity}' is no longer in the descriptors (known: {', '.join(self.engine.catalog.entities)})"
+            known = ", ".join(self.engine.catalog.entities)
+            gone = f"entity '{entity}' is no longer in the descriptors (known: {known}); nothing was fetched"
             await self._fail(lease, rows, gone, counts)
             return
         try:

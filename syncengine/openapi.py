@@ -17,8 +17,8 @@ from typing import Any
 from litestar.openapi.spec import Components, Operation, SecurityScheme
 
 from syncengine.delivery import STATES
-from syncengine.intake import STATES as INTAKE_STATES
 from syncengine.descriptors import Catalog, Entity
+from syncengine.intake import STATES as INTAKE_STATES
 from syncengine.payloads import FORM_CONTENT_TYPE
 
 SECURITY: list[dict[str, list[str]]] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]

@@ -293,8 +293,9 @@ class ZohoClient:
         if answer.get("status") != "success":
             where = f"Zoho {'PUT' if renew else 'POST'} /crm/{self.api_version}/actions/watch"
             raise ZohoError(where, 400, str(answer.get("code")), str(answer.get("message")), answer.get("details"))
-        stated = [e.get("channel_expiry") for e in answer.get("details", {}).get("events", ()) if e.get("channel_expiry")]
-        return datetime.fromisoformat(min(stated)) if stated else expiry
+        subscribed: list[dict[str, Any]] = (answer.get("details") or {}).get("events") or []
+        stated = [datetime.fromisoformat(e["channel_expiry"]) for e in subscribed if e.get("channel_expiry")]
+        return min(stated) if stated else expiry
 
     # -- calls ------------------------------------------------------------------------------------
 

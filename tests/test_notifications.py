@@ -23,7 +23,6 @@ from syncengine.config import Settings
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.intake import IntakePolicy, IntakeWorker, queue_ids
-from syncengine.store import open_database
 from syncengine.tables import INTAKE, ZOHO_CHANNELS, engine_table
 from syncengine.tenants import add_tenant
 from syncengine.zoho import Credentials
@@ -85,7 +84,9 @@ async def test_a_notification_of_inserts_updates_and_a_delete_ends_stored_and_vi
 ) -> None:
     url, engine, key = await prepared(databases, dialect, fake)
     await engine.sync("school", "students", students("3004", "3005", "3006"))  # the updated two, the deleted one
-    fake.load(MODULE, students("3001", "3002", "3003") + students("3004", "3005", First_Name="Zeynep", Modified_Time=LATER))
+    fake.load(
+        MODULE, students("3001", "3002", "3003") + students("3004", "3005", First_Name="Zeynep", Modified_Time=LATER)
+    )
     env = environment(SYNCENGINE_DATABASE_URL=url, SYNCENGINE_ENTITIES=str(ENTITIES))
     async with serving([], env, tmp_path) as (base, _):
         watched = await asyncio.to_thread(run, env, "zoho", "watch", "--url", base)
@@ -170,11 +171,17 @@ async def test_a_wrong_token_is_401_an_unknown_module_400_and_neither_queues_any
             "is taken only from a channel that `syncengine zoho watch --tenant TENANT --url PUBLIC_BASE_URL` "
             "subscribed, with the token it was given"
         )
-        assert answers[4].json()["message"].startswith(
-            "\"module\": no entity has the source 'Leads' (known: Products, BTEC_Teachers, BTEC_Students"
+        assert (
+            answers[4]
+            .json()["message"]
+            .startswith("\"module\": no entity has the source 'Leads' (known: Products, BTEC_Teachers, BTEC_Students")
         )
-        assert answers[5].json()["message"].startswith(
-            f"\"module\": channel {channel['channel_id']} is for module BTEC_Students, not 'Products': run "
+        assert (
+            answers[5]
+            .json()["message"]
+            .startswith(
+                f"\"module\": channel {channel['channel_id']} is for module BTEC_Students, not 'Products': run "
+            )
         )
         assert answers[6].json()["message"] == '"ids"[0] must be a Zoho record id (digits), got "${!BTEC_Students.Id}"'
         assert await intake_rows(engine.database) == []
@@ -254,7 +261,9 @@ async def test_watch_subscribes_every_entity_and_renewal_keeps_callbacks_coming(
                            {"soon": dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)})  # fmt: skip
     renewed = await renew_channels(engine.catalog, engine.database)
     assert [(w.entity, w.action) for w in renewed] == [(e.name, "renewed") for e in engine.catalog]
-    assert [m for m, _ in fake.watch_calls] == ["POST"] * len(engine.catalog.entities) + ["PUT"] * len(engine.catalog.entities)
+    assert [m for m, _ in fake.watch_calls] == ["POST"] * len(engine.catalog.entities) + ["PUT"] * len(
+        engine.catalog.entities
+    )
     assert all(first[c["channel_id"]] != c["token"] for c in fake.channels.values())  # a new token each
     again = await watch_tenant(engine.catalog, engine.database, "school", "https://sync.example.edu")
     assert [w.action for w in again] == ["renewed"] * len(engine.catalog.entities)  # the same channels, not new ones
@@ -273,7 +282,7 @@ async def test_watch_subscribes_every_entity_and_renewal_keeps_callbacks_coming(
 
 def _second_token(fake: ZohoFake, channel: dict[str, Any]) -> str:
     """The token the channel had before its latest renewal (sent by a callback crossing it)."""
-    tokens = [item["token"] for _, item in fake.watch_calls if item["channel_id"] == channel["channel_id"]]
+    tokens = [str(item["token"]) for _, item in fake.watch_calls if item["channel_id"] == channel["channel_id"]]
     return tokens[-2]
 
 

@@ -258,7 +258,6 @@ class ZohoFake:
         return 200, {}, {"data": chunk, "info": {"per_page": per_page, "count": len(chunk), "page": page,
                                                  "more_records": more}}  # fmt: skip
 
-
     # -- notifications (reference §1.2) ----------------------------------------------------------
 
     def watch(self, method: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -299,7 +298,7 @@ class ZohoFake:
         """Post a callback to the notify_url of `module`'s channel, as Zoho does: (status, JSON answer).
         `token` and `channel_id` override the subscribed ones (to send a wrong one)."""
         (channel,) = [c for c in self.channels.values() if any(e.startswith(f"{module}.") for e in c["events"])]
-        body = {"server_time": int(time.time() * 1000), "query_params": {}, "module": module,
+        body: dict[str, Any] = {"server_time": int(time.time() * 1000), "query_params": {}, "module": module,
                 "resource_uri": f"{self.url}/crm/v2/{module}", "ids": ids, "affected_fields": [],
                 "operation": operation, "channel_id": str(channel_id or channel["channel_id"]),
                 "token": channel["token"] if token is None else token}  # fmt: skip
@@ -378,7 +377,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def answer_watch(self, method: str, body: str) -> None:
         if not WATCH_PATH.match(urlsplit(self.path).path):
-            self.answer(404, {}, error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one"))
+            self.answer(
+                404, {}, error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one")
+            )
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
         status, answer = self.server.fake.watch(method, headers, json.loads(body or "{}"))

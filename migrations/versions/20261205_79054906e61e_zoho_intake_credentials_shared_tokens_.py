@@ -73,7 +73,7 @@ def upgrade() -> None:
     sa.Column('entity', sa.String(length=64), nullable=False),
     sa.Column('channel_id', sa.BigInteger(), nullable=False, comment="Zoho's channel_id, ours to pick"),
     sa.Column('token_hash', sa.String(length=64), nullable=False, comment='SHA-256 of the token Zoho echoes, hex'),
-    sa.Column('previous_token_hash', sa.String(length=64), nullable=True, comment='the token before the last renewal, still accepted'),
+    sa.Column('previous_token_hash', sa.String(length=64), nullable=True, comment='the token before the last renewal, still taken'),
     sa.Column('notify_url', sa.Text(), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
