@@ -328,3 +328,27 @@ async def _due(database: AsyncEngine) -> bool:
     async with database.connect() as conn:
         rows = await conn.execute(sa.select(queue.c.next_attempt_at).where(queue.c.state == "pending"))
         return all(moment <= dt.datetime.now(dt.UTC) for (moment,) in rows)
+
+
+# 6. A worker whose claim was taken over writes nothing over the rows.
+
+
+async def test_a_worker_whose_lease_was_taken_over_writes_no_outcome(engine: SyncEngine, fake: ZohoFake) -> None:
+    await save_zoho(engine.database, "school", credentials(fake))
+    fake.load(MODULE, students("3001", "3002"))
+    async with engine.database.begin() as conn:
+        await queue_ids(conn, "school", "students", "insert", ["3001", "3002"])
+    fake.delay = 1.0  # each fetch answers a second late: the first worker's fetch is answered first
+    first, second = IntakeWorker(engine), IntakeWorker(engine)
+    slow = asyncio.create_task(first.intake_once())
+    await until(lambda: any("ids" in c.params for c in fake.calls), "the first worker asked Zoho")
+    async with engine.database.begin() as conn:  # as if its lease had run out (a long pause, a frozen VM)
+        await conn.execute(sa.text(f"UPDATE {INTAKE} SET next_attempt_at = :past"),
+                           {"past": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)})  # fmt: skip
+    assert str(await second.intake_once()) == "intake: done 2, retrying 0, failed 0"
+    await slow  # it synced the records first (NEW), but the rows are the second worker's: UNCHANGED
+    rows = await intake_rows(engine.database)
+    assert [(r.zoho_id, r.state, r.status, r.attempts) for r in rows] == [
+        ("3001", "done", "UNCHANGED", 1),
+        ("3002", "done", "UNCHANGED", 1),
+    ]
