@@ -225,8 +225,8 @@ async def _watch(database: AsyncEngine, zoho: ZohoClient, tenant: str, entity: E
     if row is None:
         channel_id = secrets.randbelow(2**53 - 10**12) + 10**12  # JavaScript-safe, as Zoho's own are
         values = {"tenant_id": tenant, "entity": entity.name, "channel_id": channel_id, "token_hash": _digest(token),
-                  "notify_url": url, "expires_at": now, "updated_at": now}  # fmt: skip
-        try:  # stored first, so a callback that arrives before Zoho's answer is taken
+                  "notify_url": url, "expires_at": expiry, "updated_at": now}  # fmt: skip
+        try:  # stored first (due for no renewal), so a callback that arrives before Zoho's answer is taken
             async with database.begin() as conn:
                 await conn.execute(sa.insert(c).values(values))
         except IntegrityError:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -87,12 +88,23 @@ async def test_a_notification_of_inserts_updates_and_a_delete_ends_stored_and_vi
     fake.load(
         MODULE, students("3001", "3002", "3003") + students("3004", "3005", First_Name="Zeynep", Modified_Time=LATER)
     )
-    env = environment(SYNCENGINE_DATABASE_URL=url, SYNCENGINE_ENTITIES=str(ENTITIES))
+    env = environment(SYNCENGINE_DATABASE_URL=url, SYNCENGINE_ENTITIES=str(ENTITIES), SYNCENGINE_CHANNEL_RENEWAL="0.2")
     async with serving([], env, tmp_path) as (base, _):
+        unknown = await asyncio.to_thread(run, env, "zoho", "watch")
+        assert (unknown.returncode, unknown.stderr) == (1, "error: give the URL Zoho reaches this service at: "
+                                                        "--url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)\n")  # fmt: skip
         watched = await asyncio.to_thread(run, env, "zoho", "watch", "--url", base)
         assert watched.returncode == 0, watched.stderr
         assert len(watched.stdout.splitlines()) == len(catalog.entities)
+        assert watched.stdout.splitlines()[0].startswith("tenant 'school': programs: channel ")
         assert {e for c in fake.channels.values() for e in c["events"]} == {f"{e.source}.all" for e in catalog}
+        async with engine.database.begin() as conn:  # the students' channel expires in an hour: serve renews it
+            await conn.execute(
+                sa.text(f"UPDATE {ZOHO_CHANNELS} SET expires_at = :soon WHERE entity = 'students'"),
+                {"soon": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)},
+            )
+        await until(lambda: [m for m, _ in fake.watch_calls] == ["POST"] * len(catalog.entities) + ["PUT"],
+                    "serve renewed the channel about to expire")  # fmt: skip
         for operation, ids in (("insert", ["3001", "3002", "3003"]), ("update", ["3004", "3005"]),
                                ("delete", ["3006"])):  # fmt: skip
             status, answer = await asyncio.to_thread(fake.callback, MODULE, operation, ids)
@@ -119,6 +131,13 @@ async def test_a_notification_of_inserts_updates_and_a_delete_ends_stored_and_vi
     assert refused.json()["message"] == (
         "unknown query parameter 'status': this route takes state, limit and after_id; nothing was changed"
     )
+    listed_cli = await asyncio.to_thread(run, env, "intake", "list", "--tenant", "school", "--state", "done", "--json")
+    assert msgspec.json.decode(listed_cli.stdout)["counts"] == listed["counts"]
+    table = await asyncio.to_thread(run, env, "intake", "list")
+    assert table.stdout.splitlines()[:2] == [
+        "pending 0, working 0, done 6, failed 0",
+        "ID  TENANT  ENTITY    ZOHO ID  OPERATION  STATE  STATUS   ATTEMPTS  LAST ERROR",
+    ]
     by_ids = [c for c in fake.calls if "ids" in c.params]
     assert [sorted(c.params["ids"].split(",")) for c in by_ids] == [["3001", "3002", "3003"], ["3004", "3005"]]
     await engine.close()
