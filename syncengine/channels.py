@@ -139,8 +139,8 @@ async def accept_notification(catalog: Catalog, database: AsyncEngine, notificat
     c = CHANNELS
     async with database.connect() as conn:
         row = (await conn.execute(sa.select(c).where(c.c.channel_id == notification.channel_id))).first()
-    if row is None or not _matches(notification.token, row.token_hash, row.previous_token_hash):
-        _matches(notification.token, None, None)  # as long as a known channel's check: the time tells nothing
+    stored = (row.token_hash, row.previous_token_hash) if row is not None else (None, None)
+    if not _matches(notification.token, *stored) or row is None:  # the same work for an unknown channel
         raise ChannelRefused(
             f"the callback's channel_id {notification.channel_id} and token match no channel of this service: "
             f"a callback is taken only from a channel that {WATCH} subscribed, with the token it was given"
