@@ -423,7 +423,11 @@ def _safe_url(url: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", default=8000, type=click.IntRange(0, 65535), show_default=True)
 @click.option("--workers", default=1, type=click.IntRange(min=1), show_default=True, help="Worker processes.")
-@click.option("--no-worker", is_flag=True, help="Deliver nothing to Moodle here: run `syncengine worker` apart.")
+@click.option(
+    "--no-worker",
+    is_flag=True,
+    help="No delivery to Moodle, no Zoho intake and no channel renewal here: run `syncengine worker` apart.",
+)
 @ENTITIES_OPTION
 def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | None) -> None:
     """Serve the HTTP API: POST /v1/sync/{entity} for every entity, OpenAPI at /schema.
@@ -454,6 +458,7 @@ def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | 
     os.environ["SYNCENGINE_ENTITIES"] = str(settings.entities)  # for the workers' app factory
     if no_worker:
         os.environ["SYNCENGINE_DELIVERY_WORKER"] = "0"
+        os.environ["SYNCENGINE_INTAKE_WORKER"] = "0"
     uvicorn.run(
         "syncengine.app:app_from_env",
         factory=True,
@@ -623,10 +628,12 @@ def tenant_zoho(
 @click.option("--tenant", default=None, help="Deliver this tenant's changes only (default: every tenant).")
 @ENTITIES_OPTION
 def worker(tenant: str | None, entities: Path | None) -> None:
-    """Deliver stored changes to each tenant's Moodle until Ctrl-C or SIGTERM."""
+    """Deliver stored changes to each tenant's Moodle, and fetch and sync the ids Zoho notified
+    (the intake queue), until Ctrl-C or SIGTERM."""
     import signal
 
     from syncengine.delivery import Worker
+    from syncengine.intake import IntakeWorker
     from syncengine.store import open_database
 
     settings = _settings(entities)
@@ -643,11 +650,15 @@ def worker(tenant: str | None, entities: Path | None) -> None:
             loop.add_signal_handler(signum, stop.set)
         progress = Worker(catalog, database, settings.delivery_policy, tenant=tenant)
         progress.on_round = lambda counts: click.echo(f"{counts} (total: {progress.totals})", err=True)
+        engine = SyncEngine(catalog, database, max_version_skew=settings.max_version_skew)
+        engine.on_commit = progress.wake  # what the intake syncs is delivered without waiting for a poll
+        intake = IntakeWorker(engine, settings.intake_policy, tenant=tenant)
+        intake.on_round = lambda counts: click.echo(f"{counts} (total: {intake.totals})", err=True)
         click.echo(f"delivering {'tenant ' + tenant if tenant else 'every tenant'}; Ctrl-C stops", err=True)
         try:
-            await progress.run(stop)
+            await asyncio.gather(progress.run(stop), intake.run(stop))
         finally:
-            await database.dispose()
+            await engine.close()
 
     asyncio.run(run())
 
@@ -727,6 +738,105 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
             f"no delivery{whose} with id {', '.join(map(str, retried.not_found))}: "
             + _pasteable("`syncengine deliveries list` shows the ids")
         )
+
+
+@main.group()
+def intake() -> None:
+    """The Zoho intake queue: ids Zoho notified, and what became of each."""
+
+
+@intake.command("list")
+@click.option("--tenant", default=None, help="One tenant's rows (default: every tenant's).")
+@click.option("--state", type=click.Choice(["pending", "working", "done", "failed"]), default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Rows shown.")
+@click.option("--after-id", default=None, type=click.IntRange(min=0), help="Rows after this id (the next page).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"counts": ..., "intake": [...]} as JSON.')
+@ENTITIES_OPTION
+def intake_list(
+    tenant: str | None, state: str | None, limit: int, after_id: int | None, as_json: bool, entities: Path | None
+) -> None:
+    """List notified ids, oldest first, with counts per state and each record's outcome."""
+    from syncengine.intake import list_intake
+
+    settings = _settings(entities)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+    page = _run_tenant_command(
+        entities, lambda database: list_intake(database, tenant=tenant, state=state, limit=limit, after_id=after_id)
+    )
+    if as_json:
+        body = {"counts": page.counts, "intake": [row.to_builtins() for row in page.rows]}
+        click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
+        return
+    click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
+    if page.rows:
+        rows = [
+            (str(r.id), r.tenant, r.entity, r.zoho_id, r.operation, r.state, r.status or "-", str(r.attempts),
+             r.last_error or "")
+            for r in page.rows
+        ]  # fmt: skip
+        head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "STATUS", "ATTEMPTS", "LAST ERROR")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]
+        for row in [head, *rows]:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    if page.next_after_id is not None:
+        click.echo(f"more: --after-id {page.next_after_id}", err=True)
+
+
+@main.group()
+def zoho() -> None:
+    """Zoho CRM: notification channels (credentials: `syncengine tenant zoho`)."""
+
+
+@zoho.command("watch")
+@click.option("--tenant", default=None, help="This tenant's entities (default: every tenant with Zoho credentials).")
+@click.option("--url", default=None, help="The base URL Zoho reaches the service at (default: $SYNCENGINE_PUBLIC_URL).")
+@ENTITIES_OPTION
+def zoho_watch(tenant: str | None, url: str | None, entities: Path | None) -> None:
+    """Subscribe (or renew) a Zoho notification channel for every entity: Zoho then POSTs each
+    insert, update and delete to URL/v1/zoho/notifications. Channels last a week; `serve` renews
+    them. Exits 1 if any entity could not be subscribed."""
+    from syncengine.channels import notify_url, watch_tenant
+    from syncengine.zoho_sites import NoZohoCredentials, zoho_tenants
+
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    base = url or settings.public_url
+    if base is None:
+        _fail("give the URL Zoho reaches this service at: --url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)")
+    assert base is not None
+    try:
+        notify_url(base)
+    except SyncEngineError as error:
+        _fail(error.message)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+
+    async def watch_all(database: AsyncEngine) -> list[Any]:
+        async with database.connect() as conn:
+            names = [tenant] if tenant is not None else await zoho_tenants(conn)
+        if not names:
+            _fail(_pasteable("no tenant has Zoho credentials: `syncengine tenant zoho NAME --dc DC ...` stores them"))
+        done = []
+        for name in names:
+            click.echo(f"tenant '{name}': subscribing {len(catalog.entities)} entities ...", err=True)
+            done += await watch_tenant(catalog, database, name, base)
+        return done
+
+    try:
+        watched = _run_tenant_command(entities, watch_all)
+    except NoZohoCredentials as error:
+        _fail(_pasteable(error.message))
+    failed = False
+    for w in watched:
+        if w.action in ("subscribed", "renewed"):
+            until = w.expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if w.expires_at else "?"
+            click.echo(f"tenant '{w.tenant}': {w.entity}: channel {w.channel_id} {w.action}, expires {until}")
+        else:
+            failed |= w.action == "failed"
+            click.echo(f"tenant '{w.tenant}': {w.entity}: {w.action}: {w.error}", err=True)
+    click.echo(f"callbacks go to {notify_url(base)}", err=True)
+    sys.exit(1 if failed else 0)
 
 
 @main.group()

@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from syncengine.channels import ChannelRefused
 from syncengine.engine import ContendedError
 from syncengine.exceptions import (
     BadInput,
@@ -71,6 +72,7 @@ HTTP: dict[type[SyncEngineError], Http] = {
     Conflict: Http(409),
     Unavailable: Http(503),
     CredentialError: Http(401, {"WWW-Authenticate": 'Bearer error="invalid_request"'}),
+    ChannelRefused: Http(401),
     IdempotencyKeyReused: Http(422),
     IdempotencyKeyInUse: Http(409, {"Retry-After": "5"}),
     ContendedError: Http(409, {"Retry-After": "1"}),
@@ -100,7 +102,10 @@ def to_api_error(exc: Exception) -> ApiError:
     if failure is not None and answer is not None:
         then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
         message = failure.message if then is None else f"{failure.message}; {then}"
-        return ApiError(answer.status, failure.code, message, dict(answer.headers))
+        headers = dict(answer.headers)
+        if isinstance(failure, Unavailable) and failure.retry_after is not None:  # the failure's own wait
+            headers["Retry-After"] = str(failure.retry_after)
+        return ApiError(answer.status, failure.code, message, headers)
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))
     if isinstance(exc, HTTPException):

@@ -48,9 +48,11 @@ class Conflict(SyncEngineError):
 
 
 class Unavailable(SyncEngineError):
-    """Something the engine needs (the database, its schema) is not there right now: try again."""
+    """Something the engine needs (the database, its schema) is not there right now: try again.
+    `retry_after`, where set, is how many seconds to wait (over HTTP, its Retry-After)."""
 
     code = "unavailable"
+    retry_after: int | None = None
 
 
 class Misconfigured(SyncEngineError):

@@ -292,6 +292,27 @@ class ZohoClient:
                 return
             page += 1
 
+    # -- notifications ----------------------------------------------------------------------------
+
+    async def watch(
+        self, channel_id: int, events: Sequence[str], notify_url: str, token: str, expiry: datetime, *, renew: bool
+    ) -> datetime:
+        """Subscribe channel `channel_id` to `events` (`["BTEC_Classes.all"]`), or with `renew` replace
+        its details (PUT): Zoho then POSTs callbacks to `notify_url`, echoing `token` (at most 50
+        characters). Returns the channel's expiry as Zoho states it (at most a week away)."""
+        if len(token) > 50:
+            raise ValueError(f"a channel token is at most 50 characters (Zoho's limit); got {len(token)}")
+        watch = {"channel_id": channel_id, "events": list(events), "notify_url": notify_url, "token": token,
+                 "channel_expiry": expiry.isoformat(timespec="seconds")}  # fmt: skip
+        body = await self._call("PUT" if renew else "POST", "/actions/watch", json={"watch": [watch]})
+        (answer,) = body["watch"]
+        if answer.get("status") != "success":
+            where = f"Zoho {'PUT' if renew else 'POST'} /crm/{self.api_version}/actions/watch"
+            raise ZohoError(where, 400, str(answer.get("code")), str(answer.get("message")), answer.get("details"))
+        subscribed: list[dict[str, Any]] = (answer.get("details") or {}).get("events") or []
+        stated = [datetime.fromisoformat(e["channel_expiry"]) for e in subscribed if e.get("channel_expiry")]
+        return min(stated) if stated else expiry
+
     # -- calls ------------------------------------------------------------------------------------
 
     async def _get(
@@ -303,12 +324,29 @@ class ZohoClient:
     ) -> Any:
         """A GET on the API with the access token: its JSON (read by `decode` if given), or None
         for 204/304 (nothing)."""
-        where = f"Zoho GET /crm/{self.api_version}{path}"
+        return await self._call("GET", path, params=params, headers=headers, decode=decode)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """A call of the API with the access token: its JSON (read by `decode` if given), or None
+        for 204/304 (nothing)."""
+        where = f"Zoho {method} /crm/{self.api_version}{path}"
         token = await self._token()
         for forced in (False, True):
             url = f"{(self.credentials.api_url or token.api_domain).rstrip('/')}/crm/{self.api_version}{path}"
             auth = {"Authorization": f"Zoho-oauthtoken {token.value}"}
-            response = await self._send(where, "GET", url, params=params, headers=auth | (headers or {}))
+            request: dict[str, Any] = {"params": params, "headers": auth | (headers or {})}
+            if json is not None:
+                request["json"] = json
+            response = await self._send(where, method, url, **request)
             if response.status_code in (204, 304):
                 return None
             if response.is_success:
