@@ -357,17 +357,16 @@ async def test_a_worker_whose_lease_was_taken_over_writes_no_outcome(engine: Syn
     fake.load(MODULE, students("3001", "3002"))
     async with engine.database.begin() as conn:
         await queue_ids(conn, "school", "students", "insert", ["3001", "3002"])
-    fake.delay = 1.0  # each fetch answers a second late: the first worker's fetch is answered first
+    fake.delay = 3.0  # the first worker's fetch is answered late: after the second worker is done
     first, second = IntakeWorker(engine), IntakeWorker(engine)
     slow = asyncio.create_task(first.intake_once())
     await until(lambda: any("ids" in c.params for c in fake.calls), "the first worker asked Zoho")
     async with engine.database.begin() as conn:  # as if its lease had run out (a long pause, a frozen VM)
         await conn.execute(sa.text(f"UPDATE {INTAKE} SET next_attempt_at = :past"),
                            {"past": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)})  # fmt: skip
+    fake.delay = 0.0  # the second worker's fetch is answered at once
     assert str(await second.intake_once()) == "intake: done 2, retrying 0, failed 0"
-    await slow  # it synced the records first (NEW), but the rows are the second worker's: UNCHANGED
-    rows = await intake_rows(engine.database)
-    assert [(r.zoho_id, r.state, r.status, r.attempts) for r in rows] == [
-        ("3001", "done", "UNCHANGED", 1),
-        ("3002", "done", "UNCHANGED", 1),
-    ]
+    taken_over = [("3001", "done", "NEW", 1), ("3002", "done", "NEW", 1)]
+    assert [(r.zoho_id, r.state, r.status, r.attempts) for r in await intake_rows(engine.database)] == taken_over
+    await slow  # it synced the records too (UNCHANGED by then), but the rows are no longer its own
+    assert [(r.zoho_id, r.state, r.status, r.attempts) for r in await intake_rows(engine.database)] == taken_over
