@@ -5,7 +5,8 @@
 Routes, all JSON:
 
 - `POST /v1/sync/{entity}`: one route per entity of entities.yaml, each with its own OpenAPI
-  request schema; `?dry_run=true` runs the pipeline and rolls back.
+  request schema; `?dry_run=true` runs the pipeline and rolls back. A record that is only an id
+  (`{"zoho_id": "..."}`) is fetched from the tenant's Zoho CRM first (fetching.py).
 - `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
   sent as `%2F`).
 - `GET /v1/deliveries?state=&limit=&after_id=`: the caller's outbox, counts per state and a page of
@@ -51,6 +52,7 @@ from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
+from syncengine.fetching import sync_received
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
@@ -400,7 +402,8 @@ async def sync_body(
             f"{len(records)} records in one request; the limit is {limit} (SYNCENGINE_MAX_RECORDS): "
             "send them in smaller batches",
         )
-    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
+    # An id-only record (a workflow webhook's `{"zoho_id": ...}`) is fetched from Zoho first (fetching.py).
+    report = await sync_received(service.engine, tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
     log["counts"] = {status: count for status, count in report.summary.items() if count}
     return answer.body(report) if answer is not None else _report_json(report)
 
