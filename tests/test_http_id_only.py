@@ -152,10 +152,10 @@ async def test_a_tenant_without_credentials_gets_a_result_saying_how_to_configur
 
 
 async def test_zoho_throttling_past_the_retries_is_a_503_with_retry_after(api: Api, fake: ZohoFake) -> None:
-    fake.fail_next(429, "TOO_MANY_REQUESTS", retry_after=30)  # longer than a request waits: answered at once
+    fake.fail_next(429, "TOO_MANY_REQUESTS", retry_after=45)  # longer than a request waits: answered at once
     response = await api.sync("programs", [program("77"), {"id": program_id(1)}])
     assert response.status_code == 503
-    assert response.headers["Retry-After"] == "30"
+    assert response.headers["Retry-After"] == "45"
     assert response.json()["error"] == "zoho_unavailable"
     assert await count_rows(api.engine.database, "programs", "school") == 1  # the fixture's program only
 
