@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+import httpx
 import msgspec
 
 from syncengine.descriptors import Entity
@@ -39,9 +40,10 @@ Operation = Literal["insert", "update", "delete"]
 #: decoding it to look: Zoho caps a workflow webhook's whole body at 500 characters, and looking
 #: costs a full record's decoding (about 17 us for an 870-byte enrollment) on the hot path.
 ID_ONLY_MAX_BYTES = 512
-#: Options of the Zoho client of an HTTP request: a sender waits for its answer, so a throttled or
-#: failing Zoho is a 503 with Retry-After within seconds, not after minutes of back-off.
+#: Options of the Zoho client of an HTTP request: a sender waits for its answer, so a throttled,
+#: failing or silent Zoho is a 503 with Retry-After within seconds, not after minutes of back-off.
 WEBHOOK_CLIENT: dict[str, Any] = {"max_attempts": 3, "max_wait": 5.0}
+WEBHOOK_TIMEOUT = 10.0  # seconds for each call to Zoho (connect, and each read)
 _decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
@@ -65,10 +67,10 @@ class ZohoUnreachable(Unavailable):
 
     def __init__(self, entity: str, error: ZohoUnavailable) -> None:
         self.retry_after = max(1, round(error.retry_after)) if error.retry_after is not None else 30
+        how = f"answered {error.code} (HTTP {error.status})" if error.status else f"got no answer ({error.code})"
         super().__init__(
-            f"could not fetch the id-only {entity} records from Zoho: {error.where} failed with {error.code} "
-            f"(HTTP {error.status}) after the client's retries; nothing of this request was synced: "
-            f"send it again after {self.retry_after} seconds"
+            f"could not fetch the id-only {entity} records from Zoho: {error.where} {how} after the client's "
+            f"retries; nothing of this request was synced: send it again after {self.retry_after} seconds"
         )
 
 
@@ -142,10 +144,15 @@ async def sync_received(
     wanted = _id_only_positions(records)
     if not wanted:
         return await engine.sync(tenant, entity, records, dry_run=dry_run, answer=answer)
+    http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT)
     try:
-        zoho = await open_zoho(engine.database, tenant, **WEBHOOK_CLIENT)
+        zoho = await open_zoho(engine.database, tenant, http=http, **WEBHOOK_CLIENT)
     except NoZohoCredentials as missing:
+        await http.aclose()
         return await _sync(engine, missing, tenant, entity, records, wanted, dry_run, answer)
+    except BaseException:
+        await http.aclose()
+        raise
     async with zoho:
         return await _sync(engine, zoho, tenant, entity, records, wanted, dry_run, answer)
 
