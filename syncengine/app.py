@@ -317,7 +317,9 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
         summary=f"Sync {entity.name}",
         description=(
             f"Validate, fingerprint and store {entity.name} records (Zoho module {entity.source}) "
-            "for the caller's tenant; the response has one result per record, in input order."
+            "for the caller's tenant; the response has one result per record, in input order. A record "
+            'that holds only its id (`{"zoho_id": "..."}`, or a form `zoho_id=...`) is fetched from the '
+            "tenant's Zoho CRM first."
         ),
         tags=["sync"],
         operation_class=sync_operation(entity, settings.max_records),

@@ -148,6 +148,11 @@ async def test_a_tenant_without_credentials_gets_a_result_saying_how_to_configur
         "message": NO_CREDENTIALS,
     }
     assert whole["status"] == "NEW"
+    alone = {"tenant": "other", "headers": {"Idempotency-Key": "only-ids"}}
+    first = await api.sync("programs", [{"id": program_id(2)}], **alone)
+    again = await api.sync("programs", [{"id": program_id(2)}], **alone)
+    assert first.json()["results"][0]["reason"] == "zoho_not_configured"
+    assert (again.headers["Idempotent-Replayed"], again.json()) == ("true", first.json())
     assert fake.calls == []
 
 
