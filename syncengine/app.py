@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
+import httpx
 import msgspec
 import sqlalchemy as sa
 from litestar import Litestar, Request, Response, get, head, post
@@ -52,7 +53,7 @@ from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
-from syncengine.fetching import sync_received
+from syncengine.fetching import sync_received, webhook_http
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.logs import configure_logging
@@ -78,6 +79,8 @@ class Service:
     keys: IdempotencyKeys
     head: str | None
     api_keys: KeyCache
+    #: The Zoho calls of id-only records share its connections (fetching.py); open while serving.
+    zoho_http: httpx.AsyncClient | None = None
 
 
 class SyncService(Litestar):
@@ -153,6 +156,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
         gc.collect()
         gc.freeze()
         purger = asyncio.create_task(service.keys.purge_forever(min(settings.idempotency_ttl, 300.0)))
+        service.zoho_http = webhook_http()
         stop_delivery = asyncio.Event()
         delivery = _start_delivery(settings, service.engine, stop_delivery)
         try:
@@ -165,6 +169,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
             await service.keys.close()
+            await service.zoho_http.aclose()
             if owned:
                 await service.engine.close()
 
@@ -405,7 +410,9 @@ async def sync_body(
             "send them in smaller batches",
         )
     # An id-only record (a workflow webhook's `{"zoho_id": ...}`) is fetched from Zoho first (fetching.py).
-    report = await sync_received(service.engine, tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
+    report = await sync_received(
+        service.engine, tenant.name, entity.name, records, dry_run=dry_run, answer=answer, http=service.zoho_http
+    )
     log["counts"] = {status: count for status, count in report.summary.items() if count}
     return answer.body(report) if answer is not None else _report_json(report)
 
