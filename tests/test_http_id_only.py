@@ -148,9 +148,9 @@ async def test_a_tenant_without_credentials_gets_a_result_saying_how_to_configur
         "message": NO_CREDENTIALS,
     }
     assert whole["status"] == "NEW"
-    alone = {"tenant": "other", "headers": {"Idempotency-Key": "only-ids"}}
-    first = await api.sync("programs", [{"id": program_id(2)}], **alone)
-    again = await api.sync("programs", [{"id": program_id(2)}], **alone)
+    key = {"Idempotency-Key": "only-ids"}
+    first = await api.sync("programs", [{"id": program_id(2)}], tenant="other", headers=key)
+    again = await api.sync("programs", [{"id": program_id(2)}], tenant="other", headers=key)
     assert first.json()["results"][0]["reason"] == "zoho_not_configured"
     assert (again.headers["Idempotent-Replayed"], again.json()) == ("true", first.json())
     assert fake.calls == []
@@ -191,3 +191,12 @@ async def test_an_id_that_is_no_zoho_id_is_invalid(api: Api, fake: ZohoFake) -> 
     invalid = response.json()["results"][0]
     assert (invalid["status"], invalid["errors"][0]["field"]) == ("INVALID", "id")
     assert statuses(response)[1] == "NEW" and by_ids_calls(fake) == [1]
+
+
+async def test_a_notification_callback_s_inserted_ids_are_fetched(api: Api, fake: ZohoFake) -> None:
+    callback = {"ids": [program_id(8), program_id(9)], "operation": "insert", "module": "Products",
+                "channel_id": "1000000068001", "token": None}  # fmt: skip
+    response = await api.sync("programs", callback)
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["NEW", "NEW"]
+    assert by_ids_calls(fake) == [2]

@@ -120,7 +120,9 @@ async def prepared(databases: Databases, dialect: str, fake: ZohoFake) -> tuple[
     return url, database
 
 
-async def test_processes_needing_a_token_at_once_request_one(databases: Databases, dialect: str, fake: ZohoFake) -> None:
+async def test_processes_needing_a_token_at_once_request_one(
+    databases: Databases, dialect: str, fake: ZohoFake
+) -> None:
     url, database = await prepared(databases, dialect, fake)
     await database.dispose()
     fake.delay = 0.3  # the token endpoint is slow too: every process asks while the first refreshes
