@@ -3,10 +3,10 @@
     async with await open_zoho(engine.database, "school") as zoho:
         report = await fetch_and_sync(engine, zoho, "school", "enrollments", ["6284103000002402077"])
 
-`sync_received` is what the HTTP service calls: it opens the tenant's client only when a record
-is id-only. `sync_fetching` takes a batch as it arrived (full records, id-only ones, deletions,
-in any mix): the id-only records (`id_only`) are fetched, 100 ids a call, and replaced by what Zoho answered;
-then the whole batch goes through one `engine.sync`. The report has one result per record, in
+`sync_fetching` takes a batch as it arrived (full records, id-only ones, deletions, in any mix):
+the id-only records (`id_only`) are fetched, 100 ids a call, and replaced by what Zoho
+answered; then the whole batch goes through one `engine.sync`. `sync_received` is what the HTTP
+service calls: it opens the tenant's client only when a record is id-only. The report has one result per record, in
 the order given. An id Zoho answers with an error (NO_PERMISSION, NOT_FOUND, ...) is that
 record's result: SKIPPED, `reason` Zoho's code, the message what happened and what to do. A
 refusal of the whole call (the credentials, the module, the scope) is every id-only record's
@@ -20,7 +20,7 @@ an id that is no Zoho id (1 to 20 digits) is that record's INVALID result.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -72,6 +72,76 @@ class ZohoUnreachable(Unavailable):
             f"could not fetch the id-only {entity} records from Zoho: {error.where} {how} after the client's "
             f"retries; nothing of this request was synced: send it again after {self.retry_after} seconds"
         )
+
+
+async def fetch_and_sync(
+    engine: SyncEngine,
+    zoho: ZohoClient | NoZohoCredentials,
+    tenant: str,
+    entity: str,
+    ids: Iterable[str],
+    operations: Mapping[str, Operation] | None = None,
+    *,
+    dry_run: bool = False,
+) -> SyncReport:
+    """The records `ids` names, fetched from `zoho` and synced in one `engine.sync`; one result
+    per id, in the order given. An id whose operation (in `operations`) is "delete" is not
+    fetched: it is a deletion. Others are fetched and synced whatever their operation."""
+    operations = operations or {}
+    records = [{"id": i, DELETED_KEY: True} if operations.get(i) == "delete" else {"id": i} for i in ids]
+    return await sync_fetching(engine, zoho, tenant, entity, records, dry_run=dry_run)
+
+
+async def sync_fetching(
+    engine: SyncEngine,
+    zoho: ZohoClient | NoZohoCredentials,
+    tenant: str,
+    entity: str,
+    records: Sequence[Any],
+    *,
+    dry_run: bool = False,
+    answer: Answer | None = None,
+) -> SyncReport:
+    """Sync `records`, fetching the id-only ones from `zoho` first (see the module's docstring).
+    `zoho` is the tenant's client, or why it has none: then each id-only record is SKIPPED with
+    that message. `answer` is stored with the batch, rendered from the whole report."""
+    wanted = _id_only_positions(records)
+    return await _sync(engine, zoho, tenant, entity, records, wanted, dry_run, answer)
+
+
+async def sync_received(
+    engine: SyncEngine,
+    tenant: str,
+    entity: str,
+    records: Sequence[Any],
+    *,
+    dry_run: bool = False,
+    answer: Answer | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> SyncReport:
+    """What the HTTP service syncs: `records` as they arrived. The tenant's Zoho client is opened
+    (`open_zoho`, with `WEBHOOK_CLIENT`) only when some record is id-only, on `http` where given
+    (`webhook_http()`: the service shares one, since making one costs ~100 ms of CPU)."""
+    wanted = _id_only_positions(records)
+    if not wanted:
+        return await engine.sync(tenant, entity, records, dry_run=dry_run, answer=answer)
+    own = http is None
+    http = http or webhook_http()
+    try:
+        try:
+            zoho: ZohoClient | NoZohoCredentials = await open_zoho(engine.database, tenant, http=http, **WEBHOOK_CLIENT)
+        except NoZohoCredentials as missing:
+            zoho = missing
+        return await _sync(engine, zoho, tenant, entity, records, wanted, dry_run, answer)
+    finally:
+        if own:
+            await http.aclose()
+
+
+def webhook_http() -> httpx.AsyncClient:
+    """An HTTP client for the Zoho calls of requests: `WEBHOOK_TIMEOUT` a call. Making one loads
+    the CA certificates (~100 ms of CPU), so a service makes one and shares it."""
+    return httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT)
 
 
 def id_only(record: Any) -> str | None:
@@ -130,58 +200,6 @@ def check_fetchable(entity: Entity, record: Any, zoho_id: str, position: int) ->
         )
 
 
-async def sync_received(
-    engine: SyncEngine,
-    tenant: str,
-    entity: str,
-    records: Sequence[Any],
-    *,
-    dry_run: bool = False,
-    answer: Answer | None = None,
-    http: httpx.AsyncClient | None = None,
-) -> SyncReport:
-    """What the HTTP service syncs: `records` as they arrived. The tenant's Zoho client is opened
-    (`open_zoho`, with `WEBHOOK_CLIENT`) only when some record is id-only, on `http` where given
-    (`webhook_http()`: the service shares one, since making one costs ~100 ms of CPU)."""
-    wanted = _id_only_positions(records)
-    if not wanted:
-        return await engine.sync(tenant, entity, records, dry_run=dry_run, answer=answer)
-    own = http is None
-    http = http or webhook_http()
-    try:
-        try:
-            zoho: ZohoClient | NoZohoCredentials = await open_zoho(engine.database, tenant, http=http, **WEBHOOK_CLIENT)
-        except NoZohoCredentials as missing:
-            zoho = missing
-        return await _sync(engine, zoho, tenant, entity, records, wanted, dry_run, answer)
-    finally:
-        if own:
-            await http.aclose()
-
-
-def webhook_http() -> httpx.AsyncClient:
-    """An HTTP client for the Zoho calls of requests: `WEBHOOK_TIMEOUT` a call. Making one loads
-    the CA certificates (~100 ms of CPU), so a service makes one and shares it."""
-    return httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT)
-
-
-async def sync_fetching(
-    engine: SyncEngine,
-    zoho: ZohoClient | NoZohoCredentials,
-    tenant: str,
-    entity: str,
-    records: Sequence[Any],
-    *,
-    dry_run: bool = False,
-    answer: Answer | None = None,
-) -> SyncReport:
-    """Sync `records`, fetching the id-only ones from `zoho` first (see the module's docstring).
-    `zoho` is the tenant's client, or why it has none: then each id-only record is SKIPPED with
-    that message. `answer` is stored with the batch, rendered from the whole report."""
-    wanted = _id_only_positions(records)
-    return await _sync(engine, zoho, tenant, entity, records, wanted, dry_run, answer)
-
-
 async def _sync(
     engine: SyncEngine,
     zoho: ZohoClient | NoZohoCredentials,
@@ -215,24 +233,6 @@ async def _sync(
 def _id_only_positions(records: Sequence[Any]) -> dict[int, str]:
     """The id of each id-only record, by its position in `records`."""
     return {position: zoho_id for position, record in enumerate(records) if (zoho_id := id_only(record))}
-
-
-async def fetch_and_sync(
-    engine: SyncEngine,
-    zoho: ZohoClient | NoZohoCredentials,
-    tenant: str,
-    entity: str,
-    ids: Iterable[str],
-    operations: Mapping[str, Operation] | None = None,
-    *,
-    dry_run: bool = False,
-) -> SyncReport:
-    """The records `ids` names, fetched from `zoho` and synced in one `engine.sync`; one result
-    per id, in the order given. An id whose operation (in `operations`) is "delete" is not
-    fetched: it is a deletion. Others are fetched and synced whatever their operation."""
-    operations = operations or {}
-    records = [{"id": i, DELETED_KEY: True} if operations.get(i) == "delete" else {"id": i} for i in ids]
-    return await sync_fetching(engine, zoho, tenant, entity, records, dry_run=dry_run)
 
 
 async def _fetch(
@@ -284,7 +284,7 @@ def _merge(report: SyncReport, skipped: Mapping[int, RecordResult]) -> SyncRepor
     return SyncReport(report.entity, report.id_key, results, report.dry_run)
 
 
-def _merged_render(answer: Answer, skipped: Mapping[int, RecordResult]) -> Any:
+def _merged_render(answer: Answer, skipped: Mapping[int, RecordResult]) -> Callable[[SyncReport], bytes]:
     render = answer.render
 
     def merged(report: SyncReport) -> bytes:
