@@ -5,7 +5,8 @@
 Routes, all JSON:
 
 - `POST /v1/sync/{entity}`: one route per entity of entities.yaml, each with its own OpenAPI
-  request schema; `?dry_run=true` runs the pipeline and rolls back.
+  request schema; `?dry_run=true` runs the pipeline and rolls back. A record that is only an id
+  (`{"zoho_id": "..."}`) is fetched from the tenant's Zoho CRM first (fetching.py).
 - `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
   sent as `%2F`).
 - `GET /v1/deliveries?state=&limit=&after_id=`: the caller's outbox, counts per state and a page of
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
+import httpx
 import msgspec
 import sqlalchemy as sa
 from litestar import Litestar, Request, Response, get, head, post
@@ -55,6 +57,7 @@ from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
+from syncengine.fetching import sync_received, webhook_http
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
 from syncengine.intake import STATES as INTAKE_STATES
@@ -83,6 +86,8 @@ class Service:
     head: str | None
     api_keys: KeyCache
     wake_intake: Callable[[], None] | None = None  # this process's intake worker, if it runs one
+    #: The Zoho calls of id-only records share its connections (fetching.py); open while serving.
+    zoho_http: httpx.AsyncClient | None = None
 
 
 class SyncService(Litestar):
@@ -186,6 +191,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
         gc.collect()
         gc.freeze()
         purger = asyncio.create_task(service.keys.purge_forever(min(settings.idempotency_ttl, 300.0)))
+        service.zoho_http = webhook_http()
         stop_delivery = asyncio.Event()
         delivery = _start_delivery(settings, service.engine, stop_delivery)
         intake = _start_intake(service, stop_delivery)
@@ -200,6 +206,7 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
             await service.keys.close()
+            await service.zoho_http.aclose()
             if owned:
                 await service.engine.close()
 
@@ -352,7 +359,9 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
         summary=f"Sync {entity.name}",
         description=(
             f"Validate, fingerprint and store {entity.name} records (Zoho module {entity.source}) "
-            "for the caller's tenant; the response has one result per record, in input order."
+            "for the caller's tenant; the response has one result per record, in input order. A record "
+            'that holds only its id (`{"zoho_id": "..."}`, or a form `zoho_id=...`) is fetched from the '
+            "tenant's Zoho CRM first."
         ),
         tags=["sync"],
         operation_class=sync_operation(entity, settings.max_records),
@@ -437,7 +446,10 @@ async def sync_body(
             f"{len(records)} records in one request; the limit is {limit} (SYNCENGINE_MAX_RECORDS): "
             "send them in smaller batches",
         )
-    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
+    # An id-only record (a workflow webhook's `{"zoho_id": ...}`) is fetched from Zoho first (fetching.py).
+    report = await sync_received(
+        service.engine, tenant.name, entity.name, records, dry_run=dry_run, answer=answer, http=service.zoho_http
+    )
     log["counts"] = {status: count for status, count in report.summary.items() if count}
     return answer.body(report) if answer is not None else _report_json(report)
 

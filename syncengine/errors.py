@@ -31,6 +31,7 @@ from syncengine.exceptions import (
     Unavailable,
     UnstorableValue,
 )
+from syncengine.fetching import ZohoUnreachable
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
 from syncengine.store import translate
 from syncengine.tenants import CredentialError
@@ -78,6 +79,7 @@ HTTP: dict[type[SyncEngineError], Http] = {
     ContendedError: Http(409, {"Retry-After": "1"}),
     DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
     DatabaseBusy: Http(503, {"Retry-After": "1"}),
+    ZohoUnreachable: Http(503, {"Retry-After": "30"}),  # or Zoho's own wait (`retry_after`)
 }
 #: The database's failures any statement may meet, the engine's or an edge's (a key's lookup).
 _OF_ANY_STATEMENT = (DatabaseUnavailable, DatabaseBusy, UnstorableValue)

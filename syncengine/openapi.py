@@ -124,6 +124,8 @@ ANSWERS: dict[str, Answer] = {
     "invalid_notification": Answer(400, "a callback body other than Zoho's notification (the message says where)"),
     "unknown_module": Answer(400, "a callback's module is no entity's source, or not its channel's module"),
     "channel_refused": Answer(401, "a callback whose channel is unknown or whose token does not match; nothing queued"),
+    "merge_field_not_substituted": Answer(400, "an id-only record's id is a workflow merge field: ${!Module.Id}"),
+    "wrong_module": Answer(400, "an id-only record's module is not the endpoint's entity's"),
     "unstorable_value": Answer(400, "a value the database refused (a number beyond 64 bits, a NUL); nothing written"),
     "repeated_header": Answer(400, "Idempotency-Key or X-Tenant-ID sent more than once"),
     "malformed_credentials": Answer(
@@ -151,6 +153,7 @@ ANSWERS: dict[str, Answer] = {
     "database_unavailable": Answer(503, "the database cannot be reached or does not answer", RETRY),
     "database_busy": Answer(503, "a lock, pool or statement wait ran past its budget", RETRY),
     "schema_missing": Answer(503, "the database has no table for the entity: run `syncengine db upgrade`"),
+    "zoho_unavailable": Answer(503, "Zoho did not answer or kept throttling while id-only records were fetched", RETRY),
     "schema_behind": Answer(503, "the database schema is behind the code: run `syncengine db upgrade`"),
 }
 #: What a request that touches a tenant's data can answer before its handler runs: the API key's
@@ -168,7 +171,7 @@ TENANT_ANSWERS = (
     "database_busy",
 )
 #: `POST /v1/sync/{entity}`: the query (edge.check_write_query), the body (edge.py, payloads.py),
-#: the Idempotency-Key (idempotency.py) and the batch (engine.py).
+#: the Idempotency-Key (idempotency.py), the batch (engine.py) and Zoho (fetching.py).
 SYNC_ANSWERS = (
     *("unknown_query_parameter", "repeated_query_parameter", "invalid_query_parameter"),
     *TENANT_ANSWERS,
@@ -176,6 +179,7 @@ SYNC_ANSWERS = (
     *("body_too_large", "body_timeout", "client_disconnected", "malformed_json", "invalid_body", "json_too_deep"),
     *("too_many_records", "invalid_idempotency_key", "idempotency_key_in_use", "idempotency_key_reused"),
     *("unstorable_value", "write_conflict", "schema_missing"),
+    *("merge_field_not_substituted", "wrong_module", "zoho_unavailable"),  # id-only records (fetching.py)
 )
 #: `GET /v1/{entity}/{zoho_id}`.
 READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found")

@@ -3,6 +3,7 @@ over HTTP, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -110,7 +111,7 @@ async def test_zoho_unreachable_fails_the_whole_batch(engine: SyncEngine, fake: 
         await sync_fetching(engine, zoho, TENANT, "programs", [program("77"), {"id": program_id(1)}])
     assert failed.value.retry_after == 7
     assert str(failed.value) == (
-        "could not fetch the id-only programs records from Zoho: Zoho GET /crm/v8/Products failed with "
+        "could not fetch the id-only programs records from Zoho: Zoho GET /crm/v8/Products answered "
         "TOO_MANY_REQUESTS (HTTP 429) after the client's retries; nothing of this request was synced: "
         "send it again after 7 seconds"
     )
@@ -144,3 +145,36 @@ def test_zoho_unreachable_is_a_503_with_zohos_retry_after() -> None:
     failure = ZohoUnavailable("Zoho GET /crm/v8/Products", 429, "TOO_MANY_REQUESTS", "too many", retry_after=42.2)
     error = to_api_error(ZohoUnreachable("programs", failure))
     assert (error.status_code, error.error, error.headers) == (503, "zoho_unavailable", {"Retry-After": "42"})
+
+
+async def test_zoho_refusing_the_credentials_is_each_id_only_records_result(engine: SyncEngine, fake: ZohoFake) -> None:
+    revoked = "1000.revoked-refresh-token.0000"
+    credentials = Credentials(CLIENT_ID, CLIENT_SECRET, revoked, accounts_url=fake.url, api_url=fake.url)
+    async with ZohoClient(credentials) as zoho:
+        report = await sync_fetching(engine, zoho, TENANT, "programs", [{"id": program_id(1)}, program("77")])
+    refused, whole = report.results
+    assert (refused.status, refused.reason, whole.status) == ("SKIPPED", "invalid_code", "NEW")
+    assert "mint a new one from the self client" in refused.message
+    assert revoked not in refused.message and CLIENT_SECRET not in refused.message
+
+
+async def test_zoho_not_answering_fails_the_whole_batch(engine: SyncEngine, fake: ZohoFake) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    credentials = Credentials(CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, accounts_url=fake.url, api_url=nowhere)
+    async with ZohoClient(credentials, max_attempts=2, sleep=no_sleep) as zoho:
+        with pytest.raises(ZohoUnreachable) as failed:
+            await sync_fetching(engine, zoho, TENANT, "programs", [program("77"), {"id": program_id(1)}])
+    assert str(failed.value).startswith(
+        "could not fetch the id-only programs records from Zoho: Zoho GET /crm/v8/Products got no answer (ConnectError)"
+    )
+    assert failed.value.retry_after == 30
+    assert await count_rows(engine.database, "programs") == 0
+
+
+async def test_an_id_sent_twice_is_fetched_once(engine: SyncEngine, fake: ZohoFake, zoho: ZohoClient) -> None:
+    report = await fetch_and_sync(engine, zoho, TENANT, "programs", [program_id(1), program_id(1)])
+    assert [r.zoho_id for r in report.results] == [program_id(1)] * 2
+    assert report.results[0].status == "NEW"
+    assert by_ids_calls(fake) == [1]

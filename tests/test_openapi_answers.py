@@ -161,6 +161,7 @@ ON_THE_WAY = {
         *("payloads.PayloadError", "payloads.MalformedJson", "payloads.TooDeep", "engine.ContendedError"),
         *("idempotency.InvalidIdempotencyKey", "idempotency.IdempotencyKeyReused", "idempotency.IdempotencyKeyInUse"),
         *("idempotency.ClaimLost", "exceptions.UnstorableValue", "exceptions.SchemaMissing"),
+        *("fetching.UnsubstitutedMergeField", "fetching.WrongModule", "fetching.ZohoUnreachable"),
     ],
     openapi.READ_ANSWERS: [
         *("app.read_record", "app._path_id", "app.authenticated_tenant", "admission._refusal"),
