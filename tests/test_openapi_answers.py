@@ -44,6 +44,7 @@ UNDOCUMENTED = {
     "invalid_tenant_name": "a request's tenant is its key's, whose name is checked: tenant_name_refused",
     "tenant_exists": "the tenant commands' only",
     "unknown_tenant": "the tenant commands' only",
+    "backfill_mismatch": "the backfill command's only: a resumed backfill given another --since",
 }
 
 
