@@ -18,6 +18,7 @@ tenants, entities or storage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -155,18 +156,29 @@ def batches(items: list[tuple[K, Params]], budget: Budget) -> Iterator[list[tupl
 
 
 async def find(client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[K, Params]) -> dict[K, int]:
-    """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order."""
+    """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order:
+    the first (idnumber) alone, then the others, at once, for the records it did not find (a user
+    found by username and by email is the one found by username)."""
     budget = _budget(budget)
-    found: dict[K, int] = {}
-    for name in kind.lookups:
-        wanted = {key: str(p[name]) for key, p in desired.items() if key not in found and p.get(name)}
-        if kind is USER and name == "username":  # Moodle rejects the whole look-up for one upper-case username
-            wanted = {key: value for key, value in wanted.items() if value == value.lower()}
-        if not wanted:
-            continue
-        existing = await _existing(client, kind, name, sorted(set(wanted.values())), desired, budget)
-        found |= {key: existing[_norm(name, value)] for key, value in wanted.items() if _norm(name, value) in existing}
+    first, *others = kind.lookups
+    found = await _found_by(client, kind, first, desired, budget)
+    rest = {key: p for key, p in desired.items() if key not in found}
+    for by_field in await asyncio.gather(*(_found_by(client, kind, name, rest, budget) for name in others)):
+        found |= {key: moodle_id for key, moodle_id in by_field.items() if key not in found}
     return found
+
+
+async def _found_by(
+    client: MoodleClient, kind: Kind, name: str, desired: Mapping[K, Params], budget: Budget
+) -> dict[K, int]:
+    """The Moodle ids of the desired records that exist with the same value of `name`."""
+    wanted = {key: str(p[name]) for key, p in desired.items() if p.get(name)}
+    if kind is USER and name == "username":  # Moodle rejects the whole look-up for one upper-case username
+        wanted = {key: value for key, value in wanted.items() if value == value.lower()}
+    if not wanted:
+        return {}
+    existing = await _existing(client, kind, name, sorted(set(wanted.values())), desired, budget)
+    return {key: existing[_norm(name, value)] for key, value in wanted.items() if _norm(name, value) in existing}
 
 
 def _norm(name: str, value: str) -> str:
