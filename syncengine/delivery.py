@@ -390,6 +390,9 @@ class Worker:
         async with self.database.connect() as conn:
             site = await read_site(conn, tenant)
         if site is None:  # removed since the claim: back to pending, untouched
+            kept = self._clients.pop(tenant, None)
+            if kept is not None:
+                await kept[1].aclose()
             claimed = [r for rows in records.values() for r in rows]
             await self._settle(lease, tenant, [(claimed, {"state": "pending", "next_attempt_at": utc_now()})], False)
             return
