@@ -12,12 +12,12 @@ rows and, beside them, the newest few, so a fresh change does not wait behind a 
 pending rows of one record coalesce: its latest stored state (read from the entity table, deleted
 or not) is delivered once and every row is marked done. Targets go in stages that follow the data
 (`delivery_stages`: a target after the targets whose Moodle ids it uses); within a stage, the
-targets of one kind share their calls, whatever their entity (teachers and students are created
-together), through targets.py. A looked-up Moodle id not known yet makes a record `waiting` (with
-the reason) until a parent is delivered; a Moodle error makes it `pending` again after a back-off
-(exponential, with jitter), or `dead` after `Policy.attempts` (transient errors) or
-`Policy.permanent_attempts` (permanent ones), keeping Moodle's errorcode and message. A round's
-results are settled in one transaction. What Moodle holds is recorded in
+targets of one kind share their calls, whatever their entity (two entities mapped to users are
+looked up and created together), through targets.py. A looked-up Moodle id not known yet makes a
+record `waiting` (with the reason) until a parent is delivered; a Moodle error makes it `pending`
+again after a back-off (exponential, with jitter), or `dead` after `Policy.attempts` (transient
+errors) or `Policy.permanent_attempts` (permanent ones), keeping Moodle's errorcode and message. A
+round's results are settled in one transaction. What Moodle holds is recorded in
 `syncengine_moodle_links`, never in the entity rows that sync batches version-check. Only tenants
 with a Moodle site (sites.py) are claimed: the others' rows wait, pending. Each site's Moodle
 client (its connection pool) is kept from round to round, and made anew when the site's URL or
@@ -63,12 +63,13 @@ Stage = list[tuple[Entity, Target]]
 
 def delivery_stages(catalog: Catalog) -> list[Stage]:
     """The mapped targets in the order the data needs: a target comes a stage after each entity
-    whose Moodle id its parameters use (`{program.moodle_id}`, its own `{moodle_id}`), and not
+    whose Moodle id its parameters use (`{lookup.moodle_id}`, its own `{moodle_id}`), and not
     before the target that precedes it in its mapping. Targets of one stage need nothing of each
     other, so those of one kind may share calls. A cycle of Moodle ids (two optional lookups
     pointing at each other) ends in the last stage; its records wait for each other as before.
 
-    With entities.yaml: [programs, teachers, students], [classes.course], [classes.teacher, enrollments].
+    A mapping of categories, users, courses in a category and enrolments of users in courses gives
+    three stages: the categories and users; the courses; the enrolments.
     """
     mapped = [(entity, target) for entity in catalog if entity.moodle for target in entity.moodle]
     uses: dict[tuple[str, str], set[str]] = {}
