@@ -50,7 +50,7 @@ from syncengine import migrate
 from syncengine.admission import admitted
 from syncengine.channels import accept_notification, parse_notification, renew_channels
 from syncengine.config import Settings
-from syncengine.delivery import STATES, list_deliveries, retry_deliveries
+from syncengine.deliveries import STATES, list_deliveries, retry_deliveries
 from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query

@@ -679,7 +679,7 @@ def deliveries_list(
     tenant: str | None, state: str | None, limit: int, after_id: int | None, as_json: bool, entities: Path | None
 ) -> None:
     """List deliveries, oldest first, with counts per state."""
-    from syncengine.delivery import list_deliveries
+    from syncengine.deliveries import list_deliveries
 
     settings = _settings(entities)
     catalog = _catalog(settings)
@@ -719,7 +719,7 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
     A done delivery is sent again in full. A worker on PostgreSQL starts at once; a separate worker
     on SQLite within its poll interval (5 s).
     """
-    from syncengine.delivery import retry_deliveries
+    from syncengine.deliveries import retry_deliveries
 
     if bool(ids) == all_dead:
         _fail(_pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"))

@@ -16,7 +16,7 @@ from typing import Any
 
 from litestar.openapi.spec import Components, Operation, SecurityScheme
 
-from syncengine.delivery import STATES
+from syncengine.deliveries import STATES
 from syncengine.descriptors import Catalog, Entity
 from syncengine.intake import STATES as INTAKE_STATES
 from syncengine.payloads import FORM_CONTENT_TYPE
@@ -283,7 +283,7 @@ def responses(entity: Entity) -> dict[str, Any]:
 _MOMENT = {"type": "string", "format": "date-time"}
 _MAYBE_MOMENT = {"type": ["string", "null"], "format": "date-time"}
 _MAYBE_ID = {"type": ["integer", "null"]}
-#: A record's Moodle side in `GET /v1/{entity}/{zoho_id}` (delivery.record_moodle_state).
+#: A record's Moodle side in `GET /v1/{entity}/{zoho_id}` (deliveries.record_moodle_state).
 MOODLE_STATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {

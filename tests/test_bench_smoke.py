@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from syncengine.delivery import Policy
 from tests.conftest import POSTGRES_URL, ROOT
 
 pytestmark = pytest.mark.postgres
@@ -55,7 +56,7 @@ def test_smoke_run_prints_every_scenario() -> None:
     expected |= {
         ("delivery", "postgresql", case, batch)
         for case, batch in (
-            ("worker, school of 68", "500"),
+            ("worker, school of 68", f"{Policy().batch:,}"),
             ("naive, per record", "1"),
             ("worker, calls per 1,000 records", "-"),
             ("minimum, calls per 1,000 records", "-"),
