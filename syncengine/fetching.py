@@ -68,9 +68,10 @@ class ZohoUnreachable(Unavailable):
     def __init__(self, entity: str, error: ZohoUnavailable) -> None:
         self.retry_after = max(1, round(error.retry_after)) if error.retry_after is not None else 30
         how = f"answered {error.code} (HTTP {error.status})" if error.status else f"got no answer ({error.code})"
+        #: What went wrong, without what the sender should do (the intake queue retries by itself).
+        self.reason = f"could not fetch the {entity} records from Zoho: {error.where} {how} after the client's retries"
         super().__init__(
-            f"could not fetch the id-only {entity} records from Zoho: {error.where} {how} after the client's "
-            f"retries; nothing of this request was synced: send it again after {self.retry_after} seconds"
+            f"{self.reason}; nothing of this request was synced: send it again after {self.retry_after} seconds"
         )
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from syncengine.engine import SyncEngine
 from syncengine.exceptions import SyncEngineError, Unavailable
-from syncengine.fetching import fetch_and_sync
+from syncengine.fetching import ZohoUnreachable, fetch_and_sync
 from syncengine.fieldtypes import utc_now
 from syncengine.parsing import DELETED_KEY
 from syncengine.report import RecordResult
@@ -271,7 +271,8 @@ class IntakeWorker:
             failure = error if isinstance(error, SyncEngineError) else translate(error)
             if not isinstance(failure, Unavailable):
                 raise  # a bug: logged by the loop; the rows are due again when the lease ends
-            await self._retry(lease, self._left(lease, rows), failure.message, counts)
+            why = failure.reason if isinstance(failure, ZohoUnreachable) else failure.message
+            await self._retry(lease, self._left(lease, rows), why, counts)
 
     @staticmethod
     def _left(lease: _Lease, rows: list[Any]) -> list[Any]:

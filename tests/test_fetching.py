@@ -111,7 +111,7 @@ async def test_zoho_unreachable_fails_the_whole_batch(engine: SyncEngine, fake: 
         await sync_fetching(engine, zoho, TENANT, "programs", [program("77"), {"id": program_id(1)}])
     assert failed.value.retry_after == 7
     assert str(failed.value) == (
-        "could not fetch the id-only programs records from Zoho: Zoho GET /crm/v8/Products answered "
+        "could not fetch the programs records from Zoho: Zoho GET /crm/v8/Products answered "
         "TOO_MANY_REQUESTS (HTTP 429) after the client's retries; nothing of this request was synced: "
         "send it again after 7 seconds"
     )
@@ -167,7 +167,7 @@ async def test_zoho_not_answering_fails_the_whole_batch(engine: SyncEngine, fake
         with pytest.raises(ZohoUnreachable) as failed:
             await sync_fetching(engine, zoho, TENANT, "programs", [program("77"), {"id": program_id(1)}])
     assert str(failed.value).startswith(
-        "could not fetch the id-only programs records from Zoho: Zoho GET /crm/v8/Products got no answer (ConnectError)"
+        "could not fetch the programs records from Zoho: Zoho GET /crm/v8/Products got no answer (ConnectError)"
     )
     assert failed.value.retry_after == 30
     assert await count_rows(engine.database, "programs") == 0

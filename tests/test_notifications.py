@@ -332,9 +332,9 @@ async def test_a_tenant_without_credentials_fails_with_how_to_configure_and_zoho
     assert str(await worker.intake_once()) == "intake: done 0, retrying 0, failed 1"
     row = (await intake_rows(engine.database))[-1]
     assert (row.state, row.attempts) == ("failed", 2)
-    assert row.last_error.startswith(
-        "could not fetch the id-only students records from Zoho: Zoho GET /crm/v8/BTEC_Students failed with "
-        "INTERNAL_ERROR (HTTP 503) after the client's retries"
+    assert row.last_error == (
+        "could not fetch the students records from Zoho: Zoho GET /crm/v8/BTEC_Students answered "
+        "INTERNAL_ERROR (HTTP 503) after the client's retries (gave up after 2 attempts)"
     )
     assert row.last_error.endswith("(gave up after 2 attempts)")
     async with engine.database.begin() as conn:
