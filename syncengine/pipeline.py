@@ -23,21 +23,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
+
+import msgspec
 
 from syncengine.compiled import CompiledEntity
 from syncengine.decisions import Decisions, Stored
 from syncengine.fieldtypes import FIELD_TYPES
 from syncengine.lookups import LookupCache, resolve_lookups
-from syncengine.parsing import Incoming, Parser, zoho_id_of
+from syncengine.parsing import Incoming, Parser, zoho_id_of, zoho_id_of_text
 from syncengine.report import RecordResult, SyncReport
 from syncengine.store import Conn, Store
 
 #: Records parsed between two looks at the fetch running meanwhile (`_parse_while_reading`).
 PARSE_STEP = 50
 _DATETIME = FIELD_TYPES["datetime"]
+
+
+#: How the id of each kind of raw record is read ahead of parsing: a dict's (the Python API's,
+#: a single object's, a form's), and a JSON text's (each record of an array or an envelope).
+_ID_READERS: dict[type, Callable[[Any], str | None]] = {dict: zoho_id_of, msgspec.Raw: zoho_id_of_text}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +57,15 @@ class Unparsed:
 
 
 def read_ahead(parser: Parser, records: Iterable[Any]) -> Unparsed | list[Incoming]:
-    """A batch to sync: when every record is a JSON object, the records with their ids read
-    ahead (`Unparsed`, parsed while the database fetches those ids); else parsed now."""
+    """A batch to sync: when every record is a JSON object, or every one the JSON text of one
+    (`msgspec.Raw`, as `payloads.parse_body` gives them), the records with their ids read ahead
+    (`Unparsed`, parsed while the database fetches those ids); else parsed now."""
     records = records if isinstance(records, list | tuple) else list(records)
-    if any(raw.__class__ is not dict for raw in records):
+    kind = records[0].__class__ if records else dict
+    id_of = _ID_READERS.get(kind)
+    if id_of is None or any(raw.__class__ is not kind for raw in records):
         return parser.parse_all(records)
-    return Unparsed(records, {zoho_id for raw in records if (zoho_id := zoho_id_of(raw)) is not None})
+    return Unparsed(records, {zoho_id for raw in records if (zoho_id := id_of(raw)) is not None})
 
 
 @dataclass(slots=True)

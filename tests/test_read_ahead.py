@@ -1,4 +1,6 @@
-"""Records parsed while the database locks and fetches their ids, read ahead of the parser."""
+"""Records parsed while the database locks and fetches their ids, read ahead of the parser: from
+dicts (the Python API, one object, a form) and from JSON text (the records of an array or an
+envelope)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 from syncengine.descriptors import Catalog
 from syncengine.engine import SyncEngine
 from syncengine.parsing import Parser, parse_records
+from syncengine.payloads import parse_body
 from syncengine.pipeline import Unparsed, read_ahead, sync_batch
+from syncengine.report import FieldError
 from tests.conftest import count_rows
 from tests.records import student
 
@@ -38,6 +42,36 @@ def test_the_ids_read_ahead_hold_every_id_the_parser_reads(catalog: Catalog, hea
     assert isinstance(read, Unparsed)
     parsed = {record.zoho_id for record in parse_records(entity, records) if record.zoho_id is not None}
     assert parsed <= read.ids
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.fixed_dictionaries({}, optional={"id": ID_VALUES, "zoho_id": ID_VALUES}), max_size=6))
+def test_the_ids_read_ahead_of_json_text_hold_every_id_the_parser_reads(
+    catalog: Catalog, heads: list[dict[str, Any]]
+) -> None:
+    """The records of an array or an envelope are JSON text: only their ids are decoded ahead, and
+    they hold every id the records parse to."""
+    entity = catalog.entity("students")
+    without_id = {key: value for key, value in student().items() if key != "id"}
+    records = [msgspec.Raw(msgspec.json.encode(without_id | head)) for head in heads]
+    read = read_ahead(Parser(entity), records)
+    assert isinstance(read, Unparsed)
+    parsed = {record.zoho_id for record in parse_records(entity, records) if record.zoho_id is not None}
+    assert parsed <= read.ids
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"id": "3001", "Status": "Active"}, {"id": 3002}, 7, {"zoho_id": " 3003 "}]',
+        b'{"data": [{"id": "3001", "Status": "Active"}, {"id": 3002}, 7, {"zoho_id": " 3003 "}], "info": {}}',
+    ],
+    ids=["array", "envelope"],
+)
+def test_the_records_of_an_array_or_an_envelope_are_read_ahead(catalog: Catalog, body: bytes) -> None:
+    entity = catalog.entity("students")
+    read = read_ahead(Parser(entity), parse_body(body, "application/json", entity))
+    assert isinstance(read, Unparsed) and read.ids == {"3001", "3002", "3003"} and len(read.records) == 4
 
 
 def test_records_that_are_not_all_objects_are_parsed_at_once(catalog: Catalog) -> None:
@@ -70,3 +104,14 @@ async def test_a_generator_of_records_is_synced_like_a_list(engine: SyncEngine, 
     assert report.summary["NEW"] == size
     again = await engine.sync("school", "students", records, dry_run=True)
     assert again.summary["UNCHANGED"] == size and again.to_builtins()["dry_run"] is True
+
+
+async def test_the_records_of_a_json_body_are_synced_as_dicts_are(engine: SyncEngine) -> None:
+    """Read ahead from their JSON text, stored records are UPDATED, never inserted a second time;
+    text that is not an object is INVALID, saying so."""
+    await engine.sync("school", "students", [student("3001")])
+    body = msgspec.json.encode({"data": [student("3001", Status="Freeze"), student("3002"), 7]})
+    report = await engine.sync("school", "students", parse_body(body, "application/json"))
+    assert [result.status for result in report.results] == ["UPDATED", "NEW", "INVALID"]
+    assert report.results[2].errors == [FieldError("(record)", "expected a JSON object, got int")]
+    assert await count_rows(engine.database, "students") == 2
