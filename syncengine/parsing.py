@@ -213,26 +213,6 @@ def zoho_id_of(raw: dict[str, Any]) -> str | None:
     return None
 
 
-class _Ids(msgspec.Struct):
-    """The keys of a record's JSON text that hold its id (`ID_KEYS`); decoding skips the rest."""
-
-    id: Any = None
-    zoho_id: Any = None
-
-
-_decode_ids = msgspec.json.Decoder(_Ids).decode
-
-
-def zoho_id_of_text(raw: msgspec.Raw) -> str | None:
-    """`zoho_id_of` a record's JSON text (`msgspec.Raw`), decoding its ids and skipping its other
-    values; None also when the text is not a JSON object (parsing says what is wrong with it)."""
-    try:
-        ids = _decode_ids(raw)
-    except msgspec.DecodeError:  # a ValidationError too
-        return None
-    return zoho_id_of({"id": ids.id, "zoho_id": ids.zoho_id})
-
-
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value in EMPTY_VALUES)
 

@@ -11,10 +11,8 @@ entity's Zoho names and their aliases in any case (`modified_time` is `Modified_
 webhook's keys are typed by hand. JSON keys are Zoho's API names, exactly.
 
 The records of an array or an envelope stay JSON text (`msgspec.Raw`) until the pipeline decodes
-each straight into its entity's Struct (`parsing.Parser`), after reading only their ids, so that
-their stored rows are fetched while they are parsed (`pipeline.read_ahead`). So a JSON body's
-nesting is checked once, on its bytes, before any decoding (`check_depth`): every record is a
-slice of it.
+each straight into its entity's Struct (`parsing.Parser`). So a JSON body's nesting is
+checked once, on its bytes, before any decoding (`check_depth`): every record is a slice of it.
 """
 
 from __future__ import annotations
