@@ -9,12 +9,11 @@ Its one job: bind the pipeline to a catalog and a database, with the engine's se
 entity is compiled once, here (`compile_entity`). Concurrent syncs of one tenant's entity share
 transactions (group commit, see lane.py); on PostgreSQL up to `lane_depth` batches of a lane
 are in flight, each on its own connection, so that Python, the server's writing and the COMMITs
-overlap. A call that must wait parses and validates its records as it arrives: that needs no
-database, so it overlaps the batches in flight. A call that starts at once parses its records
-while its fetch runs (`read_ahead`). A transaction that lost a race with another process for
-the same records (the store's `LostRace`) is run again, and reads what the other wrote; it then runs
-alone among the writers of its table and tenant (`Store.fetch`'s `hold`), so that it cannot
-lose again. Dry runs always run alone.
+overlap. A call parses and validates its records as it arrives: that needs no database, so a
+call that must wait parses while the batches in flight run. A transaction that lost a race with
+another process for the same records (the store's `LostRace`) is run again, and reads what the
+other wrote; it then runs alone among the writers of its table and tenant (`Store.fetch`'s
+`hold`), so that it cannot lose again. Dry runs always run alone.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from syncengine.idempotency import Answer, ClaimLost
 from syncengine.lane import Lane
 from syncengine.lookups import LOOKUP_CACHE_SECONDS, LookupCache
 from syncengine.parsing import Incoming
-from syncengine.pipeline import Pipeline, Unparsed, read_ahead
+from syncengine.pipeline import Pipeline
 from syncengine.report import SyncReport
 from syncengine.store import Store, StoredAnswer, open_database, store_for
 from syncengine.tables import OUTBOX, build_metadata
@@ -128,30 +127,20 @@ class SyncEngine:
         check_name(tenant)  # a TenantError (ValueError) that says the pattern
         if dry_run and answer is not None:
             raise ValueError("a dry run is rolled back: store its answer after it, on its own")
-        parser = compiled.parser
+        incoming = compiled.parser.parse_all(records)
         if dry_run:
-            read = read_ahead(parser, records)
-            (report,) = await self._transaction(
-                compiled, tenant, read if isinstance(read, Unparsed) else [read], dry_run=True
-            )
+            (report,) = await self._transaction(compiled, tenant, [incoming], dry_run=True)
             return report
         lane = self._lane(tenant, compiled)
-        records = records if isinstance(records, list | tuple) else list(records)
-        if lane.waiting or not lane.may_start(len(records)):
-            return await lane.wait(parser.parse_all(records), answer)
-        read = read_ahead(parser, records)
-        ids = read.ids if isinstance(read, Unparsed) else _ids(read)
+        if lane.waiting or not lane.may_start(len(incoming)):
+            return await lane.wait(incoming, answer)
+        ids = _ids(incoming)
         if lane.overlaps(ids):  # a batch in flight has some of these records: this call waits for it
-            return await lane.wait(parser.parse_all(read.records) if isinstance(read, Unparsed) else read, answer)
+            return await lane.wait(incoming, answer)
         token = lane.start(ids)
         try:
             (report,) = await self._transaction(
-                compiled,
-                tenant,
-                read if isinstance(read, Unparsed) else [read],
-                ids,
-                on_fetched=lane.opener(token),
-                answers=[answer],
+                compiled, tenant, [incoming], ids, on_fetched=lane.opener(token), answers=[answer]
             )
         finally:
             lane.finish(token)
@@ -168,19 +157,18 @@ class SyncEngine:
         self,
         compiled: CompiledEntity,
         tenant: str,
-        batches: list[list[Incoming]] | Unparsed,
+        batches: list[list[Incoming]],
         ids: set[str] | None = None,
         *,
         dry_run: bool = False,
-        on_fetched: Callable[[set[str]], None] | None = None,
+        on_fetched: Callable[[], None] | None = None,
         answers: Sequence[Answer | None] = (),
     ) -> list[SyncReport]:
-        """One transaction over `batches`, in order; one report per batch (one for records not
-        parsed yet, see `read_ahead`). `ids` are the records' ids, where known. `answers`, one
-        per batch where given, are stored in the transaction (`_store_answers`). A transaction
-        that lost a race is run again. `on_fetched` is called with the ids once their rows are
-        fetched (the lane may then start its next batch)."""
-        records = batches if isinstance(batches, Unparsed) else list(itertools.chain.from_iterable(batches))
+        """One transaction over `batches`, in order; one report per batch. `ids` are the records'
+        ids, where known. `answers`, one per batch where given, are stored in the transaction
+        (`_store_answers`). A transaction that lost a race is run again. `on_fetched` is called
+        once their rows are fetched (the lane may then start its next batch)."""
+        records = list(itertools.chain.from_iterable(batches))
         pipeline = self.pipeline
         for attempt in itertools.count(1):
             try:
@@ -188,7 +176,7 @@ class SyncEngine:
                     # Having lost a race, it runs alone, not to lose again (`hold`).
                     fetched = await pipeline.fetch(conn, compiled, tenant, records, ids=ids, hold=attempt > 1)
                     if on_fetched is not None:
-                        on_fetched(fetched.ids)
+                        on_fetched()
                     report = await pipeline.decide_and_write(conn, fetched)
                     reports = _split(report, batches, dry_run)
                     if any(answers):
@@ -264,9 +252,9 @@ class SyncEngine:
         await self.database.dispose()
 
 
-def _split(report: SyncReport, batches: list[list[Incoming]] | Unparsed, dry_run: bool) -> list[SyncReport]:
+def _split(report: SyncReport, batches: list[list[Incoming]], dry_run: bool) -> list[SyncReport]:
     """The report of a transaction, as one report per batch."""
-    if isinstance(batches, Unparsed) or len(batches) == 1:
+    if len(batches) == 1:
         report.dry_run = dry_run
         return [report]
     reports, start = [], 0

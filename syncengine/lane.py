@@ -32,14 +32,14 @@ LARGE_BATCH = GROUP_RECORDS // 2
 
 class Runner(Protocol):
     """What runs a lane's batch: one transaction over `batches`, in order, one report each;
-    `on_fetched` is called with the ids once their rows are fetched (the engine's `_transaction`)."""
+    `on_fetched` is called once their rows are fetched (the engine's `_transaction`)."""
 
     def __call__(
         self,
         batches: list[list[Incoming]],
         ids: set[str],
         *,
-        on_fetched: Callable[[set[str]], None] | None = None,
+        on_fetched: Callable[[], None] | None = None,
         answers: Sequence[Answer | None] = (),
     ) -> Awaitable[list[SyncReport]]: ...
 
@@ -98,11 +98,10 @@ class Lane:
         self.waiting.append(call)
         return await call.report
 
-    def opener(self, token: object) -> Callable[[set[str]], None]:
+    def opener(self, token: object) -> Callable[[], None]:
         """What a batch calls once it has fetched its rows: the lane may start its next batch."""
 
-        def fetched(ids: set[str]) -> None:
-            self.busy[token] = ids  # all of them, should parsing have read an id otherwise than read ahead
+        def fetched() -> None:
             if self.opening is token:
                 self.opening = None
                 self.start_waiting()

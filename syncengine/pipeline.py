@@ -3,8 +3,7 @@
 One code path for every entity; its `CompiledEntity` says what to do. A batch costs a few
 set-based statements, never one per record:
 
-1. fetch the stored rows of the batch's ids, with their versions (for records not parsed yet,
-   while Python parses them: see `read_ahead`): `Pipeline.fetch`;
+1. fetch the stored rows of the batch's ids, with their versions: `Pipeline.fetch`;
 2. resolve lookup ids that the stored rows do not already link, and that were not seen live in
    the last seconds (one statement for every target): `lookups.resolve_lookups`;
 3. decide every record in input order, in memory, each against the state the one before left:
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -31,42 +30,21 @@ from syncengine.compiled import CompiledEntity
 from syncengine.decisions import Decisions, Stored
 from syncengine.fieldtypes import FIELD_TYPES
 from syncengine.lookups import LookupCache, resolve_lookups
-from syncengine.parsing import Incoming, Parser, zoho_id_of
+from syncengine.parsing import Incoming
 from syncengine.report import RecordResult, SyncReport
 from syncengine.store import Conn, Store
 
-#: Records parsed between two looks at the fetch running meanwhile (`_parse_while_reading`).
-PARSE_STEP = 50
 _DATETIME = FIELD_TYPES["datetime"]
-
-
-@dataclass(frozen=True, slots=True)
-class Unparsed:
-    """Records not parsed yet, and their ids as parsing reads them (`read_ahead`): a batch
-    fetches the stored rows of these ids while Python parses the records."""
-
-    records: Sequence[Any]
-    ids: set[str]
-
-
-def read_ahead(parser: Parser, records: Iterable[Any]) -> Unparsed | list[Incoming]:
-    """A batch to sync: when every record is a JSON object, the records with their ids read
-    ahead (`Unparsed`, parsed while the database fetches those ids); else parsed now."""
-    records = records if isinstance(records, list | tuple) else list(records)
-    if any(raw.__class__ is not dict for raw in records):
-        return parser.parse_all(records)
-    return Unparsed(records, {zoho_id for raw in records if (zoho_id := zoho_id_of(raw)) is not None})
 
 
 @dataclass(slots=True)
 class Fetched:
-    """A batch after step 1: its parsed records and their ids, the stored rows of those ids
-    (`Stored`), and the local ids of the lookup targets those rows link to, per target entity."""
+    """A batch after step 1: its parsed records, the stored rows of their ids (`Stored`), and
+    the local ids of the lookup targets those rows link to, per target entity."""
 
     compiled: CompiledEntity
     tenant: str
     incoming: Sequence[Incoming]
-    ids: set[str]
     state: dict[str, Stored]
     known: dict[str, dict[str, int]]
 
@@ -95,21 +73,18 @@ class Pipeline(Generic[Conn]):
         conn: Conn,
         compiled: CompiledEntity,
         tenant: str,
-        records: Sequence[Incoming] | Unparsed,
+        records: Sequence[Incoming],
         *,
         ids: set[str] | None = None,
         hold: bool = False,
     ) -> Fetched:
         """Step 1, in the caller's transaction (`conn`, from `store.transaction`): the stored rows
-        of the records' ids (`ids`, when the caller has them already). Records not parsed yet
-        (`read_ahead`) are parsed meanwhile. With `hold`, no other writer of the table and tenant
-        runs beside the transaction (`Store.fetch`)."""
-        if isinstance(records, Unparsed):
-            return await self._parse_while_reading(conn, compiled, tenant, records, hold)
+        of the records' ids (`ids`, when the caller has them already). With `hold`, no other writer
+        of the table and tenant runs beside the transaction (`Store.fetch`)."""
         if ids is None:
             ids = {record.zoho_id for record in records if record.zoho_id is not None}
         state, known = await self._fetch_state(conn, compiled, tenant, ids, hold)
-        return Fetched(compiled, tenant, records, ids, state, known)
+        return Fetched(compiled, tenant, records, state, known)
 
     async def decide_and_write(self, conn: Conn, fetched: Fetched) -> SyncReport:
         """Steps 2 to 4 on a fetched batch, in the same transaction; its report."""
@@ -142,31 +117,6 @@ class Pipeline(Generic[Conn]):
                 await _abandon(writing)
         return SyncReport(compiled.entity.name, compiled.entity.id_key, results)
 
-    async def _parse_while_reading(
-        self, conn: Conn, compiled: CompiledEntity, tenant: str, unparsed: Unparsed, hold: bool
-    ) -> Fetched:
-        """Parse the records while the database fetches the ids read ahead."""
-        reading = asyncio.create_task(self._fetch_state(conn, compiled, tenant, unparsed.ids, hold))
-        records, parse_all = unparsed.records, compiled.parser.parse_all
-        incoming: list[Incoming] = []
-        try:
-            for start in range(0, len(records), PARSE_STEP):
-                if not reading.done():
-                    await asyncio.sleep(0)  # BEGIN, then the fetch, go out as soon as they can
-                incoming += parse_all(records[start : start + PARSE_STEP])
-        except BaseException:
-            await _abandon(reading)
-            raise
-        state, known = await reading
-        ids = {record.zoho_id for record in incoming if record.zoho_id is not None}
-        missing = ids - unparsed.ids
-        if missing:  # ids read ahead otherwise than the parser reads them: those are fetched now
-            more_state, more_known = await self._fetch_state(conn, compiled, tenant, missing, hold)
-            state.update(more_state)
-            for target, links in more_known.items():
-                known[target].update(links)
-        return Fetched(compiled, tenant, incoming, ids | unparsed.ids, state, known)
-
     async def _fetch_state(
         self, conn: Conn, compiled: CompiledEntity, tenant: str, ids: set[str], hold: bool
     ) -> tuple[dict[str, Stored], dict[str, dict[str, int]]]:
@@ -197,7 +147,7 @@ async def sync_batch(
     store: Store[Conn],
     compiled: CompiledEntity,
     tenant: str,
-    records: Sequence[Incoming] | Unparsed,
+    records: Sequence[Incoming],
     lookups: LookupCache | None = None,
 ) -> SyncReport:
     """The whole pipeline on one batch, in the caller's transaction, with no settings of an

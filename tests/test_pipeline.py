@@ -562,3 +562,12 @@ async def test_every_field_type_reads_back_as_written(databases: Databases, dial
         "Moment": dt.datetime(2026, 3, 1, 23, 59, 59, 999990, tzinfo=dt.UTC),
         "Tags": ["a", "b"],
     }
+
+
+@pytest.mark.parametrize("size", [1, 120, 450])
+async def test_a_generator_of_records_is_synced_like_a_list(engine: SyncEngine, size: int) -> None:
+    records = [student(str(5000 + i)) for i in range(size)]
+    report = await engine.sync("school", "students", (record for record in records))
+    assert report.summary["NEW"] == size
+    again = await engine.sync("school", "students", records, dry_run=True)
+    assert again.summary["UNCHANGED"] == size and again.to_builtins()["dry_run"] is True
