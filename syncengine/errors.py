@@ -31,8 +31,10 @@ from syncengine.exceptions import (
     UnstorableValue,
 )
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
+from syncengine.moodle import MoodleError, MoodleUnavailable
 from syncengine.store import translate
 from syncengine.tenants import CredentialError
+from syncengine.zoho import ZohoError, ZohoUnavailable
 
 logger = logging.getLogger("syncengine.http")
 
@@ -64,7 +66,8 @@ _AGAIN = "send the request again after Retry-After seconds (a batch is one trans
 
 #: The one table from the engine's exceptions to HTTP: a failure is answered as the first of its
 #: classes (its own, then its branch's) found here, with its `code` and message. A failure found
-#: nowhere here (`Misconfigured`: the server's setup) is a 500 for the log.
+#: nowhere here (`Misconfigured`: the server's setup) is a 500 for the log. Moodle's and Zoho's
+#: failures are theirs, not the caller's: a 502 naming what they said, or a 503 while they are away.
 HTTP: dict[type[SyncEngineError], Http] = {
     BadInput: Http(400),
     NotFound: Http(404),
@@ -76,6 +79,10 @@ HTTP: dict[type[SyncEngineError], Http] = {
     ContendedError: Http(409, {"Retry-After": "1"}),
     DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
     DatabaseBusy: Http(503, {"Retry-After": "1"}),
+    MoodleError: Http(502),
+    MoodleUnavailable: Http(503, {"Retry-After": "30"}),
+    ZohoError: Http(502),
+    ZohoUnavailable: Http(503, {"Retry-After": "30"}),
 }
 #: The database's failures any statement may meet, the engine's or an edge's (a key's lookup).
 _OF_ANY_STATEMENT = (DatabaseUnavailable, DatabaseBusy, UnstorableValue)
@@ -99,7 +106,7 @@ def to_api_error(exc: Exception) -> ApiError:
     answer = None if failure is None else http_of(type(failure))
     if failure is not None and answer is not None:
         then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
-        message = failure.message if then is None else f"{failure.message}; {then}"
+        message = str(failure) if then is None else f"{failure}; {then}"
         return ApiError(answer.status, failure.code, message, dict(answer.headers))
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))
