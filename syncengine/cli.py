@@ -67,6 +67,7 @@ EXIT_STATUS: dict[type[SyncEngineError], int] = {
     Conflict: 4,
     Unavailable: 5,
     Misconfigured: 6,
+    DatabaseNotOpened: 6,  # a SQLite file whose folder is missing or not writable: no retry helps
 }
 
 
