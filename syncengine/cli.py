@@ -629,7 +629,8 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
 
     if bool(ids) == all_dead:
         _fail(
-            _pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"), BadInput
+            _pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"),
+            BadInput,
         )
     settings = _settings(entities)
     if tenant is not None:

@@ -127,5 +127,9 @@ def test_a_moodle_failure_keeps_its_attributes_and_message_through_pickling() ->
         "values (a taken username or email, an upper-case username, a missing field), then retry"
     )
     assert (again.function, again.errorcode, again.message, again.transient, again.debuginfo) == (
-        "core_user_create_users", "invalidparameter", "Invalid parameter value detected", False, "users"
+        "core_user_create_users",
+        "invalidparameter",
+        "Invalid parameter value detected",
+        False,
+        "users",
     )

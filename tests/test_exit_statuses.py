@@ -58,6 +58,8 @@ def test_each_branch_exits_with_its_own_status(
 
 def test_check_exits_1_when_it_finds_problems(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text("version: 1\nentities:\n  x:\n    source: X\n    singular: x\n    fields:\n      a: {type: nope}\n")
+    broken.write_text(
+        "version: 1\nentities:\n  x:\n    source: X\n    singular: x\n    fields:\n      a: {type: nope}\n"
+    )
     result = syncengine("check", "--entities", str(broken), env=environment())
     assert result.returncode == 1 and result.stderr == f"1 problem in {broken}\n"
