@@ -12,8 +12,8 @@ holds a secret. Nothing here knows HTTP, a command line or a database driver.
 
 The clients of other services raise into the tree too, each family under the branches its
 failures belong to: moodle.py (`MoodleError`: unavailable, misconfigured, or values refused),
-zoho.py (`ZohoError`: unavailable, or refused; `InvalidZohoRequest`), sites.py (`SiteError`,
-`SecretKeyError`).
+zoho.py (`ZohoError`: unavailable, or refused; `InvalidZohoRequest`), sites.py (`SiteError`),
+vault.py (`SecretKeyError`).
 
 The database's failures, as the store translates its driver's (store.py's `translate`), are
 here too, since the engine, the edges and the store all speak of them.

@@ -15,8 +15,9 @@ from syncengine.errors import to_api_error
 from syncengine.exceptions import LostRace, SchemaMissing, SyncEngineError, UnstorableValue
 from syncengine.fieldtypes import UtcDateTime
 from syncengine.moodle import MoodleError, MoodleMisconfigured, MoodleRejected, MoodleUnavailable
-from syncengine.sites import SecretKeyError, SiteError
+from syncengine.sites import SiteError
 from syncengine.store import translate
+from syncengine.vault import SecretKeyError
 from syncengine.zoho import InvalidZohoRequest, ZohoAuthError, ZohoRefused, ZohoUnavailable
 from tests.conftest import Databases
 

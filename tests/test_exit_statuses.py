@@ -42,7 +42,7 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
          "error: cannot reach the database"),  # Unavailable
         (6, ("tenant", "moodle", "default", "--url", "https://moodle.school.test", "--token-file", "-"),
          {"SYNCENGINE_SECRET_KEY": "short"}, "t0ken",
-         "error: SYNCENGINE_SECRET_KEY is not a Fernet key"),  # Misconfigured: sites.SecretKeyError
+         "error: SYNCENGINE_SECRET_KEY is not a Fernet key"),  # Misconfigured: vault.SecretKeyError
         (6, ("dry-run", "programs", RECORD), {"SYNCENGINE_ENTITIES": "/nowhere/entities.yaml"}, None,
          "error: the descriptor file has problems"),  # Misconfigured: DescriptorError
     ],
