@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import baseline, delivery, flood, http, limit, memory, peer, pipeline, scale
+from bench import backfill, baseline, delivery, flood, http, limit, memory, peer, pipeline, scale
 from bench.databases import Databases, log
 from bench.measure import Measurement, figures_table, targets, targets_table
 from bench.settings import FULL, SMOKE, Sizes, sized
@@ -46,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "peer": peer.run,
     "flood": flood.run,  # item 13 of issue 13: one tenant's flood against another's writes
     "delivery": delivery.run,  # issue 16: a school from the outbox to a Moodle fake, against the naive way
+    "backfill": backfill.run,  # issue 17: a school from the Zoho fake into PostgreSQL, against the pipeline
 }
 
 
@@ -120,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"## Figures ({'smoke run' if args.smoke else 'full run'}, {describe_machine()})\n")
     print(figures_table(measurements))
     print("\n## Targets of issue 4 (ratios of figures from this run)\n")
-    print(targets_table(targets(measurements) + http.targets(measurements) + delivery.targets(measurements)))
+    everything = targets(measurements) + http.targets(measurements) + delivery.targets(measurements)
+    print(targets_table(everything + backfill.targets(measurements)))
     print(f"\ntotal time: {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps([asdict(m) | {"median": m.median} for m in measurements], indent=2))

@@ -5,11 +5,15 @@
 Routes, all JSON:
 
 - `POST /v1/sync/{entity}`: one route per entity of entities.yaml, each with its own OpenAPI
-  request schema; `?dry_run=true` runs the pipeline and rolls back.
+  request schema; `?dry_run=true` runs the pipeline and rolls back. A record that is only an id
+  (`{"zoho_id": "..."}`) is fetched from the tenant's Zoho CRM first (fetching.py).
 - `GET /v1/{entity}/{zoho_id}`: a stored record of the caller's tenant (the id may hold `/`,
   sent as `%2F`).
 - `GET /v1/deliveries?state=&limit=&after_id=`: the caller's outbox, counts per state and a page of
   rows; `POST /v1/deliveries/retry` with `{"ids": [...]}` or `{"all_dead": true}` sends them again.
+- `POST /v1/zoho/notifications`: Zoho's Notifications API callbacks (no API key: the channel's
+  token is checked, channels.py); the ids are queued and fetched after the answer (intake.py).
+  `GET /v1/intake?state=&limit=&after_id=`: the caller's queue, counts per state and a page of rows.
 - `GET /v1/entities`, `GET|HEAD /v1/health`, `GET|HEAD /v1/ready`; the API's page at `/schema`
   (Swagger UI, its files served from `/schema/assets/`: `docs.py`), OpenAPI at `/schema/openapi.json`.
 
@@ -26,11 +30,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
+import httpx
 import msgspec
 import sqlalchemy as sa
 from litestar import Litestar, Request, Response, get, head, post
@@ -43,16 +48,20 @@ from litestar.types import Message
 
 from syncengine import migrate
 from syncengine.admission import admitted
+from syncengine.channels import accept_notification, parse_notification, renew_channels
 from syncengine.config import Settings
-from syncengine.delivery import STATES, list_deliveries, retry_deliveries
+from syncengine.deliveries import STATES, list_deliveries, retry_deliveries
 from syncengine.descriptors import Entity, UnknownEntity
 from syncengine.docs import SCHEMA_PATH, documentation_plugins
 from syncengine.edge import RequestBody, check_encoding, check_write_query
 from syncengine.engine import SyncEngine
 from syncengine.errors import ApiError, error_response, render, to_api_error
 from syncengine.exceptions import DatabaseBusy, DatabaseUnavailable
+from syncengine.fetching import sync_received, webhook_http
 from syncengine.fieldtypes import check_id
 from syncengine.idempotency import Answer, IdempotencyKeys, StoredResponse, check_key, request_hash
+from syncengine.intake import STATES as INTAKE_STATES
+from syncengine.intake import list_intake
 from syncengine.logs import configure_logging
 from syncengine.openapi import SECURITY, components, fixed_operation, sync_operation
 from syncengine.payloads import FORM_CONTENT_TYPE, parse_body
@@ -76,6 +85,9 @@ class Service:
     keys: IdempotencyKeys
     head: str | None
     api_keys: KeyCache
+    wake_intake: Callable[[], None] | None = None  # this process's intake worker, if it runs one
+    #: The Zoho calls of id-only records share its connections (fetching.py); open while serving.
+    zoho_http: httpx.AsyncClient | None = None
 
 
 class SyncService(Litestar):
@@ -127,6 +139,34 @@ def _start_delivery(settings: Settings, engine: SyncEngine, stop: asyncio.Event)
     return asyncio.create_task(worker.run(stop))
 
 
+def _start_intake(service: Service, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """An intake worker in this process, and the hourly renewal of Zoho channels (unless
+    SYNCENGINE_INTAKE_WORKER=0 / `serve --no-worker`); the notification endpoint wakes the worker."""
+    settings = service.settings
+    if not settings.intake_worker:
+        return []
+    from syncengine.intake import IntakeWorker
+
+    worker = IntakeWorker(service.engine, settings.intake_policy)
+    service.wake_intake = worker.wake
+    return [asyncio.create_task(worker.run(stop)), asyncio.create_task(_renew_forever(service, stop))]
+
+
+async def _renew_forever(service: Service, stop: asyncio.Event) -> None:
+    """Renew the Zoho channels that expire within a day, now and every SYNCENGINE_CHANNEL_RENEWAL
+    seconds; a failure is logged and tried again next time (a channel has a day left)."""
+    engine = service.engine
+    while not stop.is_set():
+        try:
+            for watched in await renew_channels(engine.catalog, engine.database):
+                fields = {"tenant": watched.tenant, "entity": watched.entity, "action": watched.action}
+                logger.info("zoho channel", extra={"fields": fields | {"error": watched.error}})
+        except Exception as error:
+            logger.warning("could not renew zoho channels (%s); trying again later", translate(error) or error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), service.settings.channel_renewal)
+
+
 def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar:
     """The service for `settings`; pass `engine` to share one (it is then not closed here)."""
     configure_logging(settings.log_level)
@@ -151,23 +191,27 @@ def create_app(settings: Settings, engine: SyncEngine | None = None) -> Litestar
         gc.collect()
         gc.freeze()
         purger = asyncio.create_task(service.keys.purge_forever(min(settings.idempotency_ttl, 300.0)))
+        service.zoho_http = webhook_http()
         stop_delivery = asyncio.Event()
         delivery = _start_delivery(settings, service.engine, stop_delivery)
+        intake = _start_intake(service, stop_delivery)
         try:
             yield
         finally:
             stop_delivery.set()
             if delivery is not None:
                 await delivery
+            await asyncio.gather(*intake)
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
             await service.keys.close()
+            await service.zoho_http.aclose()
             if owned:
                 await service.engine.close()
 
     handlers: list[HTTPRouteHandler] = [health, health_head, ready, ready_head, list_entities, read_record]
-    handlers += [deliveries, retry]
+    handlers += [deliveries, retry, zoho_notification, intake]
     handlers.append(sync_unknown_entity)
     handlers += [sync_route(entity, settings) for entity in engine.catalog]
     return SyncService(
@@ -315,7 +359,9 @@ def sync_route(entity: Entity, settings: Settings) -> HTTPRouteHandler:
         summary=f"Sync {entity.name}",
         description=(
             f"Validate, fingerprint and store {entity.name} records (Zoho module {entity.source}) "
-            "for the caller's tenant; the response has one result per record, in input order."
+            "for the caller's tenant; the response has one result per record, in input order. A record "
+            'that holds only its id (`{"zoho_id": "..."}`, or a form `zoho_id=...`) is fetched from the '
+            "tenant's Zoho CRM first."
         ),
         tags=["sync"],
         operation_class=sync_operation(entity, settings.max_records),
@@ -400,7 +446,10 @@ async def sync_body(
             f"{len(records)} records in one request; the limit is {limit} (SYNCENGINE_MAX_RECORDS): "
             "send them in smaller batches",
         )
-    report = await service.engine.sync(tenant.name, entity.name, records, dry_run=dry_run, answer=answer)
+    # An id-only record (a workflow webhook's `{"zoho_id": ...}`) is fetched from Zoho first (fetching.py).
+    report = await sync_received(
+        service.engine, tenant.name, entity.name, records, dry_run=dry_run, answer=answer, http=service.zoho_http
+    )
     log["counts"] = {status: count for status, count in report.summary.items() if count}
     return answer.body(report) if answer is not None else _report_json(report)
 
@@ -603,6 +652,14 @@ async def deliveries(
 
 def _delivery_query(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """`state`, `limit` and `after_id`, each at most once and with a value it takes; nothing else."""
+    wanted, problem = _page_query(request, STATES)
+    if problem:
+        raise ApiError(400, "invalid_delivery_query", f"{problem}; nothing was changed")
+    return wanted
+
+
+def _page_query(request: Request[Any, Any, Any], states: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """A listing's `state` (one of `states`), `limit` and `after_id`, and the first problem with them."""
     query = request.query_params
     wanted: dict[str, Any] = {}
     for name in query:
@@ -612,7 +669,7 @@ def _delivery_query(request: Request[Any, Any, Any]) -> dict[str, Any]:
         elif len(values) > 1:
             problem = f"'{name}' is given {len(values)} times: give it once"
         elif name == "state":
-            problem = "" if values[0] in STATES else f"state '{values[0]}' is none of {', '.join(STATES)}"
+            problem = "" if values[0] in states else f"state '{values[0]}' is none of {', '.join(states)}"
             wanted["state"] = values[0]
         else:
             top = MAX_PAGE if name == "limit" else MAX_ID
@@ -623,8 +680,8 @@ def _delivery_query(request: Request[Any, Any, Any]) -> dict[str, Any]:
             )
             wanted[name] = number
         if problem:
-            raise ApiError(400, "invalid_delivery_query", f"{problem}; nothing was changed")
-    return wanted
+            return wanted, problem
+    return wanted, ""
 
 
 class RetryRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -659,6 +716,55 @@ async def retry(request: Request[Any, Any, Any], tenant: NamedDependency[Tenant]
     if retried.requeued and service.engine.on_commit is not None:  # this process's worker
         service.engine.on_commit()
     return _json(_encode(retried.to_builtins()))
+
+
+# Zoho notifications and the intake queue
+
+
+@post(
+    "/v1/zoho/notifications",
+    tags=["zoho"],
+    operation_id="zoho_notification",
+    operation_class=fixed_operation("zoho_notification"),
+    status_code=200,
+)
+async def zoho_notification(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Zoho's Notifications API callback (`syncengine zoho watch` subscribes the channels). No API
+    key: the channel's token is checked instead. The ids are queued and the answer goes back at
+    once; the intake worker fetches and syncs them (`GET /v1/intake` shows each outcome)."""
+    service = _service(request)
+    check_encoding(request)
+    notification = parse_notification(await read_body(request))
+    accepted = await accept_notification(service.engine.catalog, service.engine.database, notification)
+    request.scope["state"]["log"].update(tenant=accepted.tenant, entity=accepted.entity, queued=accepted.queued)
+    if service.wake_intake is not None:
+        service.wake_intake()
+    return _json(_encode({"status": "queued", "entity": accepted.entity, "queued": accepted.queued}))
+
+
+@get(
+    "/v1/intake",
+    dependencies=AUTHENTICATED,
+    security=SECURITY,
+    tags=["zoho"],
+    operation_id="list_intake",
+    operation_class=fixed_operation("list_intake"),
+)
+async def intake(
+    request: Request[Any, Any, Any],
+    tenant: NamedDependency[Tenant],
+    intake_state: _STATE = None,
+    limit: _QUERY = None,
+    after_id: _QUERY = None,
+) -> Response[bytes]:
+    """The caller's notified ids, oldest first: counts per state, and `limit` rows (100 by default)
+    after `after_id`, each with its record's outcome once done or its error once failed."""
+    wanted, problem = _page_query(request, INTAKE_STATES)
+    if problem:
+        raise ApiError(400, "invalid_intake_query", f"{problem}; nothing was changed")
+    page = await list_intake(_service(request).engine.database, tenant=tenant.name, **wanted)
+    body = {"counts": page.counts, "intake": [row.to_builtins(tenant=False) for row in page.rows]}
+    return _json(_encode(body | {"next_after_id": page.next_after_id}))
 
 
 __all__ = ["UnknownEntity", "app_from_env", "create_app"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -51,10 +52,11 @@ def _settings(entities: Path | None) -> Settings:
     return settings
 
 
-def _fail(message: str, kind: type[SyncEngineError] = SyncEngineError) -> None:
-    """Stop the command: `message` on standard error, and the exit status of a failure of `kind`."""
+def _fail(message: str, kind: type[SyncEngineError] | int = SyncEngineError) -> None:
+    """Stop the command: `message` on standard error, and the exit status of a failure of `kind`
+    (or `kind` itself, a status of no failure of the engine's: 130 after Ctrl-C)."""
     click.echo(f"error: {_pasteable(message)}", err=True)
-    sys.exit(exit_status(kind))
+    sys.exit(kind if isinstance(kind, int) else exit_status(kind))
 
 
 #: The one table from the engine's failures to exit statuses (README.md, "Exit statuses"): a
@@ -210,17 +212,31 @@ def dry_run(entity: str, file: Path, tenant: str, as_json: bool, form: bool, ent
 
 
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("target", metavar="ENTITY FILE | FOLDER")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--tenant", default="default", show_default=True, help="The tenant to load into.")
 @ENTITIES_OPTION
-def load(folder: Path, tenant: str, entities: Path | None) -> None:
-    """Sync each ENTITY.json file of FOLDER into ENTITY, parents first (`load samples`: a sample school).
+def load(target: str, file: Path | None, tenant: str, entities: Path | None) -> None:
+    """Sync an export FILE into ENTITY, streaming; or each ENTITY.json of FOLDER, parents first.
 
-    Each file holds any JSON body POST /v1/sync/ENTITY takes. A second load of the same files
-    reports UNCHANGED. (Each entity is its own transaction, so there is no dry run of a whole
-    folder: `dry-run` one file.)
+    FILE is a JSON array of records, Zoho's {"data": [...]} pages (one, several, or one a line),
+    NDJSON, or Zoho's CSV export with API-name headers. It is read a record at a time and synced
+    1,000 records a transaction, with a progress bar; a line that holds no record is reported with
+    its number and skipped. A summary per status ends it.
+
+    FOLDER (`load samples`: a sample school): each file holds any JSON body POST /v1/sync/ENTITY
+    takes, and every record's result is printed. A second load of the same files reports UNCHANGED.
     """
     settings = _settings(entities)
+    if file is not None:
+        _load_file(settings, target, file, tenant)
+        return
+    folder = Path(target)
+    if not folder.is_dir():
+        _fail(
+            f"{folder} is not a folder: `syncengine load FOLDER` loads each ENTITY.json of a folder, "
+            "`syncengine load ENTITY FILE` one export file"
+        )
     catalog = _catalog(settings)
     files = {path.stem: path for path in sorted(folder.glob("*.json"))}
     unknown = sorted(set(files) - set(catalog.entities))
@@ -241,6 +257,97 @@ def load(folder: Path, tenant: str, entities: Path | None) -> None:
     _require_tenant(settings, tenant)
     reports = _sync(settings, tenant, batches, dry_run=False)
     click.echo("\n\n".join(render_table(report, written=True) for report in reports))
+
+
+def _load_file(settings: Settings, entity: str, file: Path, tenant: str) -> None:
+    from syncengine.exports import ExportReader, load_file
+    from syncengine.progress import Bar, summary
+
+    name = _entity(settings, entity).name
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    bar = Bar(of_bytes=True)
+
+    async def run() -> None:
+        engine = SyncEngine.open(settings)
+        try:
+            with bar.shown():
+                tally = await load_file(engine, tenant, name, ExportReader(file), bar)
+        finally:
+            await engine.close()
+        click.echo(summary([tally]))
+        bad = tally.counts.get("bad lines", 0)
+        click.echo(
+            f"loaded {file} into {name}: {tally.records:,} records"
+            + (f"; lines holding no record, skipped: {bad:,}" if bad else ""),
+            err=True,
+        )
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.argument("entity_names", nargs=-1, metavar="[ENTITY]...")
+@click.option("--tenant", required=True, help="The tenant whose Zoho CRM to read (`syncengine tenant zoho`).")
+@click.option(
+    "--since", default=None, help="Only records changed after this ISO date-time (or date, UTC), and deletions."
+)
+@click.option("--restart", is_flag=True, help="Start over, leaving any interrupted backfill's cursor.")
+@ENTITIES_OPTION
+def backfill(
+    entity_names: tuple[str, ...], tenant: str, since: str | None, restart: bool, entities: Path | None
+) -> None:
+    """Pull every record of ENTITY... (every entity, parents first, when none is named) from the
+    tenant's Zoho CRM through the pipeline, 1,000 records a transaction, with a progress bar.
+
+    Interrupted, it resumes where it stopped when run again (with the same --since); a finished
+    one starts over. With --since, records deleted in Zoho since then are synced as deletions.
+    """
+    from syncengine.backfill import Backfill
+    from syncengine.progress import Bar, summary
+    from syncengine.zoho import ZohoError
+    from syncengine.zoho_sites import open_zoho
+
+    settings = _settings(entities)
+    moment = _moment(since) if since is not None else None
+    catalog = _catalog(settings)
+    for name in entity_names:
+        catalog.entity(name)  # an unknown name stops here, listing the known ones
+    _prepare(settings)
+    _require_tenant(settings, tenant)
+    bar = Bar()
+
+    async def run() -> None:
+        engine = SyncEngine.open(settings)
+        try:
+            async with await open_zoho(engine.database, tenant) as zoho:
+                work = Backfill(engine, zoho, tenant, since=moment, restart=restart, listener=bar)
+                with bar.shown():
+                    tallies = await work.run(work.order(entity_names))
+        finally:
+            await engine.close()
+        click.echo(summary(tallies))
+        click.echo(f"backfill of tenant '{tenant}' done: {sum(t.records for t in tallies):,} records", err=True)
+
+    try:
+        asyncio.run(run())
+    except ZohoError as error:
+        _fail(f"{error}; what was synced is kept: run the same command again to resume", type(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; what was synced is kept: run the same command again to resume", 130)
+
+
+def _moment(text: str) -> dt.datetime:
+    """--since: an ISO date-time with its offset, or a date (00:00 UTC)."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01")
+    if moment.tzinfo is None:
+        if len(text) > 10:
+            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00")
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
 
 
 def _catalog(settings: Settings) -> Catalog:
@@ -341,7 +448,11 @@ def _safe_url(url: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", default=8000, type=click.IntRange(0, 65535), show_default=True)
 @click.option("--workers", default=1, type=click.IntRange(min=1), show_default=True, help="Worker processes.")
-@click.option("--no-worker", is_flag=True, help="Deliver nothing to Moodle here: run `syncengine worker` apart.")
+@click.option(
+    "--no-worker",
+    is_flag=True,
+    help="No delivery to Moodle, no Zoho intake and no channel renewal here: run `syncengine worker` apart.",
+)
 @ENTITIES_OPTION
 def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | None) -> None:
     """Serve the HTTP API: POST /v1/sync/{entity} for every entity, OpenAPI at /schema.
@@ -372,6 +483,7 @@ def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | 
     os.environ["SYNCENGINE_ENTITIES"] = str(settings.entities)  # for the workers' app factory
     if no_worker:
         os.environ["SYNCENGINE_DELIVERY_WORKER"] = "0"
+        os.environ["SYNCENGINE_INTAKE_WORKER"] = "0"
     uvicorn.run(
         "syncengine.app:app_from_env",
         factory=True,
@@ -540,10 +652,12 @@ def tenant_zoho(
 @click.option("--tenant", default=None, help="Deliver this tenant's changes only (default: every tenant).")
 @ENTITIES_OPTION
 def worker(tenant: str | None, entities: Path | None) -> None:
-    """Deliver stored changes to each tenant's Moodle until Ctrl-C or SIGTERM."""
+    """Deliver stored changes to each tenant's Moodle, and fetch and sync the ids Zoho notified
+    (the intake queue), until Ctrl-C or SIGTERM."""
     import signal
 
     from syncengine.delivery import Worker
+    from syncengine.intake import IntakeWorker
     from syncengine.store import open_database
 
     settings = _settings(entities)
@@ -560,11 +674,15 @@ def worker(tenant: str | None, entities: Path | None) -> None:
             loop.add_signal_handler(signum, stop.set)
         progress = Worker(catalog, database, settings.delivery_policy, tenant=tenant)
         progress.on_round = lambda counts: click.echo(f"{counts} (total: {progress.totals})", err=True)
+        engine = SyncEngine(catalog, database, max_version_skew=settings.max_version_skew)
+        engine.on_commit = progress.wake  # what the intake syncs is delivered without waiting for a poll
+        intake = IntakeWorker(engine, settings.intake_policy, tenant=tenant)
+        intake.on_round = lambda counts: click.echo(f"{counts} (total: {intake.totals})", err=True)
         click.echo(f"delivering {'tenant ' + tenant if tenant else 'every tenant'}; Ctrl-C stops", err=True)
         try:
-            await progress.run(stop)
+            await asyncio.gather(progress.run(stop), intake.run(stop))
         finally:
-            await database.dispose()
+            await engine.close()
 
     asyncio.run(run())
 
@@ -585,7 +703,7 @@ def deliveries_list(
     tenant: str | None, state: str | None, limit: int, after_id: int | None, as_json: bool, entities: Path | None
 ) -> None:
     """List deliveries, oldest first, with counts per state."""
-    from syncengine.delivery import list_deliveries
+    from syncengine.deliveries import list_deliveries
 
     settings = _settings(entities)
     catalog = _catalog(settings)
@@ -625,7 +743,7 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
     A done delivery is sent again in full. A worker on PostgreSQL starts at once; a separate worker
     on SQLite within its poll interval (5 s).
     """
-    from syncengine.delivery import retry_deliveries
+    from syncengine.deliveries import retry_deliveries
 
     if bool(ids) == all_dead:
         _fail(
@@ -648,6 +766,111 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
             + _pasteable("`syncengine deliveries list` shows the ids"),
             NotFound,
         )
+
+
+@main.group()
+def intake() -> None:
+    """The Zoho intake queue: ids Zoho notified, and what became of each."""
+
+
+@intake.command("list")
+@click.option("--tenant", default=None, help="One tenant's rows (default: every tenant's).")
+@click.option("--state", type=click.Choice(["pending", "working", "done", "failed"]), default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Rows shown.")
+@click.option("--after-id", default=None, type=click.IntRange(min=0), help="Rows after this id (the next page).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"counts": ..., "intake": [...]} as JSON.')
+@ENTITIES_OPTION
+def intake_list(
+    tenant: str | None, state: str | None, limit: int, after_id: int | None, as_json: bool, entities: Path | None
+) -> None:
+    """List notified ids, oldest first, with counts per state and each record's outcome."""
+    from syncengine.intake import list_intake
+
+    settings = _settings(entities)
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+    page = _run_tenant_command(
+        entities, lambda database: list_intake(database, tenant=tenant, state=state, limit=limit, after_id=after_id)
+    )
+    if as_json:
+        body = {"counts": page.counts, "intake": [row.to_builtins() for row in page.rows]}
+        click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
+        return
+    click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
+    if page.rows:
+        rows = [
+            (str(r.id), r.tenant, r.entity, r.zoho_id, r.operation, r.state, r.status or "-", str(r.attempts),
+             r.last_error or "")
+            for r in page.rows
+        ]  # fmt: skip
+        head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "STATUS", "ATTEMPTS", "LAST ERROR")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]
+        for row in [head, *rows]:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    if page.next_after_id is not None:
+        click.echo(f"more: --after-id {page.next_after_id}", err=True)
+
+
+@main.group()
+def zoho() -> None:
+    """Zoho CRM: notification channels (credentials: `syncengine tenant zoho`)."""
+
+
+@zoho.command("watch")
+@click.option("--tenant", default=None, help="This tenant's entities (default: every tenant with Zoho credentials).")
+@click.option("--url", default=None, help="The base URL Zoho reaches the service at (default: $SYNCENGINE_PUBLIC_URL).")
+@ENTITIES_OPTION
+def zoho_watch(tenant: str | None, url: str | None, entities: Path | None) -> None:
+    """Subscribe (or renew) a Zoho notification channel for every entity: Zoho then POSTs each
+    insert, update and delete to URL/v1/zoho/notifications. Channels last a week; `serve` renews
+    them. Exits 1 if any entity could not be subscribed."""
+    from syncengine.channels import notify_url, watch_tenant
+    from syncengine.zoho_sites import NoZohoCredentials, zoho_tenants
+
+    settings = _settings(entities)
+    catalog = _catalog(settings)
+    base = url or settings.public_url
+    if base is None:
+        _fail(
+            "give the URL Zoho reaches this service at: --url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)",
+            BadInput,
+        )
+    assert base is not None
+    try:
+        notify_url(base)
+    except SyncEngineError as error:
+        _fail(str(error), type(error))
+    if tenant is not None:
+        _require_tenant(settings, tenant)
+
+    async def watch_all(database: AsyncEngine) -> list[Any]:
+        async with database.connect() as conn:
+            names = [tenant] if tenant is not None else await zoho_tenants(conn)
+        if not names:
+            _fail(
+                _pasteable("no tenant has Zoho credentials: `syncengine tenant zoho NAME --dc DC ...` stores them"),
+                Misconfigured,
+            )
+        done = []
+        for name in names:
+            click.echo(f"tenant '{name}': subscribing {len(catalog.entities)} entities ...", err=True)
+            done += await watch_tenant(catalog, database, name, base)
+        return done
+
+    try:
+        watched = _run_tenant_command(entities, watch_all)
+    except NoZohoCredentials as error:
+        _fail(_pasteable(str(error)), type(error))
+    failed = False
+    for w in watched:
+        if w.action in ("subscribed", "renewed"):
+            until = w.expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if w.expires_at else "?"
+            click.echo(f"tenant '{w.tenant}': {w.entity}: channel {w.channel_id} {w.action}, expires {until}")
+        else:
+            failed |= w.action == "failed"
+            click.echo(f"tenant '{w.tenant}': {w.entity}: {w.action}: {w.error}", err=True)
+    click.echo(f"callbacks go to {notify_url(base)}", err=True)
+    sys.exit(1 if failed else 0)
 
 
 @main.group()

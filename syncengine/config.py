@@ -27,6 +27,13 @@
 | SYNCENGINE_DELIVERY_RETRY_BASE   | 5 seconds: the first retry's delay, doubled each attempt, with jitter |
 | SYNCENGINE_DELIVERY_RETRY_MAX    | 3600 seconds: the longest delay between retries    |
 | SYNCENGINE_DELIVERY_LEASE        | 300 seconds: a claim a killed worker left is taken over after this |
+| SYNCENGINE_INTAKE_WORKER         | 1: `serve` takes in Zoho's notifications and renews channels (0: neither) |
+| SYNCENGINE_INTAKE_ATTEMPTS       | 10: tries while Zoho is unavailable before an intake row is failed |
+| SYNCENGINE_INTAKE_RETRY_BASE     | 5 seconds: the first retry's delay, doubled each attempt, with jitter |
+| SYNCENGINE_INTAKE_RETRY_MAX      | 600 seconds: the longest delay between retries     |
+| SYNCENGINE_INTAKE_LEASE          | 300 seconds: intake rows a killed worker claimed are taken over after this |
+| SYNCENGINE_CHANNEL_RENEWAL       | 3600 seconds: how often `serve` renews Zoho channels that expire within a day |
+| SYNCENGINE_PUBLIC_URL            | none: the base URL Zoho reaches the service at (`zoho watch --url`) |
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from syncengine.exceptions import Misconfigured
 
 if TYPE_CHECKING:
     from syncengine.delivery import Policy
+    from syncengine.intake import IntakePolicy
     from syncengine.store import Timeouts
 
 DEFAULT_DATABASE_URL = "sqlite:///syncengine.db"
@@ -80,6 +88,13 @@ class Settings:
     delivery_retry_base: float = 5.0
     delivery_retry_max: float = 3600.0
     delivery_lease: float = 300.0
+    intake_worker: bool = True
+    intake_attempts: int = 10
+    intake_retry_base: float = 5.0
+    intake_retry_max: float = 600.0
+    intake_lease: float = 300.0
+    channel_renewal: float = 3600.0
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -118,6 +133,13 @@ class Settings:
             delivery_retry_base=_number(environ, "SYNCENGINE_DELIVERY_RETRY_BASE", cls.delivery_retry_base),
             delivery_retry_max=_number(environ, "SYNCENGINE_DELIVERY_RETRY_MAX", cls.delivery_retry_max),
             delivery_lease=_number(environ, "SYNCENGINE_DELIVERY_LEASE", cls.delivery_lease),
+            intake_worker=environ.get("SYNCENGINE_INTAKE_WORKER", "1").strip() not in ("0", "false", "no"),
+            intake_attempts=int(_number(environ, "SYNCENGINE_INTAKE_ATTEMPTS", cls.intake_attempts, integer=True)),
+            intake_retry_base=_number(environ, "SYNCENGINE_INTAKE_RETRY_BASE", cls.intake_retry_base),
+            intake_retry_max=_number(environ, "SYNCENGINE_INTAKE_RETRY_MAX", cls.intake_retry_max),
+            intake_lease=_number(environ, "SYNCENGINE_INTAKE_LEASE", cls.intake_lease),
+            channel_renewal=_number(environ, "SYNCENGINE_CHANNEL_RENEWAL", cls.channel_renewal),
+            public_url=environ.get("SYNCENGINE_PUBLIC_URL") or None,
         )
 
     @property
@@ -136,6 +158,17 @@ class Settings:
             retry_max=self.delivery_retry_max,
             attempts=self.delivery_attempts,
             permanent_attempts=self.delivery_permanent_attempts,
+        )
+
+    @property
+    def intake_policy(self) -> IntakePolicy:
+        from syncengine.intake import IntakePolicy
+
+        return IntakePolicy(
+            lease=self.intake_lease,
+            retry_base=self.intake_retry_base,
+            retry_max=self.intake_retry_max,
+            attempts=self.intake_attempts,
         )
 
     @property

@@ -3,18 +3,25 @@
     worker = Worker(catalog, database, Policy())
     counts = await worker.deliver_once()          # one claim, delivered: Counts(delivered=3, ...)
     await worker.run(stop)                        # until `stop` is set; `worker.wake()` starts a round
+    await worker.aclose()                         # its Moodle clients (run() closes them when it ends)
 
 A round claims due rows (`claim`): one statement marks them `working` with a lease (their
 `next_attempt_at`), so a killed worker's rows are due again once the lease ends; on PostgreSQL
-`FOR UPDATE SKIP LOCKED` lets any number of workers share the outbox. The pending rows of one
-record coalesce: its latest stored state (read from the entity table, deleted or not) is delivered
-once and every row is marked done. Targets go in the catalog's order (parents first), batched per
-entity and target through targets.py. A looked-up Moodle id not known yet makes a record `waiting`
-(with the reason) until a parent is delivered; a Moodle error makes it `pending` again after a
-back-off (exponential, with jitter), or `dead` after `Policy.attempts` (transient errors) or
-`Policy.permanent_attempts` (permanent ones), keeping Moodle's errorcode and message. What Moodle
-holds is recorded in `syncengine_moodle_links`, never in the entity rows that sync batches
-version-check. Only tenants with a Moodle site (sites.py) are claimed: the others' rows wait, pending.
+`FOR UPDATE SKIP LOCKED` lets any number of workers share the outbox. A claim takes the oldest due
+rows and, beside them, the newest few, so a fresh change does not wait behind a backlog. The
+pending rows of one record coalesce: its latest stored state (read from the entity table, deleted
+or not) is delivered once and every row is marked done. Targets go in stages that follow the data
+(`delivery_stages`: a target after the targets whose Moodle ids it uses); within a stage, the
+targets of one kind share their calls, whatever their entity (two entities mapped to users are
+looked up and created together), through targets.py. A looked-up Moodle id not known yet makes a
+record `waiting` (with the reason) until a parent is delivered; a Moodle error makes it `pending`
+again after a back-off (exponential, with jitter), or `dead` after `Policy.attempts` (transient
+errors) or `Policy.permanent_attempts` (permanent ones), keeping Moodle's errorcode and message. A
+round's results are settled in one transaction. What Moodle holds is recorded in
+`syncengine_moodle_links`, never in the entity rows that sync batches version-check. Only tenants
+with a Moodle site (sites.py) are claimed: the others' rows wait, pending. Each site's Moodle
+client (its connection pool) is kept from round to round, and made anew when the site's URL or
+token changes.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,15 +39,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from syncengine import targets
+from syncengine import mapping, targets
 from syncengine.descriptors import Catalog, Entity
 from syncengine.exceptions import Unavailable
 from syncengine.fieldtypes import utc_now
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
 from syncengine.sites import SITES, Site, read_site
-from syncengine.store import WRITES, translate
-from syncengine.tables import build_metadata, engine_table
+from syncengine.store import translate
+from syncengine.tables import build_metadata
 
 log = logging.getLogger(__name__)
 #: Seconds to open the LISTEN connection: a database that does not answer is tried again next round.
@@ -50,13 +57,60 @@ CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every ins
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
 CLAIM_LOCK = 0x5E0D_0B0C  # the PostgreSQL advisory lock that claims take in turn
 Key = tuple[str, str]  # (entity, zoho_id)
+Slot = tuple[str, str, str]  # (entity, target, zoho_id): one Moodle object of one record
+Stage = list[tuple[Entity, Target]]
+
+
+def delivery_stages(catalog: Catalog) -> list[Stage]:
+    """The mapped targets in the order the data needs: a target comes a stage after each entity
+    whose Moodle id its parameters use (`{lookup.moodle_id}`, its own `{moodle_id}`), and not
+    before the target that precedes it in its mapping. Targets of one stage need nothing of each
+    other, so those of one kind may share calls. A cycle of Moodle ids (two optional lookups
+    pointing at each other) ends in the last stage; its records wait for each other as before.
+
+    A mapping of categories, users, courses in a category and enrolments of users in courses gives
+    three stages: the categories and users; the courses; the enrolments.
+    """
+    mapped = [(entity, target) for entity in catalog if entity.moodle for target in entity.moodle]
+    uses: dict[tuple[str, str], set[str]] = {}
+    for entity, target in mapped:
+        uses[(entity.name, target.name)] = {
+            part.entity
+            for value in target.params.values()
+            if not isinstance(value, int)
+            for part in value
+            if not isinstance(part, str) and part.entity is not None
+        }
+    first = {entity.name: entity.moodle[0].name for entity in catalog if entity.moodle}
+    stage = {(entity.name, target.name): 0 for entity, target in mapped}
+    for _ in range(len(mapped)):  # longest paths; a cycle stops growing at the last stage
+        changed = False
+        previous: tuple[str, str] | None = None
+        for entity, target in mapped:
+            here = (entity.name, target.name)
+            after = [stage[(name, first[name])] + 1 for name in uses[here] if name in first]
+            if previous is not None and previous[0] == entity.name:
+                after.append(stage[previous])
+            level = min(len(mapped) - 1, max(after, default=0))
+            if level > stage[here]:
+                stage[here], changed = level, True
+            previous = here
+        if not changed:
+            break
+    levels = sorted(set(stage.values()))
+    return [[(e, t) for e, t in mapped if stage[(e.name, t.name)] == level] for level in levels]
 
 
 @dataclass(frozen=True)
 class Policy:
     """How a worker claims and retries (see `Settings` for the environment variables)."""
 
-    batch: int = 500  # rows claimed a round
+    #: Rows claimed a round, oldest first: large enough that a round's calls come near the fewest the
+    #: `max_input_vars` budget allows (a call carries 166 users or enrolments at 1,000).
+    batch: int = 2000
+    #: Of those, up to `newest` (and a twentieth at most) are the newest due: a fresh change does not
+    #: wait behind a backlog.
+    newest: int = 100
     lease: float = 300.0  # seconds a claim holds before another worker may take it over
     retry_base: float = 5.0  # seconds before the first retry; doubled each attempt, with jitter
     retry_max: float = 3600.0
@@ -93,9 +147,10 @@ class _Lease:
     """One round's claim: the rows still held and the lease time that proves it.
 
     The lease time is the claim's token: the worker renews it while it delivers (every third of the
-    lease, and before each batch of Moodle calls), and a row whose token changed was taken over by
-    another worker after the lease ran out; its record is left to that worker (no call, no link, no
-    settle), whose find-before-create links whatever this one made in Moodle.
+    lease, and before a stage's Moodle calls once a third of it has passed), and a row whose token
+    changed was taken over by another worker after the lease ran out; its record is left to that
+    worker (no call, no link, no settle), whose find-before-create links whatever this one made in
+    Moodle.
     """
 
     until: dt.datetime
@@ -133,15 +188,37 @@ class Worker:
         self.outbox = metadata.tables["syncengine_outbox"]
         self.links = metadata.tables["syncengine_moodle_links"]
         self.tables = metadata.tables
+        self.stages = delivery_stages(catalog)
+        self._mapped = {entity.name: entity for entity in catalog if entity.moodle}
+        self._first = {entity.name: entity.moodle[0].name for entity in catalog if entity.moodle}
         self._wake = asyncio.Event()
         self._listener_driver: Any = None  # asyncpg's connection under the LISTENing one
         self._listen_database: AsyncEngine | None = None
         self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
+        self._clients: dict[str, tuple[Site, MoodleClient]] = {}  # tenant -> the site as last read, its client
         self.totals = Counts()
 
     def wake(self) -> None:
         """Start a round now (the engine calls it after a commit that wrote outbox rows)."""
         self._wake.set()
+
+    async def aclose(self) -> None:
+        """Close the Moodle clients kept between rounds (`run` does it when it ends)."""
+        clients, self._clients = self._clients, {}
+        for _, client in clients.values():
+            await client.aclose()
+
+    async def _client(self, site: Site) -> MoodleClient:
+        """The tenant's Moodle client, kept from round to round; a new one when its URL or token changed."""
+        kept = self._clients.get(site.tenant)
+        if kept is not None:
+            if (kept[0].url, kept[0].token) == (site.url, site.token):
+                return kept[1]
+            del self._clients[site.tenant]
+            await kept[1].aclose()
+        client = MoodleClient(site.url, site.token)
+        self._clients[site.tenant] = (site, client)
+        return client
 
     # Claims.
 
@@ -153,17 +230,19 @@ class Worker:
         return list((await conn.execute(query)).scalars())
 
     async def claim(self) -> list[Any]:
-        """Due rows of tenants with a site, marked `working` until the lease ends, with every other
-        pending row of the same records (coalesced). One short transaction."""
+        """Due rows of tenants with a site (`batch` of them: the oldest, and a few of the newest),
+        marked `working` until the lease ends, with every other pending row of the same records
+        (coalesced). One short transaction."""
         o, now = self.outbox, utc_now()
         lease = now + dt.timedelta(seconds=self.policy.lease)
         held = o.alias("held")  # a record another worker is delivering is left to it, all its rows
-        busy = sa.exists().where(
-            held.c.tenant_id == o.c.tenant_id,
-            held.c.entity == o.c.entity,
-            held.c.zoho_id == o.c.zoho_id,
-            held.c.state == "working",
-            held.c.next_attempt_at > now,
+        # NOT IN a subquery, not a correlated NOT EXISTS: PostgreSQL hashes the held records once,
+        # where a NOT EXISTS planned on the stale statistics of a freshly filled outbox probed them
+        # once per due row (27 s for a claim among 20,000 due rows).
+        busy = sa.tuple_(o.c.tenant_id, o.c.entity, o.c.zoho_id).in_(
+            sa.select(held.c.tenant_id, held.c.entity, held.c.zoho_id).where(
+                held.c.state == "working", held.c.next_attempt_at > now
+            )
         )
         async with self.database.connect() as conn:  # reads first: an idle round takes no write lock (SQLite)
             tenants = await self._site_tenants(conn)
@@ -174,13 +253,19 @@ class Worker:
             )
             if (await conn.execute(due.limit(1))).first() is None:
                 return []
-        due = due.order_by(o.c.id).limit(self.policy.batch).with_for_update(skip_locked=True)
+        fresh = min(self.policy.newest, self.policy.batch // 20)
+        oldest = due.order_by(o.c.id).limit(self.policy.batch - fresh).with_for_update(skip_locked=True)
+        newest = due.order_by(o.c.id.desc()).limit(fresh).with_for_update(skip_locked=True)
         mark = {"state": "working", "next_attempt_at": lease}
         returning = (o.c.id, o.c.tenant_id, o.c.entity, o.c.zoho_id, o.c.attempts, o.c.next_attempt_at)
         async with self.database.begin() as conn:
             if conn.dialect.name == "postgresql":  # claims one at a time, so two never split one record
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK)))
-            rows = list(await conn.execute(sa.update(o).where(o.c.id.in_(due)).values(mark).returning(*returning)))
+            rows = list(await conn.execute(sa.update(o).where(o.c.id.in_(oldest)).values(mark).returning(*returning)))
+            if fresh > 0:  # the rows claimed just above are no longer due: none is claimed twice
+                rows += list(
+                    await conn.execute(sa.update(o).where(o.c.id.in_(newest)).values(mark).returning(*returning))
+                )
             keys = {(r.tenant_id, r.entity, r.zoho_id) for r in rows}
             if keys:
                 same = (
@@ -196,33 +281,45 @@ class Worker:
                 )
         return rows
 
-    async def _settle(self, lease: _Lease, rows: Sequence[Any], values: dict[str, Any]) -> None:
-        """Set `values` on claimed rows still held by this claim (a lease taken over is left alone);
-        a record delivered settles its older dead rows too: its latest state is in Moodle."""
+    async def _settle(
+        self, lease: _Lease, tenant: str, settled: Sequence[tuple[Sequence[Any], dict[str, Any]]], wake_waiting: bool
+    ) -> None:
+        """Set each record's `values` on its claimed rows still held by this claim (a lease taken
+        over is left alone), all in one transaction; a record delivered settles its older dead rows
+        too (its latest state is in Moodle). With `wake_waiting`, the tenant's waiting rows are due
+        now: a parent may have got its Moodle id."""
         o = self.outbox
+        groups: dict[tuple[tuple[str, Any], ...], list[Any]] = {}  # the same values: one statement
+        for rows, values in settled:
+            groups.setdefault(tuple(sorted(values.items())), []).extend(r for r in rows if r.id in lease.held)
         async with lease.lock, self.database.begin() as conn:
-            ids = [row.id for row in rows if row.id in lease.held]
-            settled = await conn.execute(
-                sa.update(o)
-                .where(o.c.id.in_(ids), o.c.state == "working", o.c.next_attempt_at == lease.until)
-                .values(values)
-                .returning(o.c.id)
-            )
-            done = {r.id for r in settled}
-            lease.held -= {row.id for row in rows}
-            if values["state"] == "done" and done:
-                first = rows[0]
-                await conn.execute(
+            done: dict[tuple[str, str], int] = {}  # (entity, zoho_id) -> the highest row settled done
+            for items, rows in groups.items():
+                if not rows:
+                    continue
+                values = dict(items)
+                changed = await conn.execute(
                     sa.update(o)
-                    .where(
-                        o.c.tenant_id == first.tenant_id,
-                        o.c.entity == first.entity,
-                        o.c.zoho_id == first.zoho_id,
-                        o.c.state == "dead",
-                        o.c.id < max(done),
-                    )
-                    .values(state="done", next_attempt_at=values["next_attempt_at"])
+                    .where(o.c.id.in_([r.id for r in rows]), o.c.state == "working", o.c.next_attempt_at == lease.until)
+                    .values(values)
+                    .returning(o.c.id, o.c.entity, o.c.zoho_id)
                 )
+                if values["state"] == "done":
+                    for r in changed:
+                        done[(r.entity, r.zoho_id)] = max(int(r.id), done.get((r.entity, r.zoho_id), 0))
+            lease.held -= {r.id for rows, _ in settled for r in rows}
+            if done:
+                dead = sa.select(o.c.id, o.c.entity, o.c.zoho_id).where(
+                    o.c.tenant_id == tenant, o.c.state == "dead", sa.tuple_(o.c.entity, o.c.zoho_id).in_(list(done))
+                )
+                older = [r.id for r in await conn.execute(dead) if r.id < done[(r.entity, r.zoho_id)]]
+                if older:
+                    await conn.execute(
+                        sa.update(o).where(o.c.id.in_(older)).values(state="done", next_attempt_at=utc_now())
+                    )
+            if wake_waiting:
+                waiting = sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting")
+                await conn.execute(waiting.values(next_attempt_at=utc_now()))
 
     async def _renew(self, lease: _Lease, conn: AsyncConnection | None = None) -> None:
         """Extend the lease of the rows still held, in `conn`'s transaction if given; rows another
@@ -243,6 +340,13 @@ class Worker:
         if lease.held - kept:
             log.warning("delivery lease lost", extra={"fields": {"rows": sorted(lease.held - kept)}})
         lease.held, lease.until = kept, until
+
+    async def _fence(self, lease: _Lease) -> None:
+        """Before calls: renew the lease unless it was taken or renewed within a third of it (no
+        other worker can have taken over a lease with two thirds left; a worker frozen past that
+        renews here, and learns which rows it lost)."""
+        if (lease.until - utc_now()).total_seconds() < self.policy.lease * 2 / 3:
+            await self._renew(lease)
 
     async def _keep(self, lease: _Lease) -> None:
         """Renew the lease every third of it until cancelled (a database error is logged and retried)."""
@@ -287,28 +391,38 @@ class Worker:
         async with self.database.connect() as conn:
             site = await read_site(conn, tenant)
         if site is None:  # removed since the claim: back to pending, untouched
+            kept = self._clients.pop(tenant, None)
+            if kept is not None:
+                await kept[1].aclose()
             claimed = [r for rows in records.values() for r in rows]
-            await self._settle(lease, claimed, {"state": "pending", "next_attempt_at": utc_now()})
+            await self._settle(lease, tenant, [(claimed, {"state": "pending", "next_attempt_at": utc_now()})], False)
             return
+        client = await self._client(site)
         results: dict[Key, _Result] = {key: _Result() for key in records}
+        stored: dict[str, dict[str, Record]] = {}
+        for name in sorted({entity for entity, _ in records} & set(self._mapped)):
+            zoho_ids = [zoho_id for entity, zoho_id in records if entity == name]
+            found = await self._records(tenant, self._mapped[name], zoho_ids)
+            # a delete of a record never stored: nothing is in Moodle
+            stored[name] = {z: found.get(z) or Record(z, {}, deleted=True) for z in zoho_ids}
         delivered_any = False
-        async with MoodleClient(site.url, site.token) as client:
-            for entity in self.catalog:
-                keys = [key for key in records if key[0] == entity.name]
-                if keys and entity.moodle:
-                    delivered_any |= await self._deliver_entity(
-                        lease, client, site, entity, [k[1] for k in keys], results
-                    )
-        for key, rows in records.items():
-            if lease.holds(tenant, key):
-                await self._finish(lease, tenant, rows, results[key], counts)
-        if delivered_any:  # a parent may have got its Moodle id: its waiting children are due now
-            o = self.outbox
-            async with self.database.begin() as conn:
-                waiting = sa.update(o).where(o.c.tenant_id == tenant, o.c.state == "waiting")
-                await conn.execute(waiting.values(next_attempt_at=utc_now()))
+        for stage in self.stages:
+            wanted = [(entity, target) for entity, target in stage if entity.name in stored]
+            if wanted:
+                delivered_any |= await self._deliver_stage(lease, client, site, wanted, stored, results)
+        now = utc_now()
+        done = {"state": "done", "last_error": None, "next_attempt_at": now}
+        settled = [
+            (rows, self._outcome(tenant, rows, results[key], counts, done))
+            for key, rows in records.items()
+            if lease.holds(tenant, key)
+        ]
+        await self._settle(lease, tenant, settled, delivered_any)
 
-    async def _finish(self, lease: _Lease, tenant: str, rows: list[Any], result: _Result, counts: Counts) -> None:
+    def _outcome(
+        self, tenant: str, rows: list[Any], result: _Result, counts: Counts, done: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What a record's rows become: done, waiting, pending again after a back-off, or dead."""
         attempts = max(row.attempts for row in rows)
         if result.errors:
             error = result.errors[0]
@@ -318,93 +432,94 @@ class Worker:
             message = f"{permanent.errorcode}: {permanent}"
             if attempts >= limit:
                 counts.dead += 1
-                values = {"state": "dead", "attempts": attempts, "last_error": message}
                 log.warning("delivery dead", extra={"fields": {"tenant": tenant, "error": message}})
-            else:
-                counts.retrying += 1
-                later = utc_now() + dt.timedelta(seconds=self.policy.backoff(attempts))
-                values = {"state": "pending", "attempts": attempts, "last_error": message, "next_attempt_at": later}
-        elif result.waiting:
+                return {"state": "dead", "attempts": attempts, "last_error": message}
+            counts.retrying += 1
+            later = utc_now() + dt.timedelta(seconds=self.policy.backoff(attempts))
+            return {"state": "pending", "attempts": attempts, "last_error": message, "next_attempt_at": later}
+        if result.waiting:
             counts.waiting += 1
             later = utc_now() + dt.timedelta(seconds=self.policy.waiting_recheck)
-            values = {"state": "waiting", "last_error": "; ".join(result.waiting), "next_attempt_at": later}
-        else:
-            counts.delivered += 1
-            values = {"state": "done", "last_error": None, "next_attempt_at": utc_now()}
-        await self._settle(lease, rows, values)
+            return {"state": "waiting", "last_error": "; ".join(result.waiting), "next_attempt_at": later}
+        counts.delivered += 1
+        return done
 
-    async def _deliver_entity(
+    async def _deliver_stage(
         self,
         lease: _Lease,
         client: MoodleClient,
         site: Site,
-        entity: Entity,
-        zoho_ids: list[str],
+        wanted: Stage,
+        stored: dict[str, dict[str, Record]],
         results: dict[Key, _Result],
     ) -> bool:
-        """Each target of `entity`, in the mapping's order, for the records `zoho_ids`; whether
-        any Moodle object was created or changed."""
-        records = await self._records(site.tenant, entity, zoho_ids)
-        for zoho_id in zoho_ids:
-            if zoho_id not in records:  # a delete of a record never stored: nothing is in Moodle
-                records[zoho_id] = Record(zoho_id, {}, deleted=True)
-        changed = False
-        assert entity.moodle is not None
-        for target in entity.moodle:
-            states = {z: desired_state(target, r, {}) for z, r in records.items()}
-            needed = {key for state in states.values() for key in state.missing}
-            ids = await self._moodle_ids(site.tenant, needed)
-            states = {z: desired_state(target, records[z], ids) for z in records}
-            links = await self._links(site.tenant, entity.name, target.name, list(records))
-            changed |= await self._deliver_target(lease, client, site, entity, target, states, links, results)
-        return changed
-
-    async def _deliver_target(
-        self,
-        lease: _Lease,
-        client: MoodleClient,
-        site: Site,
-        entity: Entity,
-        target: Target,
-        states: dict[str, DesiredState],
-        links: dict[str, Any],
-        results: dict[Key, _Result],
-    ) -> bool:
-        send: dict[str, DesiredState] = {}
-        for zoho_id, state in states.items():
-            link = links.get(zoho_id)
-            if link is not None and link.digest == state.digest:
-                continue  # Moodle already holds this
-            if not state.active and link is None:
-                continue  # never reached Moodle: nothing to leave
-            if state.missing and not (not state.active and state.leave == "nothing"):
-                what = ", ".join(f"{e} {z}" for e, z in state.missing)
-                results[(entity.name, zoho_id)].waiting.append(
-                    f"{target.name}: waiting for the Moodle id of {what} (not delivered yet)"
-                )
-                continue
-            send[zoho_id] = state
+        """One stage's targets for the claimed records: what changed is sent, the targets of one
+        kind in shared calls; whether any Moodle object was created or changed."""
+        tenant = site.tenant
+        needed = {
+            key
+            for entity, target in wanted
+            for record in stored[entity.name].values()
+            for key in desired_state(target, record, {}).missing
+        }
+        ids = await self._moodle_ids(tenant, needed)
+        send: dict[str, dict[Slot, DesiredState]] = {}  # kind -> what its calls carry
+        links: dict[Slot, Any] = {}
+        for entity, target in wanted:
+            records = stored[entity.name]
+            linked = await self._links(tenant, entity.name, target.name, list(records))
+            for zoho_id, record in records.items():
+                state = desired_state(target, record, ids)
+                link = linked.get(zoho_id)
+                if link is not None and link.digest == state.digest:
+                    continue  # Moodle already holds this
+                if not state.active and link is None:
+                    continue  # never reached Moodle: nothing to leave
+                if state.missing and not (not state.active and state.leave == "nothing"):
+                    what = ", ".join(f"{e} {z}" for e, z in state.missing)
+                    results[(entity.name, zoho_id)].waiting.append(
+                        f"{target.name}: waiting for the Moodle id of {what} (not delivered yet)"
+                    )
+                    continue
+                slot = (entity.name, target.name, zoho_id)
+                send.setdefault(target.kind.name, {})[slot] = state
+                if link is not None:
+                    links[slot] = link
         if send:  # fenced: nothing is sent for a record whose lease another worker took over
-            await self._renew(lease)
-            send = {z: s for z, s in send.items() if lease.holds(site.tenant, (entity.name, z))}
-        if not send:
-            return False
-        try:
-            outcomes = await self._send(client, self._budget(site), target, send, links)
-        except MoodleError as error:  # a look-up failed: nothing of this target was sent
-            outcomes = {zoho_id: targets.Outcome(error=error) for zoho_id in send}
-        rows = []
-        for zoho_id, state in send.items():
-            outcome = outcomes.get(zoho_id)
-            if outcome is not None and outcome.error is not None:
-                results[(entity.name, zoho_id)].errors.append(outcome.error)
+            await self._fence(lease)
+            send = {
+                kind: {slot: s for slot, s in states.items() if lease.holds(tenant, (slot[0], slot[2]))}
+                for kind, states in send.items()
+            }
+        outcomes: dict[Slot, targets.Outcome] = {}
+        for kind, states in send.items():
+            if not states:
                 continue
-            link = links.get(zoho_id)
-            moodle_id = outcome.moodle_id if outcome is not None and outcome.moodle_id is not None else None
-            if moodle_id is None and link is not None:
-                moodle_id = link.moodle_id
-            rows.append({"zoho_id": zoho_id, "moodle_id": moodle_id, "digest": state.digest, "active": state.active})
-        return await self._save_links(lease, site.tenant, entity.name, target.name, rows)
+            try:
+                outcomes |= await self._send(client, self._budget(site), kind, states, links)
+            except MoodleError as error:  # a look-up failed: nothing of this kind was sent
+                outcomes |= {slot: targets.Outcome(error=error) for slot in states}
+        rows = []
+        for states in send.values():
+            for slot, state in states.items():
+                outcome = outcomes.get(slot)
+                if outcome is not None and outcome.error is not None:
+                    results[(slot[0], slot[2])].errors.append(outcome.error)
+                    continue
+                moodle_id = outcome.moodle_id if outcome is not None else None
+                if moodle_id is None and slot in links:
+                    moodle_id = links[slot].moodle_id
+                rows.append(
+                    {
+                        "entity": slot[0],
+                        "target": slot[1],
+                        "zoho_id": slot[2],
+                        "moodle_id": moodle_id,
+                        "digest": state.digest,
+                        "active": state.active,
+                    }
+                )
+        return await self._save_links(lease, tenant, rows)
 
     def _budget(self, site: Site) -> targets.Budget:
         """The tenant's `max_input_vars` budget, as lowered by the cuts this worker saw (until the setting changes)."""
@@ -418,36 +533,34 @@ class Worker:
         self,
         client: MoodleClient,
         budget: targets.Budget,
-        target: Target,
-        send: dict[str, DesiredState],
-        links: dict[str, Any],
-    ) -> dict[str, targets.Outcome]:
-        """The calls of one target for the records whose state changed, by kind and leave action."""
-        outcomes: dict[str, targets.Outcome] = {}
+        kind_name: str,
+        send: dict[Slot, DesiredState],
+        links: dict[Slot, Any],
+    ) -> dict[Slot, targets.Outcome]:
+        """The calls for the records of one kind whose state changed, by leave action."""
+        outcomes: dict[Slot, targets.Outcome] = {}
         leaving = {z: s for z, s in send.items() if not s.active}
         staying = {z: s for z, s in send.items() if s.active}
-        if target.kind.name == "enrolment":
+        if kind_name == "enrolment":
             unenrol = {z: s.params for z, s in leaving.items() if s.leave == "unenrol"}
             enrol = {z: s.params for z, s in send.items() if z not in unenrol and (s.active or s.leave != "nothing")}
             outcomes |= await targets.enrol(client, budget, enrol) if enrol else {}
             outcomes |= await targets.unenrol(client, budget, unenrol) if unenrol else {}
-        else:
-            kind = targets.BY_NAME[target.kind.name]
-            if staying:
-                known = {z: int(links[z].moodle_id) for z in staying if z in links and links[z].moodle_id is not None}
-                outcomes |= await targets.deliver(
-                    client, kind, budget, {z: s.params for z, s in staying.items()}, known
-                )
-            # Leaving sends the state change alone (suspended=1, visible=0): Moodle's update changes only
-            # the fields it is given, so the rest stays as last delivered, and a value Moodle would
-            # refuse now (an email taken meanwhile) cannot block a suspension.
-            state = target.kind.state
-            acting = {
-                z: (int(links[z].moodle_id), {state.name: s.params[state.name]})
-                for z, s in leaving.items()
-                if state is not None and s.leave != "nothing" and links[z].moodle_id is not None
-            }
-            outcomes |= await targets.update(client, kind, budget, acting) if acting else {}
+            return outcomes
+        kind = targets.BY_NAME[kind_name]
+        if staying:
+            known = {z: int(links[z].moodle_id) for z in staying if z in links and links[z].moodle_id is not None}
+            outcomes |= await targets.deliver(client, kind, budget, {z: s.params for z, s in staying.items()}, known)
+        # Leaving sends the state change alone (suspended=1, visible=0): Moodle's update changes only
+        # the fields it is given, so the rest stays as last delivered, and a value Moodle would
+        # refuse now (an email taken meanwhile) cannot block a suspension.
+        state = mapping.KINDS[kind_name].state
+        acting = {
+            z: (int(links[z].moodle_id), {state.name: s.params[state.name]})
+            for z, s in leaving.items()
+            if state is not None and s.leave != "nothing" and links[z].moodle_id is not None
+        }
+        outcomes |= await targets.update(client, kind, budget, acting) if acting else {}
         return outcomes
 
     # Reading and writing delivery state.
@@ -468,11 +581,10 @@ class Worker:
 
     async def _moodle_ids(self, tenant: str, keys: set[Key]) -> dict[Key, int]:
         """The Moodle ids of looked-up records: each entity's first target's link."""
-        if not keys:
+        wanted = [(e, z, self._first[e]) for e, z in keys if e in self._first]
+        if not wanted:
             return {}
-        first = {e.name: e.moodle[0].name for e in self.catalog if e.moodle}
         links = self.links
-        wanted = [(e, z, first[e]) for e, z in keys if e in first]
         query = sa.select(links.c.entity, links.c.zoho_id, links.c.moodle_id).where(
             links.c.tenant_id == tenant,
             sa.tuple_(links.c.entity, links.c.zoho_id, links.c.target).in_(wanted),
@@ -492,11 +604,10 @@ class Worker:
         async with self.database.connect() as conn:
             return {r.zoho_id: r for r in await conn.execute(query)}
 
-    async def _save_links(
-        self, lease: _Lease, tenant: str, entity: str, target: str, rows: list[dict[str, Any]]
-    ) -> bool:
-        """Record what Moodle now holds, for the records whose lease this worker still holds (checked
-        in the same transaction); whether anything was recorded."""
+    async def _save_links(self, lease: _Lease, tenant: str, rows: list[dict[str, Any]]) -> bool:
+        """Record what Moodle now holds (`rows` of entity, target, zoho_id, moodle_id, digest,
+        active), for the records whose lease this worker still holds (checked in the same
+        transaction); whether anything was recorded."""
         if not rows:
             return False
         async with lease.lock:
@@ -504,13 +615,11 @@ class Worker:
             try:
                 async with self.database.begin() as conn:
                     await self._renew(lease, conn)
-                    rows = [r for r in rows if lease.holds(tenant, (entity, r["zoho_id"]))]
+                    rows = [r for r in rows if lease.holds(tenant, (r["entity"], r["zoho_id"]))]
                     if not rows:
                         return False
-                    values = [
-                        {"tenant_id": tenant, "entity": entity, "target": target, "delivered_at": utc_now(), **r}
-                        for r in rows
-                    ]
+                    now = utc_now()
+                    values = [{"tenant_id": tenant, "delivered_at": now, **r} for r in rows]
                     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(self.links)
                     statement = insert.on_conflict_do_update(
                         index_elements=["tenant_id", "entity", "zoho_id", "target"],
@@ -552,6 +661,7 @@ class Worker:
                     await listener.close()
             if self._listen_database is not None:
                 await self._listen_database.dispose()
+            await self.aclose()
 
     async def _more_due(self) -> bool:
         wait = await self._next_due()
@@ -618,204 +728,3 @@ class Worker:
             log.warning("could not LISTEN for outbox rows; polling every %s s", self.policy.poll)
             return None
         return conn
-
-
-# Looking at the outbox and sending again (`syncengine deliveries`, `/v1/deliveries`, reads).
-
-#: Every state of an outbox row: `working` is claimed by a worker right now.
-STATES = ("pending", "working", "waiting", "done", "dead")
-_OUTBOX = engine_table("syncengine_outbox")
-_LINKS = engine_table("syncengine_moodle_links")
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One outbox row as `deliveries list` and `GET /v1/deliveries` show it."""
-
-    id: int
-    tenant: str
-    entity: str
-    zoho_id: str
-    operation: str
-    state: str
-    attempts: int
-    last_error: str | None
-    moodle_id: int | None  # of the record's own Moodle object (its mapping's first target), once known
-    next_attempt_at: dt.datetime | None  # pending, waiting and working rows only
-    created_at: dt.datetime
-
-    def to_builtins(self, *, tenant: bool = True) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if not tenant:
-            del values["tenant"]
-        return values
-
-
-@dataclass(frozen=True)
-class Page:
-    """Counts per state (of the tenant, or of every tenant) and one page of rows, by id."""
-
-    counts: dict[str, int]
-    deliveries: list[Delivery]
-    next_after_id: int | None  # pass as `after_id` for the next page; None: this was the last
-
-
-async def list_deliveries(
-    catalog: Catalog,
-    database: AsyncEngine,
-    *,
-    tenant: str | None = None,
-    state: str | None = None,
-    limit: int = 100,
-    after_id: int | None = None,
-) -> Page:
-    """The outbox rows of `tenant` (or every tenant) in `state` (or any), oldest first, `limit` at a time."""
-    o = _OUTBOX
-    counting = sa.select(o.c.state, sa.func.count()).group_by(o.c.state)
-    query = sa.select(o).order_by(o.c.id).limit(limit + 1)
-    if tenant is not None:
-        counting, query = counting.where(o.c.tenant_id == tenant), query.where(o.c.tenant_id == tenant)
-    if state is not None:
-        query = query.where(o.c.state == state)
-    if after_id is not None:
-        query = query.where(o.c.id > after_id)
-    async with database.connect() as conn:
-        counts = dict.fromkeys(STATES, 0) | {row[0]: int(row[1]) for row in await conn.execute(counting)}
-        rows = list(await conn.execute(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        ids = await _own_moodle_ids(catalog, conn, {(r.tenant_id, r.entity, r.zoho_id) for r in rows})
-    deliveries = [
-        Delivery(
-            id=int(r.id),
-            tenant=r.tenant_id,
-            entity=r.entity,
-            zoho_id=r.zoho_id,
-            operation=r.operation,
-            state=r.state,
-            attempts=int(r.attempts),
-            last_error=r.last_error,
-            moodle_id=ids.get((r.tenant_id, r.entity, r.zoho_id)),
-            next_attempt_at=r.next_attempt_at if r.state in DUE else None,
-            created_at=r.created_at,
-        )
-        for r in rows
-    ]
-    return Page(counts, deliveries, deliveries[-1].id if more and deliveries else None)
-
-
-async def _own_moodle_ids(
-    catalog: Catalog, conn: AsyncConnection, keys: set[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], int]:
-    """(tenant, entity, zoho_id) -> the Moodle id of the record's first target, where known."""
-    first = {e.name: e.moodle[0].name for e in catalog if e.moodle}
-    wanted = [(t, e, z, first[e]) for t, e, z in keys if e in first]
-    if not wanted:
-        return {}
-    links = _LINKS
-    query = sa.select(links.c.tenant_id, links.c.entity, links.c.zoho_id, links.c.moodle_id).where(
-        sa.tuple_(links.c.tenant_id, links.c.entity, links.c.zoho_id, links.c.target).in_(wanted),
-        links.c.moodle_id.is_not(None),
-    )
-    return {(r.tenant_id, r.entity, r.zoho_id): int(r.moodle_id) for r in await conn.execute(query)}
-
-
-@dataclass(frozen=True)
-class Retried:
-    """What a retry did: the rows requeued, the ids no row of the tenant has, the rows a worker holds."""
-
-    requeued: list[int] = field(default_factory=list)
-    not_found: list[int] = field(default_factory=list)
-    working: list[int] = field(default_factory=list)
-
-    def to_builtins(self) -> dict[str, list[int]]:
-        return {"requeued": self.requeued, "not_found": self.not_found, "working": self.working}
-
-
-async def retry_deliveries(
-    database: AsyncEngine, *, tenant: str | None = None, ids: Sequence[int] = (), all_dead: bool = False
-) -> Retried:
-    """Make rows due now with no attempts made: the rows `ids` (of `tenant`, if given) or, with
-    `all_dead`, every dead row. A done row is sent again in full (what its record's Moodle targets
-    were last sent is forgotten); a row a worker holds (`working`) is left alone. On PostgreSQL
-    the workers are woken by NOTIFY; in-process, call the engine's `on_commit` afterwards."""
-    o, links = _OUTBOX, _LINKS
-    found = sa.select(o.c.id, o.c.tenant_id, o.c.entity, o.c.zoho_id, o.c.state)
-    found = found.where(o.c.state == "dead") if all_dead else found.where(o.c.id.in_(list(ids)))
-    if tenant is not None:
-        found = found.where(o.c.tenant_id == tenant)
-    async with database.connect() as conn, _writing(conn):
-        rows = list(await conn.execute(found.order_by(o.c.id)))
-        requeue = [r for r in rows if r.state != "working"]
-        if requeue:
-            await conn.execute(
-                sa.update(o)
-                .where(o.c.id.in_([r.id for r in requeue]), o.c.state != "working")
-                .values(state="pending", attempts=0, next_attempt_at=utc_now(), last_error=None)
-            )
-        for r in requeue:
-            if r.state == "done":
-                await conn.execute(
-                    sa.update(links)
-                    .where(links.c.tenant_id == r.tenant_id, links.c.entity == r.entity, links.c.zoho_id == r.zoho_id)
-                    .values(digest="")
-                )
-        if requeue and conn.dialect.name == "postgresql":
-            await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
-    seen = {int(r.id) for r in rows}
-    return Retried(
-        requeued=[int(r.id) for r in requeue],
-        not_found=[] if all_dead else sorted(set(ids) - seen),
-        working=[int(r.id) for r in rows if r.state == "working"],
-    )
-
-
-@contextlib.asynccontextmanager
-async def _writing(conn: AsyncConnection) -> AsyncIterator[None]:
-    """A transaction that reads, then writes: on SQLite it takes the write lock at BEGIN
-    (store.WRITES), so it queues behind another writer instead of failing to upgrade its lock."""
-    await conn.execution_options(**{WRITES: True})
-    async with conn.begin():
-        yield
-
-
-async def record_moodle_state(database: AsyncEngine, entity: Entity, tenant: str, zoho_id: str) -> dict[str, Any]:
-    """A stored record's Moodle side, for `GET /v1/{entity}/{zoho_id}`: the Moodle id of its own
-    object, each target of its mapping (Moodle id, `active` / `left` / `not_delivered`, when it was
-    delivered), and its latest outbox row."""
-    links, o = _LINKS, _OUTBOX
-    linked = sa.select(links.c.target, links.c.moodle_id, links.c.active, links.c.delivered_at).where(
-        links.c.tenant_id == tenant, links.c.entity == entity.name, links.c.zoho_id == zoho_id
-    )
-    latest = (
-        sa.select(o.c.id, o.c.operation, o.c.state, o.c.attempts, o.c.next_attempt_at, o.c.last_error)
-        .where(o.c.tenant_id == tenant, o.c.entity == entity.name, o.c.zoho_id == zoho_id)
-        .order_by(o.c.id.desc())
-        .limit(1)
-    )
-    async with database.connect() as conn:
-        by_target = {r.target: r for r in await conn.execute(linked)}
-        last = (await conn.execute(latest)).first()
-    targets_ = []
-    for target in entity.moodle or ():
-        link = by_target.get(target.name)
-        targets_.append(
-            {
-                "target": target.name,
-                "kind": target.kind.name,
-                "moodle_id": None if link is None or link.moodle_id is None else int(link.moodle_id),
-                "state": "not_delivered" if link is None else "active" if link.active else "left",
-                "delivered_at": None if link is None else link.delivered_at,
-            }
-        )
-    delivery = None
-    if last is not None:
-        delivery = {
-            "id": int(last.id),
-            "operation": last.operation,
-            "state": last.state,
-            "attempts": int(last.attempts),
-            "next_attempt_at": last.next_attempt_at if last.state in DUE else None,
-            "last_error": last.last_error,
-        }
-    return {"moodle_id": targets_[0]["moodle_id"] if targets_ else None, "targets": targets_, "delivery": delivery}

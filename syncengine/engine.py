@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncengine.compiled import CompiledEntity, compile_entity
 from syncengine.config import Settings
-from syncengine.delivery import record_moodle_state
+from syncengine.deliveries import record_moodle_state
 from syncengine.descriptors import Catalog, load_catalog
 from syncengine.exceptions import Conflict, LostRace, SchemaMissing
 from syncengine.idempotency import Answer, ClaimLost

@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from syncengine.channels import ChannelRefused
 from syncengine.engine import ContendedError
 from syncengine.exceptions import (
     BadInput,
@@ -30,6 +31,7 @@ from syncengine.exceptions import (
     Unavailable,
     UnstorableValue,
 )
+from syncengine.fetching import ZohoUnreachable
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
 from syncengine.moodle import MoodleError, MoodleUnavailable
 from syncengine.store import translate
@@ -74,11 +76,13 @@ HTTP: dict[type[SyncEngineError], Http] = {
     Conflict: Http(409),
     Unavailable: Http(503),
     CredentialError: Http(401, {"WWW-Authenticate": 'Bearer error="invalid_request"'}),
+    ChannelRefused: Http(401),
     IdempotencyKeyReused: Http(422),
     IdempotencyKeyInUse: Http(409, {"Retry-After": "5"}),
     ContendedError: Http(409, {"Retry-After": "1"}),
     DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
     DatabaseBusy: Http(503, {"Retry-After": "1"}),
+    ZohoUnreachable: Http(503, {"Retry-After": "30"}),  # or Zoho's own wait (`retry_after`)
     MoodleError: Http(502),
     MoodleUnavailable: Http(503, {"Retry-After": "30"}),
     ZohoError: Http(502),
@@ -107,7 +111,10 @@ def to_api_error(exc: Exception) -> ApiError:
     if failure is not None and answer is not None:
         then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
         message = str(failure) if then is None else f"{failure}; {then}"
-        return ApiError(answer.status, failure.code, message, dict(answer.headers))
+        headers = dict(answer.headers)
+        if isinstance(failure, Unavailable) and failure.retry_after is not None:  # the failure's own wait
+            headers["Retry-After"] = str(round(failure.retry_after))
+        return ApiError(answer.status, failure.code, message, headers)
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))
     if isinstance(exc, HTTPException):

@@ -52,9 +52,11 @@ class Conflict(SyncEngineError):
 
 
 class Unavailable(SyncEngineError):
-    """Something the engine needs (the database, its schema) is not there right now: try again."""
+    """Something the engine needs (the database, its schema) is not there right now: try again.
+    `retry_after`, where set, is how many seconds to wait (over HTTP, its Retry-After)."""
 
     code = "unavailable"
+    retry_after: float | None = None
 
 
 class Misconfigured(SyncEngineError):

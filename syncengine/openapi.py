@@ -16,8 +16,9 @@ from typing import Any
 
 from litestar.openapi.spec import Components, Operation, SecurityScheme
 
-from syncengine.delivery import STATES
+from syncengine.deliveries import STATES
 from syncengine.descriptors import Catalog, Entity
+from syncengine.intake import STATES as INTAKE_STATES
 from syncengine.payloads import FORM_CONTENT_TYPE
 
 SECURITY: list[dict[str, list[str]]] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
@@ -117,6 +118,14 @@ ANSWERS: dict[str, Answer] = {
         400, "state, limit or after_id with a value it does not take or given twice, or another query parameter"
     ),
     "invalid_retry_request": Answer(400, 'a retry body other than {"ids": [ids]} or {"all_dead": true}'),
+    "invalid_intake_query": Answer(
+        400, "state, limit or after_id with a value it does not take or given twice, or another query parameter"
+    ),
+    "invalid_notification": Answer(400, "a callback body other than Zoho's notification (the message says where)"),
+    "unknown_module": Answer(400, "a callback's module is no entity's source, or not its channel's module"),
+    "channel_refused": Answer(401, "a callback whose channel is unknown or whose token does not match; nothing queued"),
+    "merge_field_not_substituted": Answer(400, "an id-only record's id is a workflow merge field: ${!Module.Id}"),
+    "wrong_module": Answer(400, "an id-only record's module is not the endpoint's entity's"),
     "unstorable_value": Answer(400, "a value the database refused (a number beyond 64 bits, a NUL); nothing written"),
     "repeated_header": Answer(400, "Idempotency-Key or X-Tenant-ID sent more than once"),
     "malformed_credentials": Answer(
@@ -144,6 +153,7 @@ ANSWERS: dict[str, Answer] = {
     "database_unavailable": Answer(503, "the database cannot be reached or does not answer", RETRY),
     "database_busy": Answer(503, "a lock, pool or statement wait ran past its budget", RETRY),
     "schema_missing": Answer(503, "the database has no table for the entity: run `syncengine db upgrade`"),
+    "zoho_unavailable": Answer(503, "Zoho did not answer or kept throttling while id-only records were fetched", RETRY),
     "schema_behind": Answer(503, "the database schema is behind the code: run `syncengine db upgrade`"),
 }
 #: What a request that touches a tenant's data can answer before its handler runs: the API key's
@@ -161,7 +171,7 @@ TENANT_ANSWERS = (
     "database_busy",
 )
 #: `POST /v1/sync/{entity}`: the query (edge.check_write_query), the body (edge.py, payloads.py),
-#: the Idempotency-Key (idempotency.py) and the batch (engine.py).
+#: the Idempotency-Key (idempotency.py), the batch (engine.py) and Zoho (fetching.py).
 SYNC_ANSWERS = (
     *("unknown_query_parameter", "repeated_query_parameter", "invalid_query_parameter"),
     *TENANT_ANSWERS,
@@ -169,6 +179,7 @@ SYNC_ANSWERS = (
     *("body_too_large", "body_timeout", "client_disconnected", "malformed_json", "invalid_body", "json_too_deep"),
     *("too_many_records", "invalid_idempotency_key", "idempotency_key_in_use", "idempotency_key_reused"),
     *("unstorable_value", "write_conflict", "schema_missing"),
+    *("merge_field_not_substituted", "wrong_module", "zoho_unavailable"),  # id-only records (fetching.py)
 )
 #: `GET /v1/{entity}/{zoho_id}`.
 READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found")
@@ -176,6 +187,13 @@ READ_ANSWERS = (*TENANT_ANSWERS, "unknown_entity", "record_not_found")
 DELIVERIES_ANSWERS = (*TENANT_ANSWERS, "invalid_delivery_query")
 #: `POST /v1/deliveries/retry`: the body (edge.py) and the request in it.
 RETRY_ANSWERS = (*TENANT_ANSWERS, "body_too_large", "body_timeout", "client_disconnected", "invalid_retry_request")
+#: `GET /v1/intake`.
+INTAKE_ANSWERS = (*TENANT_ANSWERS, "invalid_intake_query")
+#: `POST /v1/zoho/notifications`: the body (edge.py) and the callback in it (channels.py).
+NOTIFICATION_ANSWERS = (
+    *("unsupported_content_encoding", "unsupported_charset", "body_too_large", "body_timeout", "client_disconnected"),
+    *("invalid_notification", "unknown_module", "channel_refused", "database_unavailable", "database_busy"),
+)
 #: Answers of routes the document does not describe (the /schema page's own files).
 UNDOCUMENTED_ANSWERS = ("asset_not_found",)
 #: `GET|HEAD /v1/ready`.
@@ -265,7 +283,7 @@ def responses(entity: Entity) -> dict[str, Any]:
 _MOMENT = {"type": "string", "format": "date-time"}
 _MAYBE_MOMENT = {"type": ["string", "null"], "format": "date-time"}
 _MAYBE_ID = {"type": ["integer", "null"]}
-#: A record's Moodle side in `GET /v1/{entity}/{zoho_id}` (delivery.record_moodle_state).
+#: A record's Moodle side in `GET /v1/{entity}/{zoho_id}` (deliveries.record_moodle_state).
 MOODLE_STATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -441,6 +459,68 @@ READY_SCHEMA: dict[str, Any] = {
     },
     "required": ["status", "database", "schema_revision"],
 }
+INTAKE_ROW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "entity": {"type": "string"},
+        "zoho_id": {"type": "string"},
+        "operation": {"enum": ["insert", "update", "delete"]},
+        "state": {"enum": list(INTAKE_STATES)},
+        "status": {"type": ["string", "null"], "description": "the record's outcome once done: NEW, UPDATED, ..."},
+        "attempts": {"type": "integer"},
+        "last_error": {"type": ["string", "null"], "description": "why it failed, or what its outcome says is wrong"},
+        "next_attempt_at": _MAYBE_MOMENT | {"description": "when it is due (pending, working)"},
+        "created_at": _MOMENT,
+        "updated_at": _MOMENT,
+    },
+    "required": [
+        *("id", "entity", "zoho_id", "operation", "state", "status", "attempts", "last_error"),
+        *("next_attempt_at", "created_at", "updated_at"),
+    ],
+}
+INTAKE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "counts": {
+            "type": "object",
+            "description": "the tenant's intake rows per state (working: a worker holds it right now)",
+            "properties": {state: {"type": "integer"} for state in INTAKE_STATES},
+            "required": list(INTAKE_STATES),
+        },
+        "intake": {"type": "array", "items": INTAKE_ROW_SCHEMA},
+        "next_after_id": {"type": ["integer", "null"], "description": "after_id of the next page; null: no more"},
+    },
+    "required": ["counts", "intake", "next_after_id"],
+}
+QUEUED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "queued"},
+        "entity": {"type": "string"},
+        "queued": {"type": "integer", "description": "ids queued (a repeated id once)"},
+    },
+    "required": ["status", "entity", "queued"],
+}
+NOTIFICATION_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "Zoho's Notifications API callback (more keys may come: they are not read)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "channel_id": {"type": ["integer", "string"]},
+                    "token": {"type": ["string", "null"]},
+                    "module": {"type": "string"},
+                    "operation": {"enum": ["insert", "update", "delete"]},
+                    "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
+                "required": ["channel_id", "token", "module", "operation", "ids"],
+            }
+        }
+    },
+}
 #: The answers of the fixed routes, by operation id (app.py gives each route its id).
 FIXED_RESPONSES: dict[str, dict[str, Any]] = {
     "health": {"200": ok("the process answers", {"type": "object", "properties": {"status": {"const": "ok"}}})},
@@ -471,9 +551,17 @@ FIXED_RESPONSES: dict[str, dict[str, Any]] = {
         "200": ok("what was requeued, what no delivery has, what a worker holds", RETRIED_SCHEMA),
         **error_responses(RETRY_ANSWERS),
     },
+    "list_intake": {
+        "200": ok("counts per state and a page of intake rows, oldest first", INTAKE_SCHEMA),
+        **error_responses(INTAKE_ANSWERS),
+    },
+    "zoho_notification": {
+        "200": ok("the ids are queued; the intake worker fetches and syncs them", QUEUED_SCHEMA),
+        **error_responses(NOTIFICATION_ANSWERS),
+    },
 }
 #: The request bodies of the fixed routes that take one.
-FIXED_BODIES: dict[str, dict[str, Any]] = {"retry_deliveries": RETRY_BODY}
+FIXED_BODIES: dict[str, dict[str, Any]] = {"retry_deliveries": RETRY_BODY, "zoho_notification": NOTIFICATION_BODY}
 
 
 @dataclass
@@ -535,11 +623,17 @@ DELIVERIES_PARAMETERS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
     "after_id": {"type": "integer", "minimum": 0, "description": "the previous page's next_after_id"},
 }
+#: The query parameters of each listing route, by operation id.
+QUERY_PARAMETERS = {
+    "list_deliveries": DELIVERIES_PARAMETERS,
+    "list_intake": DELIVERIES_PARAMETERS | {"state": {"enum": list(INTAKE_STATES)}},
+}
 
 
 def fixed_operation(operation_id: str) -> type[Operation]:
     """An Operation class answering as FIXED_RESPONSES[operation_id] says."""
     answers, body = FIXED_RESPONSES[operation_id], FIXED_BODIES.get(operation_id)
+    query = QUERY_PARAMETERS.get(operation_id, {})
 
     class FixedOperation(Operation):
         def to_schema(self) -> dict[str, Any]:
@@ -550,8 +644,8 @@ def fixed_operation(operation_id: str) -> type[Operation]:
             for parameter in schema.get("parameters", ()):
                 if parameter.get("in") == "path" and parameter.get("name") in READ_PARAMETERS:
                     parameter["schema"] = READ_PARAMETERS[parameter["name"]]
-                if parameter.get("in") == "query" and parameter.get("name") in DELIVERIES_PARAMETERS:
-                    parameter["schema"] = DELIVERIES_PARAMETERS[parameter["name"]]
+                if parameter.get("in") == "query" and parameter.get("name") in query:
+                    parameter["schema"] = query[parameter["name"]]
             return schema
 
     FixedOperation.__name__ = FixedOperation.__qualname__ = f"{operation_id.title().replace('_', '')}Operation"

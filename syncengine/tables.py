@@ -188,6 +188,7 @@ def zoho_tables(metadata: sa.MetaData) -> None:
         sa.Column("entity", sa.String(64), nullable=False),
         sa.Column("channel_id", sa.BigInteger, nullable=False, unique=True, comment="Zoho's channel_id, ours to pick"),
         sa.Column("token_hash", sa.String(64), nullable=False, comment="SHA-256 of the token Zoho echoes, hex"),
+        sa.Column("previous_token_hash", sa.String(64), comment="the token before the last renewal, still taken"),
         sa.Column("notify_url", sa.Text, nullable=False),
         sa.Column("expires_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
@@ -202,7 +203,9 @@ def zoho_tables(metadata: sa.MetaData) -> None:
         sa.Column("entity", sa.String(64), nullable=False),
         sa.Column("zoho_id", sa.String(ZOHO_ID_LENGTH), nullable=False),
         sa.Column("operation", sa.String(16), nullable=False, comment="insert, update or delete"),
-        sa.Column("state", sa.String(16), nullable=False, server_default="pending", comment="pending, done or failed"),
+        sa.Column(
+            "state", sa.String(16), nullable=False, server_default="pending", comment="pending, working, done or failed"
+        ),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("next_attempt_at", Timestamp, nullable=False),
         sa.Column("status", sa.String(16), comment="the record's outcome once synced: NEW, UPDATED, INVALID..."),

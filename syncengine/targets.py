@@ -18,15 +18,17 @@ tenants, entities or storage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from syncengine import mapping
 from syncengine.moodle import WS_PARAMETERS, MoodleClient, MoodleError, encode
 
 Params = dict[str, Any]
+K = TypeVar("K", bound=Hashable)  # the caller's key of each desired record
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,10 @@ COURSE = Kind(
     frozenset({"shortnametaken", "courseidnumbertaken"}),
     _finds_by("course"),
 )
+#: Finds a user by email in any letter case (`core_user_get_users`' email criterion is a case-insensitive
+#: LIKE; `core_user_get_users_by_field` compares exactly on PostgreSQL while a create refuses an email
+#: taken in any case): asked only after a create was refused, one email a call.
+USER_SEARCH = "core_user_get_users"
 ENROL = "enrol_manual_enrol_users"
 UNENROL = "enrol_manual_unenrol_users"
 SITE_INFO = "core_webservice_get_site_info"  # `syncengine moodle check` calls it: the service needs it too
@@ -113,6 +119,7 @@ SITE_INFO = "core_webservice_get_site_info"  # `syncengine moodle check` calls i
 BY_NAME = {kind.name: kind for kind in (USER, CATEGORY, COURSE)}
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     **{name: (kind.find, kind.create, kind.update) for name, kind in BY_NAME.items()},
+    "user": (USER.find, USER_SEARCH, USER.create, USER.update),
     "enrolment": (ENROL,),
 }
 
@@ -133,9 +140,9 @@ class Outcome:
     created: bool = False
 
 
-def batches(items: list[tuple[str, Params]], budget: Budget) -> Iterator[list[tuple[str, Params]]]:
+def batches(items: list[tuple[K, Params]], budget: Budget) -> Iterator[list[tuple[K, Params]]]:
     """Consecutive runs of records whose parameters, with the ws* ones, stay within the budget."""
-    batch: list[tuple[str, Params]] = []
+    batch: list[tuple[K, Params]] = []
     used = WS_PARAMETERS
     for key, params in items:
         size = len(encode(params))
@@ -148,19 +155,30 @@ def batches(items: list[tuple[str, Params]], budget: Budget) -> Iterator[list[tu
         yield batch
 
 
-async def find(client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, int]:
-    """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order."""
+async def find(client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[K, Params]) -> dict[K, int]:
+    """The Moodle ids of the desired records that already exist, by the kind's look-up fields in order:
+    the first (idnumber) alone, then the others, at once, for the records it did not find (a user
+    found by username and by email is the one found by username)."""
     budget = _budget(budget)
-    found: dict[str, int] = {}
-    for name in kind.lookups:
-        wanted = {key: str(p[name]) for key, p in desired.items() if key not in found and p.get(name)}
-        if kind is USER and name == "username":  # Moodle rejects the whole look-up for one upper-case username
-            wanted = {key: value for key, value in wanted.items() if value == value.lower()}
-        if not wanted:
-            continue
-        existing = await _existing(client, kind, name, sorted(set(wanted.values())), desired, budget)
-        found |= {key: existing[_norm(name, value)] for key, value in wanted.items() if _norm(name, value) in existing}
+    first, *others = kind.lookups
+    found = await _found_by(client, kind, first, desired, budget)
+    rest = {key: p for key, p in desired.items() if key not in found}
+    for by_field in await asyncio.gather(*(_found_by(client, kind, name, rest, budget) for name in others)):
+        found |= {key: moodle_id for key, moodle_id in by_field.items() if key not in found}
     return found
+
+
+async def _found_by(
+    client: MoodleClient, kind: Kind, name: str, desired: Mapping[K, Params], budget: Budget
+) -> dict[K, int]:
+    """The Moodle ids of the desired records that exist with the same value of `name`."""
+    wanted = {key: str(p[name]) for key, p in desired.items() if p.get(name)}
+    if kind is USER and name == "username":  # Moodle rejects the whole look-up for one upper-case username
+        wanted = {key: value for key, value in wanted.items() if value == value.lower()}
+    if not wanted:
+        return {}
+    existing = await _existing(client, kind, name, sorted(set(wanted.values())), desired, budget)
+    return {key: existing[_norm(name, value)] for key, value in wanted.items() if _norm(name, value) in existing}
 
 
 def _norm(name: str, value: str) -> str:
@@ -168,7 +186,7 @@ def _norm(name: str, value: str) -> str:
 
 
 async def _existing(
-    client: MoodleClient, kind: Kind, name: str, values: list[str], desired: Mapping[str, Params], budget: Budget
+    client: MoodleClient, kind: Kind, name: str, values: list[str], desired: Mapping[K, Params], budget: Budget
 ) -> dict[str, int]:
     """value (emails lower-cased) -> id of the existing record, the lowest id where Moodle holds several."""
     rows: list[Params] = []
@@ -195,11 +213,11 @@ async def _existing(
 
 
 async def create(
-    client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[str, Params]
-) -> dict[str, Outcome]:
+    client: MoodleClient, kind: Kind, budget: Budget | int, desired: Mapping[K, Params]
+) -> dict[K, Outcome]:
     """Create each desired record, or link the existing one an "already exists" answer points to."""
     budget = _budget(budget)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[K, Outcome] = {}
     items = [
         (key, {**dict(kind.create_extra), **{k: v for k, v in p.items() if k not in kind.update_only}})
         for key, p in desired.items()
@@ -210,7 +228,7 @@ async def create(
 
 
 async def _create_batch(
-    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[K, Params]], outcomes: dict[K, Outcome]
 ) -> None:
     try:
         answer = await client.call(kind.create, {kind.items: [params for _, params in batch]})
@@ -250,20 +268,34 @@ async def _failed(
     client: MoodleClient,
     kind: Kind,
     budget: Budget,
-    batch: list[tuple[str, Params]],
+    batch: list[tuple[K, Params]],
     error: MoodleError,
-    outcomes: dict[str, Outcome],
+    outcomes: dict[K, Outcome],
 ) -> None:
-    found = await find(client, kind, budget, dict(batch)) if error.errorcode in kind.taken and len(batch) == 1 else {}
+    found: dict[K, int] = {}
+    if error.errorcode in kind.taken and len(batch) == 1:
+        found = await find(client, kind, budget, dict(batch))
+        (key, params), *_ = batch
+        if not found and kind is USER and params.get("email"):
+            moodle_id = await _user_by_email_any_case(client, str(params["email"]))
+            found = {} if moodle_id is None else {key: moodle_id}
     outcomes |= {key: Outcome(found[key]) if key in found else Outcome(error=error) for key, _ in batch}
 
 
+async def _user_by_email_any_case(client: MoodleClient, email: str) -> int | None:
+    """The lowest id of the users whose email is `email` in any letter case (`_` and `%` are LIKE
+    wildcards there, so the answer is filtered again here)."""
+    answer = await client.call(USER_SEARCH, {"criteria": [{"key": "email", "value": email}]})
+    ids = [int(u["id"]) for u in (answer or {}).get("users", []) if str(u.get("email", "")).lower() == email.lower()]
+    return min(ids, default=None)
+
+
 async def update(
-    client: MoodleClient, kind: Kind, budget: Budget | int, items: Mapping[str, tuple[int, Params]]
-) -> dict[str, Outcome]:
+    client: MoodleClient, kind: Kind, budget: Budget | int, items: Mapping[K, tuple[int, Params]]
+) -> dict[K, Outcome]:
     """Bring existing records to their desired parameters; Moodle's per-item warnings become errors."""
     budget = _budget(budget)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[K, Outcome] = {}
     records = [(key, {**params, "id": moodle_id}) for key, (moodle_id, params) in items.items()]
     for batch in batches(records, budget):
         await _update_batch(client, kind, budget, batch, outcomes)
@@ -271,7 +303,7 @@ async def update(
 
 
 async def _update_batch(
-    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]
+    client: MoodleClient, kind: Kind, budget: Budget, batch: list[tuple[K, Params]], outcomes: dict[K, Outcome]
 ) -> None:
     try:
         answer = await client.call(kind.update, {kind.items: [params for _, params in batch]})
@@ -301,9 +333,9 @@ async def deliver(
     client: MoodleClient,
     kind: Kind,
     budget: Budget | int,
-    desired: Mapping[str, Params],
-    known: Mapping[str, int] | None = None,
-) -> dict[str, Outcome]:
+    desired: Mapping[K, Params],
+    known: Mapping[K, int] | None = None,
+) -> dict[K, Outcome]:
     """Make Moodle hold the desired records: find (unless the id is known), create the missing, update the rest."""
     budget = _budget(budget)
     ids = dict(known or {})
@@ -317,8 +349,8 @@ async def deliver(
 
 
 async def set_state(
-    client: MoodleClient, kind: Kind, budget: Budget | int, ids: Mapping[str, int], state: str
-) -> dict[str, Outcome]:
+    client: MoodleClient, kind: Kind, budget: Budget | int, ids: Mapping[K, int], state: str
+) -> dict[K, Outcome]:
     """`suspend` / `reactivate` users, `hide` / `show` courses; nothing is deleted. The parameter
     and its values are the kind's state parameter in `mapping.KINDS`."""
     param = mapping.KINDS[kind.name].state
@@ -328,13 +360,13 @@ async def set_state(
     return await update(client, kind, _budget(budget), changes)
 
 
-async def enrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+async def enrol(client: MoodleClient, budget: Budget | int, desired: Mapping[K, Params]) -> dict[K, Outcome]:
     """Manual enrolments with their full state (roleid, userid, courseid, timestart, timeend, suspend).
 
     Moodle updates an existing enrolment in place, so sending one twice changes nothing more.
     """
     budget = _budget(budget)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[K, Outcome] = {}
     for batch in batches(
         [(key, {"timestart": 0, "timeend": 0, "suspend": 0, **p}) for key, p in desired.items()], budget
     ):
@@ -342,7 +374,7 @@ async def enrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str
     return outcomes
 
 
-async def _enrol_batch(client: MoodleClient, batch: list[tuple[str, Params]], outcomes: dict[str, Outcome]) -> None:
+async def _enrol_batch(client: MoodleClient, batch: list[tuple[K, Params]], outcomes: dict[K, Outcome]) -> None:
     try:
         await client.call(ENROL, {"enrolments": [params for _, params in batch]})
     except MoodleError as error:
@@ -356,10 +388,10 @@ async def _enrol_batch(client: MoodleClient, batch: list[tuple[str, Params]], ou
     outcomes |= {key: Outcome() for key, _ in batch}
 
 
-async def unenrol(client: MoodleClient, budget: Budget | int, desired: Mapping[str, Params]) -> dict[str, Outcome]:
+async def unenrol(client: MoodleClient, budget: Budget | int, desired: Mapping[K, Params]) -> dict[K, Outcome]:
     """Remove manual enrolments (userid, courseid); only where a mapping says `leave: unenrol`."""
     budget = _budget(budget)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[K, Outcome] = {}
     items = [(key, {"userid": p["userid"], "courseid": p["courseid"]}) for key, p in desired.items()]
     for batch in batches(items, budget):
         try:

@@ -27,6 +27,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
+import msgspec
 
 from syncengine.exceptions import BadInput, Misconfigured, SyncEngineError, Unavailable
 
@@ -93,7 +94,7 @@ class ZohoAuthError(ZohoRefused):
 class ZohoUnavailable(ZohoError, Unavailable):
     """Throttling, a 5xx or a network error outlasted the retries; `retry_after` is Zoho's wish, if any."""
 
-    code = "zoho_unavailable"
+    code = "zoho_retries_exhausted"  # fetching.ZohoUnreachable, what a request answers then, is zoho_unavailable
 
     def __init__(self, where: str, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(where, status, code, message)
@@ -185,10 +186,22 @@ class MemoryTokenCache:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a module; `next_page_token` resumes the listing after it (None on the last page)."""
+    """One page of a module; `next_page_token` resumes the listing after it (None on the last page).
+    Its records are dicts, or with `pages(raw=True)` each record's JSON text (`msgspec.Raw`)."""
 
-    records: list[Record]
+    records: list[Any]
     next_page_token: str | None
+
+
+class _RawPage(msgspec.Struct):
+    """A list answer with its records left as JSON text: the pipeline decodes them straight into
+    the entity's Struct, as it does a POST body's (see parsing.Parser.parse)."""
+
+    data: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_decode_raw_page = msgspec.json.Decoder(_RawPage).decode
 
 
 class ZohoClient:
@@ -264,8 +277,10 @@ class ZohoClient:
         page_token: str | None = None,
         sort_by: str | None = None,
         sort_order: str = "asc",
+        raw: bool = False,
     ) -> AsyncGenerator[Page, None]:
-        """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on."""
+        """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on;
+        with `raw`, each record as its JSON text."""
         if not fields or len(fields) > 50:
             raise InvalidZohoRequest(f"listing {module} needs 1 to 50 fields (Zoho's limit); got {len(fields)}")
         params: dict[str, Any] = {"fields": ",".join(fields), "per_page": PER_PAGE}
@@ -273,12 +288,13 @@ class ZohoClient:
             params |= {"sort_by": sort_by, "sort_order": sort_order}
         headers = _since(modified_since)
         while True:
-            body = await self._get(f"/{module}", params | ({"page_token": page_token} if page_token else {}), headers)
+            query = params | ({"page_token": page_token} if page_token else {})
+            body = await self._get(f"/{module}", query, headers, decode=_decode_raw_page if raw else None)
             if body is None:
                 return
-            info = body.get("info", {})
+            data, info = (body.data, body.info) if raw else (body["data"], body.get("info", {}))
             page_token = info.get("next_page_token") if info.get("more_records") else None
-            yield Page(body["data"], page_token)
+            yield Page(data, page_token)
             if page_token is None:
                 return
 
@@ -297,20 +313,65 @@ class ZohoClient:
                 return
             page += 1
 
+    # -- notifications ----------------------------------------------------------------------------
+
+    async def watch(
+        self, channel_id: int, events: Sequence[str], notify_url: str, token: str, expiry: datetime, *, renew: bool
+    ) -> datetime:
+        """Subscribe channel `channel_id` to `events` (`["BTEC_Classes.all"]`), or with `renew` replace
+        its details (PUT): Zoho then POSTs callbacks to `notify_url`, echoing `token` (at most 50
+        characters). Returns the channel's expiry as Zoho states it (at most a week away)."""
+        if len(token) > 50:
+            raise InvalidZohoRequest(f"a channel token is at most 50 characters (Zoho's limit); got {len(token)}")
+        watch = {"channel_id": channel_id, "events": list(events), "notify_url": notify_url, "token": token,
+                 "channel_expiry": expiry.isoformat(timespec="seconds")}  # fmt: skip
+        body = await self._call("PUT" if renew else "POST", "/actions/watch", json={"watch": [watch]})
+        (answer,) = body["watch"]
+        if answer.get("status") != "success":
+            where = f"Zoho {'PUT' if renew else 'POST'} /crm/{self.api_version}/actions/watch"
+            raise ZohoRefused(where, 400, str(answer.get("code")), str(answer.get("message")), answer.get("details"))
+        subscribed: list[dict[str, Any]] = (answer.get("details") or {}).get("events") or []
+        stated = [datetime.fromisoformat(e["channel_expiry"]) for e in subscribed if e.get("channel_expiry")]
+        return min(stated) if stated else expiry
+
     # -- calls ------------------------------------------------------------------------------------
 
-    async def _get(self, path: str, params: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-        """A GET on the API with the access token: its JSON, or None for 204/304 (nothing)."""
-        where = f"Zoho GET /crm/{self.api_version}{path}"
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """A GET on the API with the access token: its JSON (read by `decode` if given), or None
+        for 204/304 (nothing)."""
+        return await self._call("GET", path, params=params, headers=headers, decode=decode)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """A call of the API with the access token: its JSON (read by `decode` if given), or None
+        for 204/304 (nothing)."""
+        where = f"Zoho {method} /crm/{self.api_version}{path}"
         token = await self._token()
         for forced in (False, True):
             url = f"{(self.credentials.api_url or token.api_domain).rstrip('/')}/crm/{self.api_version}{path}"
             auth = {"Authorization": f"Zoho-oauthtoken {token.value}"}
-            response = await self._send(where, "GET", url, params=params, headers=auth | (headers or {}))
+            request: dict[str, Any] = {"params": params, "headers": auth | (headers or {})}
+            if json is not None:
+                request["json"] = json
+            response = await self._send(where, method, url, **request)
             if response.status_code in (204, 304):
                 return None
             if response.is_success:
-                return response.json()
+                return decode(response.content) if decode is not None else response.json()
             error = self._error(where, response)
             if error.status == 401 and (error.zoho_code != "INVALID_TOKEN" or forced):
                 raise ZohoAuthError(where, error.status, error.zoho_code, error.message, error.details)

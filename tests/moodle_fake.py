@@ -81,6 +81,7 @@ FUNCTIONS = (
     "core_user_create_users",
     "core_user_update_users",
     "core_user_get_users_by_field",
+    "core_user_get_users",
     "core_course_create_categories",
     "core_course_update_categories",
     "core_course_get_categories",
@@ -399,6 +400,35 @@ class MoodleFake:
             }
             for u in found
         ]
+
+    def core_user_get_users(self, params: dict[str, Any]) -> Any:
+        """Users matching every criterion: id, idnumber, username and auth exactly; email, firstname and
+        lastname as Moodle's case-insensitive LIKE (`%` any text, `_` any one character)."""
+        criteria = many(params, "criteria", {"key": "s", "value": "s"}, ("key", "value"))
+        found, warnings = list(self.users.values()), []
+        for criterion in criteria:
+            key, value = criterion["key"], criterion["value"]
+            if key in ("email", "firstname", "lastname"):
+                like = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in value)
+                found = [u for u in found if re.fullmatch(like, str(u.get(key, "")), re.IGNORECASE | re.DOTALL)]
+            elif key in ("id", "idnumber", "username", "auth"):
+                found = [u for u in found if str(u.get(key, "")) == value]
+            else:
+                warnings.append(
+                    {
+                        "item": key,
+                        "warningcode": "invalidfieldparameter",
+                        "message": f"The search key '{key}' is not supported, look at the web service documentation",
+                    }
+                )
+        users = [
+            {
+                **{k: v for k, v in u.items() if k not in ("customfields", "preferences") and (k != "idnumber" or v)},
+                "fullname": f"{u['firstname']} {u['lastname']}",
+            }
+            for u in sorted(found, key=lambda u: int(u["id"]))
+        ]
+        return {"users": users, "warnings": warnings}
 
     def core_course_create_categories(self, params: dict[str, Any]) -> Any:
         categories = many(params, "categories", CATEGORY_FIELDS, ("name",))

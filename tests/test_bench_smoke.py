@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from syncengine.delivery import Policy
 from tests.conftest import POSTGRES_URL, ROOT
 
 pytestmark = pytest.mark.postgres
@@ -32,7 +33,7 @@ def test_smoke_run_prints_every_scenario() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,  # the delivery scenario starts two databases, two serves and three Moodle fakes
+        timeout=420,  # the delivery scenario starts two databases, two serves and three Moodle fakes; backfill a fake
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -55,7 +56,7 @@ def test_smoke_run_prints_every_scenario() -> None:
     expected |= {
         ("delivery", "postgresql", case, batch)
         for case, batch in (
-            ("worker, school of 68", "500"),
+            ("worker, school of 68", f"{Policy().batch:,}"),
             ("naive, per record", "1"),
             ("worker, calls per 1,000 records", "-"),
             ("minimum, calls per 1,000 records", "-"),
@@ -64,6 +65,16 @@ def test_smoke_run_prints_every_scenario() -> None:
             ("webhook 200 -> Moodle call p99", "1"),
             ("serve peak RSS, school of 34", "-"),
             ("serve peak RSS, school of 68", "-"),
+        )
+    }
+    expected |= {
+        ("backfill", "postgresql", case, batch)
+        for case, batch in (
+            ("backfill, school of 478", "1,000"),
+            ("pipeline, same records", "1,000"),
+            ("Zoho API calls per 1,000 records", "-"),
+            ("access tokens requested", "-"),
+            ("backfill peak RSS", "-"),
         )
     }
     assert expected <= rows, sorted(expected - rows)
@@ -87,6 +98,10 @@ def test_smoke_run_prints_every_scenario() -> None:
         "delivery: worker's Moodle calls / the budget's minimum",
         "delivery: webhook 200 -> Moodle call, p99 at 50/s",
         "delivery: serve's peak RSS, whole school / half of it",
+        "backfill: records/s / the pipeline's, same records",
+        "backfill: Zoho API calls per 1,000 records",
+        "backfill: access tokens requested",
+        "backfill: peak RSS",
     ):
         assert f"| {target} " in run.stdout and "not measured" not in _target_line(run.stdout, target), target
     assert "| target" in run.stdout

@@ -222,7 +222,8 @@ def test_db_upgrade_names_the_migrations_it_applies(tmp_path: Path) -> None:
     assert second.stderr.splitlines()[1:] == [
         "applied 3c1d0e7a9b52: decimals exact on sqlite",
         "applied d170e84432d7: delivery state: Moodle links and sites",
-        "database is now at d170e84432d7",
+        "applied 79054906e61e: zoho intake: credentials, shared tokens, channels, intake queue, backfill cursors",
+        "database is now at 79054906e61e",
     ]
     third = run("db", "upgrade", env=env)
     assert third.stderr.splitlines()[1:] == ["database is up to date (head): nothing to apply"]

@@ -99,7 +99,7 @@ def test_every_failure_states_its_own_code() -> None:
         (MoodleError("f", "accessexception", "", transient=False), MoodleMisconfigured, (502, "moodle_misconfigured"), 6),
         (MoodleError("f", "http404", "", transient=False), MoodleMisconfigured, (502, "moodle_misconfigured"), 6),
         (MoodleError("f", "invalidparameter", "", transient=False), MoodleRejected, (502, "moodle_rejected"), 2),
-        (ZohoUnavailable("Zoho GET", 503, "HTTP_ERROR", "down"), ZohoUnavailable, (503, "zoho_unavailable"), 5),
+        (ZohoUnavailable("Zoho GET", 503, "HTTP_ERROR", "down"), ZohoUnavailable, (503, "zoho_retries_exhausted"), 5),
         (ZohoRefused("Zoho GET", 403, "NO_PERMISSION", "no"), ZohoRefused, (502, "zoho_refused"), 6),
         (ZohoAuthError("Zoho POST", 401, "invalid_code", "no"), ZohoAuthError, (502, "zoho_credentials_refused"), 6),
         (InvalidZohoRequest("Zoho ids are 1-20 digits"), InvalidZohoRequest, (400, "invalid_zoho_request"), 2),

@@ -50,10 +50,12 @@ async def test_every_query_parameter_says_which_values_it_accepts(api: Api) -> N
     checked = 0
     for method, path, parameters in operations(api):
         for parameter in (p for p in parameters if p["in"] == "query"):
-            if path == "/v1/deliveries":  # state, limit, after_id: exact cases in tests/test_deliveries_http.py
-                url = f"{path}?{parameter['name']}=n%C3%A4"
+            if path in ("/v1/deliveries", "/v1/intake"):  # state, limit, after_id: exact cases in
+                url = f"{path}?{parameter['name']}=n%C3%A4"  # tests/test_deliveries_http.py, test_notifications.py
                 body = assert_ours(await api.http.request(method, url, headers=api.auth()))
-                assert body["error"] == "invalid_delivery_query"
+                assert body["error"] == (
+                    "invalid_delivery_query" if path == "/v1/deliveries" else "invalid_intake_query"
+                )
                 assert body["message"].startswith(parameter["name"]) and "'nä'" in body["message"]
                 continue
             assert parameter["schema"]["type"] == "boolean", f"add cases for {parameter} of {method} {path}"

@@ -120,6 +120,22 @@ def test_debuginfo_only_with_debugging_on() -> None:
         assert answer.json() == {**INVALID, "debuginfo": "Username already exists: s0"}
 
 
+def test_emails_are_found_exactly_by_field_and_in_any_case_by_get_users(moodle: MoodleFake) -> None:
+    """get_users_by_field compares exactly (PostgreSQL), get_users' email is a case-insensitive LIKE,
+    while a create refuses an email taken in any case (user/externallib.php)."""
+    post(
+        moodle, "core_user_create_users", **user(0, email="Ana.Lee@School.test"), **user(1, email="anaxlee@school.test")
+    )
+    exact = post(moodle, "core_user_get_users_by_field", field="email", **{"values[0]": "ana.lee@school.test"})
+    assert exact.json() == []
+    criteria = {"criteria[0][key]": "email", "criteria[0][value]": "ana_lee@school.test"}
+    found = post(moodle, "core_user_get_users", **criteria).json()
+    assert [u["email"] for u in found["users"]] == ["Ana.Lee@School.test", "anaxlee@school.test"]  # `_`: any one
+    assert found["warnings"] == []
+    unknown = post(moodle, "core_user_get_users", **{"criteria[0][key]": "city", "criteria[0][value]": "x"}).json()
+    assert unknown["warnings"][0]["warningcode"] == "invalidfieldparameter"
+
+
 def test_duplicate_user_idnumbers_are_accepted(moodle: MoodleFake) -> None:
     post(moodle, "core_user_create_users", **user(0, idnumber="Z1"), **user(1, idnumber="Z1"))
     found = post(moodle, "core_user_get_users_by_field", field="idnumber", **{"values[0]": "Z1"}).json()

@@ -104,6 +104,32 @@ async def test_a_failing_batch_is_split_to_isolate_the_bad_record(client: Moodle
     assert held(moodle) == [("s0", "Z0"), ("s1", "Z1"), ("s3", "Z3")]
 
 
+async def test_users_found_by_idnumber_are_not_looked_up_by_username_or_email(
+    client: MoodleClient, moodle: MoodleFake
+) -> None:
+    await deliver(client, USER, BUDGET, students(3))
+    looked_up = len(moodle.called("core_user_get_users_by_field"))
+    again = await deliver(client, USER, BUDGET, {**students(3), "k3": student(3)})
+    calls = moodle.called("core_user_get_users_by_field")[looked_up:]
+    # one call a field: idnumber for all, then username and email (at once) for those it did not find
+    assert calls[0].params == {"field": "idnumber", "values": {str(i): f"Z{i}" for i in range(4)}}
+    assert sorted((c.params["field"], c.params["values"]) for c in calls[1:]) == [
+        ("email", {"0": "s3@school.test"}),
+        ("username", {"0": "s3"}),
+    ]
+    assert ids(again) == {"k0": 3, "k1": 4, "k2": 5, "k3": 6}
+
+
+async def test_an_existing_user_whose_email_differs_in_case_is_linked(client: MoodleClient, moodle: MoodleFake) -> None:
+    existing = moodle.add_user(username="ana.old", email="S0@School.TEST")
+    outcomes = await deliver(client, USER, BUDGET, students(2))
+    assert ids(outcomes) == {"k0": existing, "k1": 4}
+    assert held(moodle) == [("s0", "Z0"), ("s1", "Z1")]
+    assert moodle.called("core_user_get_users")[0].params == {
+        "criteria": {"0": {"key": "email", "value": "s0@school.test"}}
+    }
+
+
 async def test_an_existing_user_with_the_same_email_is_linked_not_duplicated(
     client: MoodleClient, moodle: MoodleFake
 ) -> None:

@@ -50,9 +50,10 @@ UNDOCUMENTED = {
         "Moodle's failures reach the delivery worker and the commands, no route (errors.HTTP answers them all the same)",
     ),
     **dict.fromkeys(
-        ("zoho_unavailable", "zoho_refused", "zoho_credentials_refused", "invalid_zoho_request"),
-        "no route calls Zoho yet: the Zoho client is the commands' (errors.HTTP answers its failures all the same)",
+        ("zoho_retries_exhausted", "zoho_refused", "zoho_credentials_refused", "invalid_zoho_request"),
+        "a route's Zoho calls answer zoho_unavailable or per-record results; these reach the commands (and errors.HTTP)",
     ),
+    "backfill_mismatch": "the backfill command's only: a resumed backfill given another --since",
 }
 
 
@@ -170,6 +171,7 @@ ON_THE_WAY = {
         *("payloads.PayloadError", "payloads.MalformedJson", "payloads.TooDeep", "engine.ContendedError"),
         *("idempotency.InvalidIdempotencyKey", "idempotency.IdempotencyKeyReused", "idempotency.IdempotencyKeyInUse"),
         *("idempotency.ClaimLost", "exceptions.UnstorableValue", "exceptions.SchemaMissing"),
+        *("fetching.UnsubstitutedMergeField", "fetching.WrongModule", "fetching.ZohoUnreachable"),
     ],
     openapi.READ_ANSWERS: [
         *("app.read_record", "app._path_id", "app.authenticated_tenant", "admission._refusal"),
@@ -192,6 +194,7 @@ def test_each_route_declares_what_the_functions_on_its_way_raise(answers: tuple[
 def test_every_code_of_the_table_is_some_route_s() -> None:
     routes = set(openapi.SYNC_ANSWERS) | set(openapi.READ_ANSWERS) | set(openapi.READY_ANSWERS)
     routes |= set(openapi.DELIVERIES_ANSWERS) | set(openapi.RETRY_ANSWERS)
+    routes |= set(openapi.INTAKE_ANSWERS) | set(openapi.NOTIFICATION_ANSWERS)
     assert set(openapi.ANSWERS) == routes | set(openapi.UNDOCUMENTED_ANSWERS)
     assert set(openapi.TENANT_ANSWERS) <= set(openapi.SYNC_ANSWERS) & set(openapi.READ_ANSWERS)
 
@@ -210,13 +213,15 @@ def route_answers(path: str) -> tuple[str, ...]:
         "/v1/ready": openapi.READY_ANSWERS,
         "/v1/deliveries": openapi.DELIVERIES_ANSWERS,
         "/v1/deliveries/retry": openapi.RETRY_ANSWERS,
+        "/v1/intake": openapi.INTAKE_ANSWERS,
+        "/v1/zoho/notifications": openapi.NOTIFICATION_ANSWERS,
     }.get(path, ())
 
 
 async def test_the_document_declares_each_route_s_answers(api: Api) -> None:
     document = (await api.http.get("/schema/openapi.json")).json()
     operations = [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
-    assert len(operations) == 8 + len(list(api.engine.catalog))
+    assert len(operations) == 10 + len(list(api.engine.catalog))
     for path, method, operation in operations:
         codes = route_answers(path)
         by_status: dict[str, list[str]] = {}
@@ -288,6 +293,29 @@ PROVOKED: list[tuple[str, str, dict[str, Any], bytes | None, int, str | None]] =
     ("POST", "/v1/deliveries/retry", JSON, b"[1,", 400, "invalid_retry_request"),
     ("POST", "/v1/deliveries/retry", JSON, b'{"ids": [' + b"1," * 3000 + b"1]}", 413, "body_too_large"),
     ("POST", "/v1/deliveries/retry", {"X-Tenant-ID": "other"}, b"{}", 403, "tenant_mismatch"),
+    ("GET", "/v1/intake?state=failed&limit=5&after_id=0", {}, None, 200, None),
+    ("GET", "/v1/intake?state=dead", {}, None, 400, "invalid_intake_query"),
+    ("GET", "/v1/intake?status=done", {}, None, 400, "invalid_intake_query"),
+    ("GET", "/v1/intake", NO_KEY, None, 401, "missing_api_key"),
+    ("POST", "/v1/zoho/notifications", NO_KEY, b"{", 400, "invalid_notification"),
+    ("POST", "/v1/zoho/notifications", NO_KEY, b'{"ids": []}', 400, "invalid_notification"),
+    (
+        "POST",
+        "/v1/zoho/notifications",
+        NO_KEY,
+        b'{"channel_id": 1, "token": "t", "module": "Products", "operation": "insert", "ids": ["1"]}',
+        401,
+        "channel_refused",
+    ),
+    (
+        "POST",
+        "/v1/zoho/notifications",
+        NO_KEY | {"Content-Encoding": "gzip"},
+        b"{}",
+        415,
+        "unsupported_content_encoding",
+    ),
+    ("POST", "/v1/zoho/notifications", NO_KEY, b'{"ids": "' + b"1" * 5000 + b'"}', 413, "body_too_large"),
     ("POST", "/v1/sync/programs", NO_KEY, b"[]", 401, "missing_api_key"),
     ("POST", "/v1/sync/programs", {"Authorization": "sk_no_scheme"}, b"[]", 401, "malformed_credentials"),
     ("POST", "/v1/sync/programs", {"X-Tenant-ID": "other"}, b"[]", 403, "tenant_mismatch"),
@@ -353,6 +381,6 @@ async def test_provoked_answers_are_declared(api: Api) -> None:
 
 def _matches(template: str, path: str) -> bool:
     if template == "/v1/{entity}/{zoho_id}":
-        fixed = path.startswith(("/v1/sync/", "/v1/deliveries"))
+        fixed = path.startswith(("/v1/sync/", "/v1/deliveries", "/v1/zoho/"))
         return path.startswith("/v1/") and not fixed and path.count("/") >= 3
     return template == path

@@ -32,10 +32,12 @@ import secrets
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ REFRESH_TOKEN = "1000.fake-refresh-token.9c2b"
 TOKEN_LIFETIME = 3600
 GRANTS_PER_WINDOW, GRANT_WINDOW = 10, 600.0
 API_PATH = re.compile(r"^/crm/v(\d+)/([A-Za-z0-9_]+)(/deleted)?$")
+WATCH_PATH = re.compile(r"^/crm/v\d+/actions/watch$")
 FIXTURE = Path(__file__).parent / "fixtures" / "zoho" / "btec-enrollments-page.json"
 TOO_MANY_TOKENS = "You have made too many requests continuously. Please try again after some time."
 
@@ -93,6 +96,9 @@ class ZohoFake:
     failures: list[Failure] = field(default_factory=list)
     call_times: list[float] = field(default_factory=list)
     page_tokens: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # token -> (module, query, offset)
+    expired_page_tokens: set[str] = field(default_factory=set)
+    channels: dict[int, dict[str, Any]] = field(default_factory=dict)  # channel_id -> its watch details
+    watch_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (POST or PUT, one watch item)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load(self, module: str, records: list[dict[str, Any]]) -> None:
@@ -107,6 +113,11 @@ class ZohoFake:
         """Every access token issued so far is now expired (INVALID_TOKEN)."""
         with self.lock:
             self.tokens.clear()
+
+    def expire_page_tokens(self) -> None:
+        """Every page_token issued so far is now past its 24 hours (`EXPIRED_VALUE`, reference §3.1)."""
+        with self.lock:
+            self.expired_page_tokens |= set(self.page_tokens)
 
     @property
     def api_calls(self) -> int:
@@ -217,6 +228,8 @@ class ZohoFake:
                 held = self.page_tokens.get(params["page_token"])
             if held is None:
                 return 400, {}, error("INVALID_DATA", "invalid page token", param_name="page_token")
+            if params["page_token"] in self.expired_page_tokens:
+                return 400, {}, error("EXPIRED_VALUE", "the page token has expired", param_name="page_token")
             if held[:2] != (module, bound):
                 return 400, {}, error("TOKEN_BOUND_DATA_MISMATCH", "the page token was issued for other parameters")
             offset, page = held[2], held[2] // per_page + 1
@@ -252,6 +265,59 @@ class ZohoFake:
         more = page * per_page < len(rows)
         return 200, {}, {"data": chunk, "info": {"per_page": per_page, "count": len(chunk), "page": page,
                                                  "more_records": more}}  # fmt: skip
+
+    # -- notifications (reference §1.2) ----------------------------------------------------------
+
+    def watch(self, method: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`POST|PUT /crm/v8/actions/watch`: subscribe (POST) or replace (PUT) channels. As Zoho's docs
+        say: a token is at most 50 characters; an expiry absent or more than a week away gives one
+        hour. PUT on a channel the fake does not hold is an error (unverified: Zoho's code for it
+        is not documented in what was read)."""
+        with self.lock:
+            expiry = self.tokens.get(headers.get("authorization", "").removeprefix("Zoho-oauthtoken "))
+            if expiry is None or expiry <= self.clock():
+                return 401, error("INVALID_TOKEN", "invalid oauth token")
+            answers = []
+            for item in body.get("watch", []):
+                self.watch_calls.append((method, item))
+                channel_id = int(item["channel_id"])
+                if len(item.get("token") or "") > 50:
+                    answers.append(error("INVALID_DATA", "token exceeds 50 characters", api_name="token"))
+                    continue
+                if method == "PUT" and channel_id not in self.channels:
+                    answers.append(error("INVALID_DATA", "the channel is not subscribed", api_name="channel_id"))
+                    continue
+                now = datetime.now(UTC)
+                asked = item.get("channel_expiry")
+                until = datetime.fromisoformat(asked) if asked else now
+                if not asked or until - now > timedelta(weeks=1):
+                    until = now + timedelta(hours=1)
+                self.channels[channel_id] = {**item, "channel_expiry": until.isoformat(timespec="seconds")}
+                events = [{"channel_expiry": until.isoformat(timespec="seconds"), "resource_uri": f"{self.url}/crm/v2/"
+                           f"{e.split('.')[0]}", "resource_id": "1", "resource_name": e.split(".")[0],
+                           "channel_id": str(channel_id)} for e in item["events"]]  # fmt: skip
+                answers.append({"code": "SUCCESS", "details": {"events": events}, "status": "success",
+                                "message": "Successfully subscribed for actions-watch of the given module"})  # fmt: skip
+        return 200, {"watch": answers}
+
+    def callback(
+        self, module: str, operation: str, ids: list[str], *, token: str | None = None, channel_id: int | None = None
+    ) -> tuple[int, Any]:
+        """Post a callback to the notify_url of `module`'s channel, as Zoho does: (status, JSON answer).
+        `token` and `channel_id` override the subscribed ones (to send a wrong one)."""
+        (channel,) = [c for c in self.channels.values() if any(e.startswith(f"{module}.") for e in c["events"])]
+        body: dict[str, Any] = {"server_time": int(time.time() * 1000), "query_params": {}, "module": module,
+                "resource_uri": f"{self.url}/crm/v2/{module}", "ids": ids, "affected_fields": [],
+                "operation": operation, "channel_id": str(channel_id or channel["channel_id"]),
+                "token": channel["token"] if token is None else token}  # fmt: skip
+        request = urllib.request.Request(
+            channel["notify_url"], json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
 
 
 def enrollments(count: int, first: int = 1) -> list[dict[str, Any]]:
@@ -296,11 +362,17 @@ def modified_since(rows: list[dict[str, Any]], since: str | None, key: str = "Mo
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm on, the body waited for the
+    # client's delayed ACK, ~40 ms a call on loopback that Zoho does not have.
+    disable_nagle_algorithm = True
     server: FakeServer
 
     def do_POST(self) -> None:
         path = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        if WATCH_PATH.match(path.path):
+            self.answer_watch("POST", body)
+            return
         if path.path != "/oauth/v2/token":
             self.answer(
                 404, {}, error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one")
@@ -308,6 +380,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         form = {key: values[-1] for key, values in parse_qs(path.query + "&" + body).items()}
         status, answer = self.server.fake.token(form)
+        self.answer(status, {}, answer)
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        self.answer_watch("PUT", body)
+
+    def answer_watch(self, method: str, body: str) -> None:
+        if not WATCH_PATH.match(urlsplit(self.path).path):
+            self.answer(
+                404, {}, error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one")
+            )
+            return
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        status, answer = self.server.fake.watch(method, headers, json.loads(body or "{}"))
         self.answer(status, {}, answer)
 
     def do_GET(self) -> None:
