@@ -342,10 +342,12 @@ def _moment(text: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        _fail(f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01")
+        _fail(
+            f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01", BadInput
+        )
     if moment.tzinfo is None:
         if len(text) > 10:
-            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00")
+            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00", BadInput)
         moment = moment.replace(tzinfo=dt.UTC)
     return moment
 

@@ -34,6 +34,8 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     [
         (2, ("dry-run", "programs"), {}, None, "Missing argument 'FILE'"),  # click's usage error
         (2, ("dry-run", "programs", "-"), {}, '{"data": [', "error: -: malformed JSON"),  # BadInput
+        (2, ("backfill", "--tenant", "default", "--since", "yesterday"), {}, None,
+         "error: --since 'yesterday' is not an ISO date-time"),  # BadInput, said by the command itself
         (2, ("tenant", "moodle", "default", "--url", "ftp://moodle", "--token-file", "-"), {}, "t0ken",
          "error: the Moodle URL 'ftp://moodle' is not an http(s) address"),  # BadInput: sites.SiteError
         (3, ("dry-run", "programs", RECORD, "--tenant", "nobody"), {}, None, "error: no tenant 'nobody'"),  # NotFound
@@ -46,7 +48,7 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (6, ("dry-run", "programs", RECORD), {"SYNCENGINE_ENTITIES": "/nowhere/entities.yaml"}, None,
          "error: the descriptor file has problems"),  # Misconfigured: DescriptorError
     ],
-    ids=["usage", "bad-input", "bad-site", "not-found", "conflict", "unavailable", "bad-secret-key", "bad-descriptor"],
+    ids=["usage", "bad-input", "bad-since", "bad-site", "not-found", "conflict", "unavailable", "bad-secret-key", "bad-descriptor"],
 )  # fmt: skip
 def test_each_branch_exits_with_its_own_status(
     school: dict[str, str], status: int, args: tuple[str, ...], variables: dict[str, str], stdin: str | None, said: str
