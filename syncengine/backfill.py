@@ -271,10 +271,10 @@ class Backfill:
             try:
                 await self._pull(entity, cursor, tally)
             except ZohoError as error:
-                if cursor.page_token is None or error.code not in STALE_TOKEN_CODES:
+                if cursor.page_token is None or error.zoho_code not in STALE_TOKEN_CODES:
                     raise
                 self.listener.say(
-                    f"{entity.name}: Zoho no longer takes the stored page token ({error.code}): starting the "
+                    f"{entity.name}: Zoho no longer takes the stored page token ({error.zoho_code}): starting the "
                     "backfill over (records synced before come back UNCHANGED)"
                 )
                 cursor = Cursor(entity.name, self.since, started_at=cursor.started_at)

@@ -18,7 +18,17 @@ import msgspec
 from syncengine.config import Settings
 from syncengine.descriptors import Catalog, DescriptorError, Entity, load_catalog
 from syncengine.engine import SyncEngine
-from syncengine.exceptions import DatabaseBusy, DatabaseNotOpened, DatabaseUnavailable, SyncEngineError
+from syncengine.exceptions import (
+    BadInput,
+    Conflict,
+    DatabaseBusy,
+    DatabaseNotOpened,
+    DatabaseUnavailable,
+    Misconfigured,
+    NotFound,
+    SyncEngineError,
+    Unavailable,
+)
 from syncengine.payloads import FORM_CONTENT_TYPE, PayloadError, parse_body
 from syncengine.report import SyncReport
 from syncengine.spec import json_schema
@@ -42,15 +52,30 @@ def _settings(entities: Path | None) -> Settings:
     return settings
 
 
-def _fail(message: str, status: int = 1) -> None:
+def _fail(message: str, kind: type[SyncEngineError] | int = SyncEngineError) -> None:
+    """Stop the command: `message` on standard error, and the exit status of a failure of `kind`
+    (or `kind` itself, a status of no failure of the engine's: 130 after Ctrl-C)."""
     click.echo(f"error: {_pasteable(message)}", err=True)
-    sys.exit(status)
+    sys.exit(kind if isinstance(kind, int) else exit_status(kind))
 
 
-#: The one table from the engine's failures to exit statuses: a failure exits with the status of
-#: the first of its classes (its own, then its branch's) found here. Every one is 1 today, as
-#: README promises for `check`; a branch that needs its own status gets an entry.
-EXIT_STATUS: dict[type[SyncEngineError], int] = {SyncEngineError: 1}
+#: The one table from the engine's failures to exit statuses (README.md, "Exit statuses"): a
+#: failure exits with the status of the first of its classes (its own, then its branch's) found
+#: here. 2 is also click's own status for a usage error; a script may retry after a 5.
+EXIT_STATUS: dict[type[SyncEngineError], int] = {
+    SyncEngineError: 1,
+    BadInput: 2,
+    NotFound: 3,
+    Conflict: 4,
+    Unavailable: 5,
+    Misconfigured: 6,
+    DatabaseNotOpened: 6,  # a SQLite file whose folder is missing or not writable: no retry helps
+}
+
+
+def exit_status(kind: type[SyncEngineError]) -> int:
+    """The exit status of a failure of class `kind`: see `EXIT_STATUS`."""
+    return next(EXIT_STATUS[cls] for cls in kind.__mro__ if cls in EXIT_STATUS)
 
 
 def _pasteable(message: str) -> str:
@@ -74,7 +99,7 @@ def _require_tenant(settings: Settings, name: str) -> None:
 
     known = startup.tenant_names(settings)
     if name not in known:
-        _fail(startup.unknown_tenant_message(name, known))
+        _fail(startup.unknown_tenant_message(name, known), NotFound)
 
 
 class _Commands(click.Group):
@@ -88,8 +113,7 @@ class _Commands(click.Group):
             failure = translate(error)
             if failure is None:
                 raise
-            status = next(EXIT_STATUS[cls] for cls in type(failure).__mro__ if cls in EXIT_STATUS)
-            _fail(_failure_message(failure), status)
+            _fail(_failure_message(failure), type(failure))
 
 
 def _failure_message(failure: SyncEngineError) -> str:
@@ -109,7 +133,7 @@ def _failure_message(failure: SyncEngineError) -> str:
     if isinstance(failure, DatabaseUnavailable):
         reason = failure.reason
         return f"cannot reach the database at {url} ({reason}): {check}, and that it runs and accepts connections there"
-    return failure.message
+    return str(failure)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,12 +178,12 @@ def read_records(file: Path, form: bool = False, entity: Entity | None = None) -
     try:
         body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     except OSError as error:
-        _fail(f"cannot read {file}: {error.strerror}")
+        _fail(f"cannot read {file}: {error.strerror}", BadInput)
     is_form = form or _FORM_START.match(body) is not None
     try:
         return parse_body(body, FORM_CONTENT_TYPE if is_form else "application/json", entity)
     except PayloadError as error:
-        _fail(f"{file}: {error}")
+        _fail(f"{file}: {error}", type(error))
     raise AssertionError("unreachable")  # _fail exits
 
 
@@ -219,10 +243,11 @@ def load(target: str, file: Path | None, tenant: str, entities: Path | None) -> 
     if unknown:
         _fail(
             f"{files[unknown[0]]}: no entity '{unknown[0]}' (known: {', '.join(catalog.entities)}); "
-            "name each file after the entity its records are for"
+            "name each file after the entity its records are for",
+            NotFound,
         )
     if not files:
-        _fail(f"no .json files in {folder}: name each file after its entity, e.g. {folder / 'programs.json'}")
+        _fail(f"no .json files in {folder}: name each file after its entity, e.g. {folder / 'programs.json'}", BadInput)
     batches = [
         (name, read_records(files[name], entity=described))
         for name, described in catalog.entities.items()
@@ -307,7 +332,7 @@ def backfill(
     try:
         asyncio.run(run())
     except ZohoError as error:
-        _fail(f"{error}; what was synced is kept: run the same command again to resume")
+        _fail(f"{error}; what was synced is kept: run the same command again to resume", type(error))
     except KeyboardInterrupt:
         _fail("interrupted; what was synced is kept: run the same command again to resume", 130)
 
@@ -317,10 +342,12 @@ def _moment(text: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        _fail(f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01")
+        _fail(
+            f"--since {text!r} is not an ISO date-time: write it as 2026-02-01T00:00:00+03:00 or 2026-02-01", BadInput
+        )
     if moment.tzinfo is None:
         if len(text) > 10:
-            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00")
+            _fail(f"--since {text!r} has no offset: add one, as in {text}+00:00", BadInput)
         moment = moment.replace(tzinfo=dt.UTC)
     return moment
 
@@ -405,7 +432,7 @@ def revision(message: str, entities: Path | None) -> None:
     except SyncEngineError:
         raise
     except Exception as error:  # alembic raises CommandError for "not up to date" and similar
-        _fail(f"{error}; run `syncengine db upgrade` first if the database is behind")
+        _fail(f"{error}; run `syncengine db upgrade` first if the database is behind", Misconfigured)
     if path is None:
         click.echo(f"nothing to do: the database already matches {settings.entities}; no migration written")
         return
@@ -444,7 +471,7 @@ def serve(host: str, port: int, workers: int, no_worker: bool, entities: Path | 
     catalog = _catalog(settings)
     busy = startup.port_problem(host, port)
     if busy is not None:  # before a first key is made and shown for a server that cannot start
-        _fail(busy)
+        _fail(busy, BadInput)
     _prepare(settings)
     key = startup.first_tenant_key(settings)
     if key is not None:
@@ -548,18 +575,15 @@ def tenant_list(entities: Path | None) -> None:
 @ENTITIES_OPTION
 def tenant_moodle(name: str, url: str, token_file: Path, max_input_vars: int, entities: Path | None) -> None:
     """Store tenant NAME's Moodle site and token (the token is never printed)."""
-    from syncengine.sites import SiteError, save_site
+    from syncengine.sites import save_site
 
     try:
         token = sys.stdin.read() if str(token_file) == "-" else token_file.read_text()
     except OSError as error:
-        _fail(f"cannot read the token file {token_file} ({error.strerror}): check the path")
+        _fail(f"cannot read the token file {token_file} ({error.strerror}): check the path", BadInput)
     settings = _settings(entities)
     _require_tenant(settings, name)
-    try:
-        _run_tenant_command(entities, lambda database: save_site(database, name, url, token, max_input_vars))
-    except SiteError as error:
-        _fail(str(error))
+    _run_tenant_command(entities, lambda database: save_site(database, name, url, token, max_input_vars))
     click.echo(f"tenant '{name}' delivers to {url.rstrip('/')} (max_input_vars {max_input_vars})", err=True)
 
 
@@ -568,9 +592,11 @@ def _read_secret(path: Path, what: str) -> str:
     try:
         secret = (sys.stdin.read() if str(path) == "-" else path.read_text()).strip()
     except OSError as error:
-        _fail(f"cannot read the {what} file {path} ({error.strerror}): check the path")
+        _fail(f"cannot read the {what} file {path} ({error.strerror}): check the path", BadInput)
     if not secret or any(c.isspace() for c in secret):
-        _fail(f"the {what} file {path} holds no {what} (or one with spaces inside): put the {what} alone in it")
+        _fail(
+            f"the {what} file {path} holds no {what} (or one with spaces inside): put the {what} alone in it", BadInput
+        )
     return secret
 
 
@@ -619,7 +645,7 @@ def tenant_zoho(
     try:
         where = _run_tenant_command(entities, store)
     except ZohoError as error:
-        _fail(f"Zoho refused the credentials, nothing was stored: {error}")
+        _fail(f"Zoho refused the credentials, nothing was stored: {error}", type(error))
     reads = f"; Zoho granted a token for {where}" if where else " (not checked)"
     click.echo(f"tenant '{name}' reads Zoho CRM ({dc}){reads}", err=True)
 
@@ -722,7 +748,10 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
     from syncengine.deliveries import retry_deliveries
 
     if bool(ids) == all_dead:
-        _fail(_pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"))
+        _fail(
+            _pasteable("give delivery ids or --all-dead (not both): `syncengine deliveries list --state dead`"),
+            BadInput,
+        )
     settings = _settings(entities)
     if tenant is not None:
         _require_tenant(settings, tenant)
@@ -736,7 +765,8 @@ def deliveries_retry(ids: tuple[int, ...], all_dead: bool, tenant: str | None, e
         whose = f" of tenant '{tenant}'" if tenant else ""
         _fail(
             f"no delivery{whose} with id {', '.join(map(str, retried.not_found))}: "
-            + _pasteable("`syncengine deliveries list` shows the ids")
+            + _pasteable("`syncengine deliveries list` shows the ids"),
+            NotFound,
         )
 
 
@@ -803,12 +833,15 @@ def zoho_watch(tenant: str | None, url: str | None, entities: Path | None) -> No
     catalog = _catalog(settings)
     base = url or settings.public_url
     if base is None:
-        _fail("give the URL Zoho reaches this service at: --url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)")
+        _fail(
+            "give the URL Zoho reaches this service at: --url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)",
+            BadInput,
+        )
     assert base is not None
     try:
         notify_url(base)
     except SyncEngineError as error:
-        _fail(error.message)
+        _fail(str(error), type(error))
     if tenant is not None:
         _require_tenant(settings, tenant)
 
@@ -816,7 +849,10 @@ def zoho_watch(tenant: str | None, url: str | None, entities: Path | None) -> No
         async with database.connect() as conn:
             names = [tenant] if tenant is not None else await zoho_tenants(conn)
         if not names:
-            _fail(_pasteable("no tenant has Zoho credentials: `syncengine tenant zoho NAME --dc DC ...` stores them"))
+            _fail(
+                _pasteable("no tenant has Zoho credentials: `syncengine tenant zoho NAME --dc DC ...` stores them"),
+                Misconfigured,
+            )
         done = []
         for name in names:
             click.echo(f"tenant '{name}': subscribing {len(catalog.entities)} entities ...", err=True)
@@ -826,7 +862,7 @@ def zoho_watch(tenant: str | None, url: str | None, entities: Path | None) -> No
     try:
         watched = _run_tenant_command(entities, watch_all)
     except NoZohoCredentials as error:
-        _fail(_pasteable(error.message))
+        _fail(_pasteable(str(error)), type(error))
     failed = False
     for w in watched:
         if w.action in ("subscribed", "renewed"):
@@ -851,7 +887,7 @@ def moodle_check(tenant: str | None, entities: Path | None) -> None:
     """Ask each site for its release and list the web-service functions the mappings need that
     the token's service lacks; exit 1 if any is missing or a site cannot be reached."""
     from syncengine.moodle import MoodleError
-    from syncengine.sites import MoodleCheck, SiteError, check_moodle, read_site, site_tenants
+    from syncengine.sites import MoodleCheck, check_moodle, read_site, site_tenants
 
     settings = _settings(entities)
     catalog = _catalog(settings)
@@ -876,12 +912,12 @@ def moodle_check(tenant: str | None, entities: Path | None) -> None:
                 results.append((name, site.url, f"{message}; {_site_hint(error.errorcode, name)}"))
         return results
 
-    try:
-        results = _run_tenant_command(entities, check_all)
-    except SiteError as error:
-        _fail(str(error))
+    results = _run_tenant_command(entities, check_all)
     if not results:
-        _fail(_pasteable("no tenant has a Moodle site: `syncengine tenant moodle NAME --url URL --token-file FILE`"))
+        _fail(
+            _pasteable("no tenant has a Moodle site: `syncengine tenant moodle NAME --url URL --token-file FILE`"),
+            Misconfigured,
+        )
     failed = False
     for name, url, result in results:
         if isinstance(result, str):

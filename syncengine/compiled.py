@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from syncengine.descriptors import Entity, lookup_columns
 from syncengine.fieldtypes import FIELD_TYPES
 from syncengine.fingerprints import fingerprinter
+from syncengine.mapping import fields_read
 from syncengine.parsing import Parser
 
 #: The columns of an outbox row, in the order `Decisions.take` gives their values.
@@ -68,6 +69,9 @@ class CompiledEntity:
     #: The lookup fields, and where a fetched row holds each one's zoho id and local id.
     links: tuple[str, ...]
     link_positions: tuple[tuple[str, int, int], ...]  # (target entity, zoho id's position, local id's)
+    #: The fields its Moodle mapping reads (`mapping.fields_read`): an update that changes one of
+    #: them queues a delivery; empty for an entity that lands nowhere.
+    moodle_reads: frozenset[str]
 
 
 def compile_entity(
@@ -113,4 +117,5 @@ def compile_entity(
         link_positions=tuple(
             (f.target or "", first_value + fields.index(f), first_link + i) for i, f in enumerate(lookups)
         ),
+        moodle_reads=fields_read(entity.moodle or ()),
     )

@@ -11,7 +11,9 @@ A record is decided against the state the record before it left (`Stored`):
   that an older create or update is then stale;
 - UNCHANGED: the merged values have the stored fingerprint (a later version is still kept);
 - SKIPPED `<singular>_not_synced_yet`: a required lookup's target is not stored for the tenant;
-- NEW (or restored, after a deletion) and UPDATED: the row is written and a delivery queued.
+- NEW (or restored, after a deletion) and UPDATED: the row is written; a delivery is queued for
+  a NEW record, and for an UPDATED one when a field its Moodle mapping reads changed
+  (`CompiledEntity.moodle_reads`): Moodle would get nothing new from the others.
 
 Records are patches: a field absent from a record keeps its stored value; a field sent as null
 (or "", or Zoho's "-None-") is cleared, or set to its default.
@@ -147,18 +149,16 @@ class Decisions:
                 )
         self.state[record.zoho_id] = Stored(values, links, fprint, version, deleted=False)
         self.dirty[record.zoho_id] = None
-        self.deliveries[record.zoho_id] = "upsert"
         if live is None:
+            self.deliveries[record.zoho_id] = "upsert"
             message = "restored: it had been deleted" if previous is not None else "created"
             return RecordResult(record.zoho_id, "NEW", message)
-        changes = {
-            f.source: [live.values[f.name], values[f.name]]
-            for f in self.entity.fields
-            if live.values[f.name] != values[f.name]
-        }
-        if not changes:  # the stored values, fingerprinted before they were normalised: no delivery
-            del self.deliveries[record.zoho_id]
+        changed = [f for f in self.entity.fields if live.values[f.name] != values[f.name]]
+        if not changed:  # the stored values, fingerprinted before they were normalised: no delivery
             return RecordResult(record.zoho_id, "UNCHANGED", "no change")
+        if any(f.name in self.compiled.moodle_reads for f in changed):
+            self.deliveries[record.zoho_id] = "upsert"
+        changes = {f.source: [live.values[f.name], values[f.name]] for f in changed}
         return RecordResult(record.zoho_id, "UPDATED", f"updated {', '.join(changes)}", changes=changes)
 
     def take(self, last_part: dict[str, int] | None, index: int) -> list[Rows]:

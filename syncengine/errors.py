@@ -33,8 +33,10 @@ from syncengine.exceptions import (
 )
 from syncengine.fetching import ZohoUnreachable
 from syncengine.idempotency import IdempotencyKeyInUse, IdempotencyKeyReused
+from syncengine.moodle import MoodleError, MoodleUnavailable
 from syncengine.store import translate
 from syncengine.tenants import CredentialError
+from syncengine.zoho import ZohoError, ZohoUnavailable
 
 logger = logging.getLogger("syncengine.http")
 
@@ -66,7 +68,8 @@ _AGAIN = "send the request again after Retry-After seconds (a batch is one trans
 
 #: The one table from the engine's exceptions to HTTP: a failure is answered as the first of its
 #: classes (its own, then its branch's) found here, with its `code` and message. A failure found
-#: nowhere here (`Misconfigured`: the server's setup) is a 500 for the log.
+#: nowhere here (`Misconfigured`: the server's setup) is a 500 for the log. Moodle's and Zoho's
+#: failures are theirs, not the caller's: a 502 naming what they said, or a 503 while they are away.
 HTTP: dict[type[SyncEngineError], Http] = {
     BadInput: Http(400),
     NotFound: Http(404),
@@ -80,6 +83,10 @@ HTTP: dict[type[SyncEngineError], Http] = {
     DatabaseUnavailable: Http(503, {"Retry-After": "5"}),
     DatabaseBusy: Http(503, {"Retry-After": "1"}),
     ZohoUnreachable: Http(503, {"Retry-After": "30"}),  # or Zoho's own wait (`retry_after`)
+    MoodleError: Http(502),
+    MoodleUnavailable: Http(503, {"Retry-After": "30"}),
+    ZohoError: Http(502),
+    ZohoUnavailable: Http(503, {"Retry-After": "30"}),
 }
 #: The database's failures any statement may meet, the engine's or an edge's (a key's lookup).
 _OF_ANY_STATEMENT = (DatabaseUnavailable, DatabaseBusy, UnstorableValue)
@@ -103,10 +110,10 @@ def to_api_error(exc: Exception) -> ApiError:
     answer = None if failure is None else http_of(type(failure))
     if failure is not None and answer is not None:
         then = next((THEN[cls] for cls in type(failure).__mro__ if cls in THEN), None)
-        message = failure.message if then is None else f"{failure.message}; {then}"
+        message = str(failure) if then is None else f"{failure}; {then}"
         headers = dict(answer.headers)
         if isinstance(failure, Unavailable) and failure.retry_after is not None:  # the failure's own wait
-            headers["Retry-After"] = str(failure.retry_after)
+            headers["Retry-After"] = str(round(failure.retry_after))
         return ApiError(answer.status, failure.code, message, headers)
     if isinstance(exc, ValidationException):
         return ApiError(400, "invalid_request", _validation_message(exc))

@@ -7,8 +7,13 @@
 
 A failure of the engine is a subclass of one branch with its own `code`; the edges translate
 the tree, not each class: errors.py to HTTP answers (one table), cli.py to an exit status and
-one line (one table). The message says what, where, and what to do; it never holds a secret.
-Nothing here knows HTTP, a command line or a database driver.
+one line (one table). Its message (`str(error)`) says what, where, and what to do; it never
+holds a secret. Nothing here knows HTTP, a command line or a database driver.
+
+The clients of other services raise into the tree too, each family under the branches its
+failures belong to: moodle.py (`MoodleError`: unavailable, misconfigured, or values refused),
+zoho.py (`ZohoError`: unavailable, or refused; `InvalidZohoRequest`), sites.py (`SiteError`),
+vault.py (`SecretKeyError`).
 
 The database's failures, as the store translates its driver's (store.py's `translate`), are
 here too, since the engine, the edges and the store all speak of them.
@@ -24,8 +29,7 @@ class SyncEngineError(Exception):
 
     code: ClassVar[str] = "engine_error"
 
-    @property
-    def message(self) -> str:
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else self.code
 
 
@@ -52,7 +56,7 @@ class Unavailable(SyncEngineError):
     `retry_after`, where set, is how many seconds to wait (over HTTP, its Retry-After)."""
 
     code = "unavailable"
-    retry_after: int | None = None
+    retry_after: float | None = None
 
 
 class Misconfigured(SyncEngineError):

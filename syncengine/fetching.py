@@ -67,7 +67,11 @@ class ZohoUnreachable(Unavailable):
 
     def __init__(self, entity: str, error: ZohoUnavailable) -> None:
         self.retry_after = max(1, round(error.retry_after)) if error.retry_after is not None else 30
-        how = f"answered {error.code} (HTTP {error.status})" if error.status else f"got no answer ({error.code})"
+        how = (
+            f"answered {error.zoho_code} (HTTP {error.status})"
+            if error.status
+            else f"got no answer ({error.zoho_code})"
+        )
         #: What went wrong, without what the sender should do (the intake queue retries by itself).
         self.reason = f"could not fetch the {entity} records from Zoho: {error.where} {how} after the client's retries"
         super().__init__(
@@ -252,7 +256,7 @@ async def _fetch(
     except ZohoUnavailable as error:
         raise ZohoUnreachable(entity, error) from None
     except ZohoError as error:  # the whole call refused: each id-only record says why
-        return fetched | {i: _skipped(i, str(error), error.code) for i in ids}
+        return fetched | {i: _skipped(i, str(error), error.zoho_code) for i in ids}
     for zoho_id, got in found.items():
         if isinstance(got, RecordError):
             message = f"Zoho answered {got.code} for {module} record {zoho_id}: {got.message}; {got.hint}"

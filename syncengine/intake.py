@@ -266,12 +266,12 @@ class IntakeWorker:
                         report = await fetch_and_sync(self.engine, zoho, tenant, entity, chunk)
                         await self._done(lease, rows_of, report.results, counts)
         except NoZohoCredentials as error:  # a person must act: retrying would change nothing
-            await self._fail(lease, self._left(lease, rows), error.message, counts)
+            await self._fail(lease, self._left(lease, rows), str(error), counts)
         except Exception as error:  # Zoho unreachable or throttled past the client's retries, the database away
             failure = error if isinstance(error, SyncEngineError) else translate(error)
             if not isinstance(failure, Unavailable):
                 raise  # a bug: logged by the loop; the rows are due again when the lease ends
-            why = failure.reason if isinstance(failure, ZohoUnreachable) else failure.message
+            why = failure.reason if isinstance(failure, ZohoUnreachable) else str(failure)
             await self._retry(lease, self._left(lease, rows), why, counts)
 
     @staticmethod

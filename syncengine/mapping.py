@@ -142,6 +142,15 @@ class Target:
     when: tuple[tuple[str, frozenset[str]], ...] = ()
     leave: LeaveAction = "nothing"
 
+    @property
+    def reads(self) -> frozenset[str]:
+        """The fields (by our names) `desired_state` reads: its templates' placeholders (a lookup
+        field for its record's Moodle id too) and its conditions; never `zoho_id`, which no
+        update changes."""
+        refs = (part for value in self.params.values() if not isinstance(value, int) for part in value)
+        placeholders = {part.source for part in refs if isinstance(part, Ref) and part.source != "zoho_id"}
+        return frozenset(placeholders | {name for name, _ in self.when})
+
 
 @dataclass(frozen=True)
 class Record:
@@ -187,6 +196,13 @@ def desired_states(
 ) -> tuple[DesiredState, ...]:
     """Every target of a record, in the order of the mapping (the first is the record's own object)."""
     return tuple(desired_state(target, record, moodle_ids) for target in targets)
+
+
+def fields_read(targets: Sequence[Target]) -> frozenset[str]:
+    """Every field the targets read: an update that changes none of them changes nothing Moodle
+    gets. In the shipped entities.yaml an enrollment's mapping reads student, class, start_date
+    and end_date, not enrollment_type."""
+    return frozenset().union(*(target.reads for target in targets))
 
 
 def mapping_digest(targets: Sequence[Target], record: Record) -> str:

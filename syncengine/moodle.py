@@ -4,7 +4,8 @@ The client knows a base URL, a token and parameters, nothing of tenants or stora
 nested parameters the way PHP reads them (`users[0][username]=ana`), counts them for a
 `max_input_vars` budget, POSTs with a bounded pool and timeouts, follows no redirect, and turns
 every failure into `MoodleError`: Moodle's exception JSON (sent with HTTP 200), HTTP 5xx, network
-errors and timeouts, each marked transient (worth a retry) or permanent. The token travels in the
+errors and timeouts, each marked transient (worth a retry) or permanent, and each in the engine's
+exception tree (unavailable, misconfigured, or values rejected). The token travels in the
 POST body only and never appears in a log, an error or a repr.
 
     async with MoodleClient("https://moodle.school.test", token) as moodle:
@@ -22,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from syncengine.exceptions import BadInput, Misconfigured, SyncEngineError, Unavailable
+
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/webservice/rest/server.php"
@@ -37,10 +40,31 @@ HINTS = {
     "invalidparameter": "fix the record's values (a taken username or email, an upper-case username, a missing "
     "field), then retry",
 }
+#: Moodle answers (and the client's own codes) that say the site, the token or its service is wrong,
+#: not the values sent: a call fails alike for every record until the setup is fixed.
+SETUP_CODES = frozenset(
+    {"invalidtoken", "accessexception", "nopermissions", "redirect", "emptyanswer", "notjson", "truncated"}
+)
 
 
-class MoodleError(Exception):
-    """A failed Moodle call: Moodle's `errorcode` and `message`, and whether a retry may succeed."""
+class MoodleError(SyncEngineError):
+    """A failed Moodle call: Moodle's `errorcode` and `message`, and whether a retry may succeed.
+
+    `MoodleError(...)` is built as the branch its answer belongs to: `MoodleUnavailable` when a
+    retry may succeed (`transient`), `MoodleMisconfigured` when the site, the token or its service
+    is wrong (`SETUP_CODES`, or an HTTP answer other than 200), else `MoodleRejected` (Moodle
+    refused the values sent)."""
+
+    code = "moodle_error"
+
+    def __new__(
+        cls, function: str, errorcode: str, message: str, *, transient: bool, debuginfo: str | None = None
+    ) -> MoodleError:
+        kind: type[MoodleError] = cls
+        if cls is MoodleError:
+            setup = errorcode in SETUP_CODES or errorcode.startswith("http")
+            kind = MoodleUnavailable if transient else MoodleMisconfigured if setup else MoodleRejected
+        return super().__new__(kind, function, errorcode, message)
 
     def __init__(
         self, function: str, errorcode: str, message: str, *, transient: bool, debuginfo: str | None = None
@@ -53,6 +77,24 @@ class MoodleError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (self.function, self.errorcode, self.message, self.transient, self.debuginfo)
+
+
+class MoodleUnavailable(MoodleError, Unavailable):
+    """Moodle did not answer, answered 5xx or 429, or said it is briefly away: retried later."""
+
+    code = "moodle_unavailable"
+
+
+class MoodleMisconfigured(MoodleError, Misconfigured):
+    """The tenant's Moodle URL, its token, or the token's service and capabilities are wrong."""
+
+    code = "moodle_misconfigured"
+
+
+class MoodleRejected(MoodleError, BadInput):
+    """Moodle refused the values sent (a taken username, a missing field, an unknown id)."""
+
+    code = "moodle_rejected"
 
 
 def _rebuild(function: str, errorcode: str, message: str, transient: bool, debuginfo: str | None) -> MoodleError:

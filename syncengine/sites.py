@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine.descriptors import Catalog
+from syncengine.exceptions import BadInput
 from syncengine.moodle import MoodleClient
 from syncengine.tables import engine_table
 from syncengine.targets import SITE_INFO, needed_functions
@@ -30,8 +31,10 @@ SITES = engine_table("syncengine_moodle_sites")
 DEFAULT_MAX_INPUT_VARS = 1000
 
 
-class SiteError(ValueError):
+class SiteError(BadInput):
     """A Moodle site that cannot be stored as given."""
+
+    code = "invalid_moodle_site"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
+from syncengine.exceptions import BadInput, Misconfigured, SyncEngineError, Unavailable
+
 log = logging.getLogger("syncengine.zoho")
 
 Record = dict[str, Any]
@@ -65,25 +67,44 @@ HINTS = {
 TRANSIENT_HINT = "Zoho or the network failed repeatedly: retry later"
 
 
-class ZohoError(Exception):
-    """A refusal by Zoho: its code and message, where it happened, and what to do."""
+class ZohoError(SyncEngineError):
+    """A failed Zoho call: Zoho's code (`zoho_code`) and message, where it happened, and what to do.
+    Raised as one of its branches: `ZohoUnavailable`, `ZohoRefused` (and `ZohoAuthError`)."""
+
+    code = "zoho_error"
 
     def __init__(self, where: str, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        self.where, self.status, self.code, self.message = where, status, code, message
+        self.where, self.status, self.zoho_code, self.message = where, status, code, message
         self.details = details or {}
         super().__init__(f"{where}: {code} (HTTP {status}): {message}; {HINTS.get(code, TRANSIENT_HINT)}")
 
 
-class ZohoAuthError(ZohoError):
+class ZohoRefused(ZohoError, Misconfigured):
+    """Zoho refused the call for good (a permission, a scope, a module name): fix the setup."""
+
+    code = "zoho_refused"
+
+
+class ZohoAuthError(ZohoRefused):
     """The credentials are refused: nothing works until they are fixed."""
 
+    code = "zoho_credentials_refused"
 
-class ZohoUnavailable(ZohoError):
+
+class ZohoUnavailable(ZohoError, Unavailable):
     """Throttling, a 5xx or a network error outlasted the retries; `retry_after` is Zoho's wish, if any."""
+
+    code = "zoho_retries_exhausted"  # fetching.ZohoUnreachable, what a request answers then, is zoho_unavailable
 
     def __init__(self, where: str, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(where, status, code, message)
         self.retry_after = retry_after
+
+
+class InvalidZohoRequest(BadInput):
+    """What a caller asked of the client cannot be sent to Zoho (an id, a data centre, a field list)."""
+
+    code = "invalid_zoho_request"
 
 
 @dataclass(frozen=True)
@@ -111,7 +132,7 @@ class Credentials:
 
     def __post_init__(self) -> None:
         if self.dc not in DATA_CENTRES:
-            raise ValueError(f"unknown Zoho data centre {self.dc!r} (known: {', '.join(DATA_CENTRES)})")
+            raise InvalidZohoRequest(f"unknown Zoho data centre {self.dc!r} (known: {', '.join(DATA_CENTRES)})")
 
     @property
     def accounts(self) -> str:
@@ -230,7 +251,7 @@ class ZohoClient:
         wanted = list(dict.fromkeys(ids))
         bad = [i for i in wanted if not isinstance(i, str) or not ZOHO_ID.fullmatch(i)]
         if bad:
-            raise ValueError(f"Zoho ids are 1-20 digits; got {bad[:5]!r} for {module}")
+            raise InvalidZohoRequest(f"Zoho ids are 1-20 digits; got {bad[:5]!r} for {module}")
         results: dict[str, Record | RecordError] = {}
         for start in range(0, len(wanted), MAX_IDS):
             batch = wanted[start : start + MAX_IDS]
@@ -261,7 +282,7 @@ class ZohoClient:
         """Every record of `module` (changed after `modified_since`), 200 a page, from `page_token` on;
         with `raw`, each record as its JSON text."""
         if not fields or len(fields) > 50:
-            raise ValueError(f"listing {module} needs 1 to 50 fields (Zoho's limit); got {len(fields)}")
+            raise InvalidZohoRequest(f"listing {module} needs 1 to 50 fields (Zoho's limit); got {len(fields)}")
         params: dict[str, Any] = {"fields": ",".join(fields), "per_page": PER_PAGE}
         if sort_by:  # a sorted read counts against Zoho's sub-concurrency of 10: only when asked
             params |= {"sort_by": sort_by, "sort_order": sort_order}
@@ -301,14 +322,14 @@ class ZohoClient:
         its details (PUT): Zoho then POSTs callbacks to `notify_url`, echoing `token` (at most 50
         characters). Returns the channel's expiry as Zoho states it (at most a week away)."""
         if len(token) > 50:
-            raise ValueError(f"a channel token is at most 50 characters (Zoho's limit); got {len(token)}")
+            raise InvalidZohoRequest(f"a channel token is at most 50 characters (Zoho's limit); got {len(token)}")
         watch = {"channel_id": channel_id, "events": list(events), "notify_url": notify_url, "token": token,
                  "channel_expiry": expiry.isoformat(timespec="seconds")}  # fmt: skip
         body = await self._call("PUT" if renew else "POST", "/actions/watch", json={"watch": [watch]})
         (answer,) = body["watch"]
         if answer.get("status") != "success":
             where = f"Zoho {'PUT' if renew else 'POST'} /crm/{self.api_version}/actions/watch"
-            raise ZohoError(where, 400, str(answer.get("code")), str(answer.get("message")), answer.get("details"))
+            raise ZohoRefused(where, 400, str(answer.get("code")), str(answer.get("message")), answer.get("details"))
         subscribed: list[dict[str, Any]] = (answer.get("details") or {}).get("events") or []
         stated = [datetime.fromisoformat(e["channel_expiry"]) for e in subscribed if e.get("channel_expiry")]
         return min(stated) if stated else expiry
@@ -352,9 +373,9 @@ class ZohoClient:
             if response.is_success:
                 return decode(response.content) if decode is not None else response.json()
             error = self._error(where, response)
-            if error.status == 401 and (error.code != "INVALID_TOKEN" or forced):
-                raise ZohoAuthError(where, error.status, error.code, error.message, error.details)
-            if error.code != "INVALID_TOKEN":
+            if error.status == 401 and (error.zoho_code != "INVALID_TOKEN" or forced):
+                raise ZohoAuthError(where, error.status, error.zoho_code, error.message, error.details)
+            if error.zoho_code != "INVALID_TOKEN":
                 raise error
             token = await self._token(refused=token.value)
         raise AssertionError("unreachable")
@@ -410,7 +431,7 @@ class ZohoClient:
             log.warning(
                 "zoho: %s %s, attempt %d of %d, retrying in %.1f s",
                 where,
-                failure.code,
+                failure.zoho_code,
                 attempt,
                 self.max_attempts,
                 wait,
@@ -418,11 +439,11 @@ class ZohoClient:
             await self.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _error(self, where: str, response: httpx.Response) -> ZohoError:
+    def _error(self, where: str, response: httpx.Response) -> ZohoRefused:
         body = _json(response)
         code = str(body.get("code") or f"HTTP_{response.status_code}")
         message = self._redact(str(body.get("message") or response.reason_phrase))
-        return ZohoError(where, response.status_code, code, message, body.get("details"))
+        return ZohoRefused(where, response.status_code, code, message, body.get("details"))
 
     def _redact(self, text: str) -> str:
         """Zoho should never echo a secret; if it ever does, it stops here."""
@@ -443,7 +464,7 @@ def _since(moment: datetime | None) -> dict[str, str]:
     if moment is None:
         return {}
     if moment.tzinfo is None:
-        raise ValueError(f"If-Modified-Since needs a time with its offset; got {moment.isoformat()}")
+        raise InvalidZohoRequest(f"If-Modified-Since needs a time with its offset; got {moment.isoformat()}")
     return {"If-Modified-Since": moment.isoformat(timespec="seconds")}
 
 

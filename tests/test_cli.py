@@ -125,34 +125,42 @@ def test_dry_run_json_is_the_http_response(database: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "stdin", "message"),
+    ("args", "stdin", "status", "message"),
     [
         (
             ("programs", "-"),
             '{"data": [\n  {"id": 1,}\n]}',
+            2,
             "error: -: malformed JSON at line 2, column 12: trailing comma in object\n",
         ),
         (
             ("programs", "-"),
             '"just a string"',
+            2,
             "error: -: expected a JSON object or array of records, got str; "
             'send {"data": [records]}, [records] or one record object\n',
         ),
-        (("programs", "-"), '{"data": {"id": 1}}', 'error: -: "data" must be a list of records\n'),
+        (("programs", "-"), '{"data": {"id": 1}}', 2, 'error: -: "data" must be a list of records\n'),
         (
             ("programmes", "-"),
             "[]",
+            3,
             "error: unknown entity 'programmes' (known: programs, teachers, students, units, "
             "classes, registrations, enrollments, payments, grades)\n",
         ),
-        (("programs", "/nonexistent.json"), None, "error: cannot read /nonexistent.json: No such file or directory\n"),
+        (
+            ("programs", "/nonexistent.json"),
+            None,
+            2,
+            "error: cannot read /nonexistent.json: No such file or directory\n",
+        ),
     ],
 )
 def test_dry_run_bad_input_says_what_and_where(
-    database: dict[str, str], args: tuple[str, ...], stdin: str | None, message: str
+    database: dict[str, str], args: tuple[str, ...], stdin: str | None, status: int, message: str
 ) -> None:
     result = run("dry-run", *args, env=database, stdin=stdin)
-    assert (result.returncode, result.stderr, result.stdout) == (1, message, "")
+    assert (result.returncode, result.stderr, result.stdout) == (status, message, "")
 
 
 def test_dry_run_on_a_new_sqlite_file_migrates_it_as_tenant_commands_do(tmp_path: Path) -> None:
@@ -160,7 +168,7 @@ def test_dry_run_on_a_new_sqlite_file_migrates_it_as_tenant_commands_do(tmp_path
     then is the tenant, and the error says how to make it."""
     env = {"SYNCENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
-    assert (result.returncode, result.stdout) == (1, "")
+    assert (result.returncode, result.stdout) == (3, "")
     assert result.stderr == (
         "error: no tenant 'default': there are no tenants yet; `syncengine tenant add default` creates it "
         "(and `syncengine serve` creates 'default' on its first start)\n"
@@ -174,13 +182,13 @@ def test_dry_run_on_a_new_sqlite_file_migrates_it_as_tenant_commands_do(tmp_path
 async def test_dry_run_on_a_postgresql_database_behind_says_to_upgrade(databases: Databases) -> None:
     env = {"SYNCENGINE_DATABASE_URL": await databases.fresh_url("postgresql")}
     result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), env=env)
-    assert result.returncode == 1
+    assert result.returncode == 6
     assert "run `syncengine db upgrade` with the same SYNCENGINE_DATABASE_URL" in result.stderr
 
 
 def test_dry_run_of_an_unknown_tenant_lists_the_known_ones(database: dict[str, str]) -> None:
     result = run("dry-run", "programs", str(FIXTURES / "products-record.json"), "--tenant", "nosuch", env=database)
-    assert (result.returncode, result.stdout) == (1, "")
+    assert (result.returncode, result.stdout) == (3, "")
     assert result.stderr == (
         "error: no tenant 'nosuch' (known: default, north): `syncengine tenant add nosuch` creates it, "
         "`syncengine tenant list` shows the tenants\n"
@@ -256,7 +264,7 @@ def test_load_refuses_a_file_that_names_no_entity(database: dict[str, str], tmp_
     folder.mkdir()
     (folder / "programmes.json").write_text("[]")
     result = run("load", str(folder), env=database)
-    assert (result.returncode, result.stdout) == (1, "")
+    assert (result.returncode, result.stdout) == (3, "")
     assert result.stderr == (
         f"error: {folder / 'programmes.json'}: no entity 'programmes' (known: programs, teachers, students, units, "
         "classes, registrations, enrollments, payments, grades); name each file after the entity its records are for\n"
@@ -293,7 +301,7 @@ def test_a_broken_descriptor_stops_dry_run_with_its_problems(database: dict[str,
     broken = tmp_path / "e.yaml"
     broken.write_text("version: 1\nentities: [")
     result = run("dry-run", "programs", "-", "--entities", str(broken), env=database, stdin="[]")
-    assert result.returncode == 1
+    assert result.returncode == 6
     assert "the descriptor file has problems; run `syncengine check`" in result.stderr
     assert f"{broken}:2:12: invalid YAML" in result.stderr
 

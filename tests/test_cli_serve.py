@@ -23,7 +23,7 @@ def test_a_taken_port_is_said_before_anything_is_done(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run("serve", "--port", str(port), env=env)
-    assert (result.returncode, result.stdout) == (1, "")  # no key shown for a server that cannot start
+    assert (result.returncode, result.stdout) == (2, "")  # no key shown for a server that cannot start
     assert result.stderr == (
         f"error: port {port} on 127.0.0.1 is taken by another program (a syncengine already serving?): "
         f"stop it, or choose another port with --port, e.g. --port {port + 1}\n"

@@ -77,12 +77,12 @@ async def test_list_and_retry_a_dead_delivery(databases: Databases, dialect: str
     assert lines[2].split()[1:8] == ["school", "students", "3001", "upsert", "dead", "2", "-"]
 
     wrong = await asyncio.to_thread(run, "deliveries", "retry", "999", "--tenant", "school", env=env)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 3
     assert wrong.stderr.strip().endswith(
         "no delivery of tenant 'school' with id 999: `syncengine deliveries list` shows the ids"
     )
     neither = await asyncio.to_thread(run, "deliveries", "retry", env=env)
-    assert neither.returncode == 1 and "give delivery ids or --all-dead" in neither.stderr
+    assert neither.returncode == 2 and "give delivery ids or --all-dead" in neither.stderr
 
     moodle.faults.clear()  # the data is fixed
     retried = await asyncio.to_thread(run, "deliveries", "retry", "--all-dead", env=env)

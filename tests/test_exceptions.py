@@ -4,15 +4,21 @@ column type, on both databases."""
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncengine import cli
 from syncengine.errors import to_api_error
 from syncengine.exceptions import LostRace, SchemaMissing, SyncEngineError, UnstorableValue
 from syncengine.fieldtypes import UtcDateTime
+from syncengine.moodle import MoodleError, MoodleMisconfigured, MoodleRejected, MoodleUnavailable
+from syncengine.sites import SiteError
 from syncengine.store import translate
+from syncengine.vault import SecretKeyError
+from syncengine.zoho import InvalidZohoRequest, ZohoAuthError, ZohoRefused, ZohoUnavailable
 from tests.conftest import Databases
 
 ROWS = sa.Table(
@@ -82,3 +88,49 @@ def test_every_failure_states_its_own_code() -> None:
         if "code" not in vars(kind):
             missing.append(kind.__name__)
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "http", "exit_status"),
+    [
+        (MoodleError("f", "timeout", "no answer", transient=True), MoodleUnavailable, (503, "moodle_unavailable"), 5),
+        (MoodleError("f", "sitemaintenance", "", transient=True), MoodleUnavailable, (503, "moodle_unavailable"), 5),
+        (MoodleError("f", "invalidtoken", "", transient=False), MoodleMisconfigured, (502, "moodle_misconfigured"), 6),
+        (MoodleError("f", "accessexception", "", transient=False), MoodleMisconfigured, (502, "moodle_misconfigured"), 6),
+        (MoodleError("f", "http404", "", transient=False), MoodleMisconfigured, (502, "moodle_misconfigured"), 6),
+        (MoodleError("f", "invalidparameter", "", transient=False), MoodleRejected, (502, "moodle_rejected"), 2),
+        (ZohoUnavailable("Zoho GET", 503, "HTTP_ERROR", "down"), ZohoUnavailable, (503, "zoho_retries_exhausted"), 5),
+        (ZohoRefused("Zoho GET", 403, "NO_PERMISSION", "no"), ZohoRefused, (502, "zoho_refused"), 6),
+        (ZohoAuthError("Zoho POST", 401, "invalid_code", "no"), ZohoAuthError, (502, "zoho_credentials_refused"), 6),
+        (InvalidZohoRequest("Zoho ids are 1-20 digits"), InvalidZohoRequest, (400, "invalid_zoho_request"), 2),
+        (SiteError("the Moodle URL is not http(s)"), SiteError, (400, "invalid_moodle_site"), 2),
+        (SecretKeyError("SYNCENGINE_SECRET_KEY is not a key"), SecretKeyError, (500, "internal_error"), 6),
+    ],
+)  # fmt: skip
+def test_moodle_zoho_and_site_failures_are_in_the_tree_and_both_tables(
+    failure: SyncEngineError, kind: type[SyncEngineError], http: tuple[int, str], exit_status: int
+) -> None:
+    """Each is a failure of the engine, of the branch its answer says (a Moodle failure is built
+    as the branch its errorcode gives), with the message it had and its own attributes."""
+    assert type(failure) is kind and isinstance(failure, SyncEngineError)
+    error = to_api_error(failure)
+    assert (error.status_code, error.error) == http
+    assert error.message == (str(failure) if http[0] != 500 else "internal error")
+    assert cli.exit_status(kind) == exit_status
+
+
+def test_a_moodle_failure_keeps_its_attributes_and_message_through_pickling() -> None:
+    failure = MoodleError("core_user_create_users", "invalidparameter", "Invalid parameter value detected",
+                          transient=False, debuginfo="users")  # fmt: skip
+    again = pickle.loads(pickle.dumps(failure))
+    assert type(again) is MoodleRejected and str(again) == str(failure) == (
+        "core_user_create_users: invalidparameter: Invalid parameter value detected (users): fix the record's "
+        "values (a taken username or email, an upper-case username, a missing field), then retry"
+    )
+    assert (again.function, again.errorcode, again.message, again.transient, again.debuginfo) == (
+        "core_user_create_users",
+        "invalidparameter",
+        "Invalid parameter value detected",
+        False,
+        "users",
+    )

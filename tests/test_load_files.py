@@ -109,4 +109,4 @@ def test_load_still_loads_a_folder_and_says_which_it_wants(database: dict[str, s
         "folder, `syncengine load ENTITY FILE` one export file\n",
     )
     unknown = run("load", "programmes", "samples/programs.json", env=database)
-    assert unknown.returncode == 1 and "unknown entity 'programmes' (known: programs, teachers" in unknown.stderr
+    assert unknown.returncode == 3 and "unknown entity 'programmes' (known: programs, teachers" in unknown.stderr

@@ -163,9 +163,9 @@ def test_the_commands_say_which_variable_to_fix(tmp_path: Path) -> None:
         wrong = run("moodle", "check", env=env | {"SYNCENGINE_SECRET_KEY": Fernet.generate_key().decode()})
         bad = run("tenant", "moodle", "school", "--url", moodle.url, "--token-file", "-",
                   env=env | {"SYNCENGINE_SECRET_KEY": "short"}, stdin=moodle.token)  # fmt: skip
-    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert wrong.returncode == 6 and "Traceback" not in wrong.stderr
     assert wrong.stderr.startswith("error: SYNCENGINE_SECRET_KEY does not decrypt tenant 'school''s Moodle token")
-    assert bad.returncode == 1 and bad.stderr.startswith(
+    assert bad.returncode == 6 and bad.stderr.startswith(
         "error: SYNCENGINE_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes): make one with python -c"
     )
     for result in (wrong, bad):

@@ -91,7 +91,7 @@ async def test_a_notification_of_inserts_updates_and_a_delete_ends_stored_and_vi
     env = environment(SYNCENGINE_DATABASE_URL=url, SYNCENGINE_ENTITIES=str(ENTITIES), SYNCENGINE_CHANNEL_RENEWAL="0.2")
     async with serving([], env, tmp_path) as (base, _):
         unknown = await asyncio.to_thread(run, env, "zoho", "watch")
-        assert (unknown.returncode, unknown.stderr) == (1, "error: give the URL Zoho reaches this service at: "
+        assert (unknown.returncode, unknown.stderr) == (2, "error: give the URL Zoho reaches this service at: "
                                                         "--url https://sync.example.edu (or SYNCENGINE_PUBLIC_URL)\n")  # fmt: skip
         watched = await asyncio.to_thread(run, env, "zoho", "watch", "--url", base)
         assert watched.returncode == 0, watched.stderr

@@ -44,6 +44,15 @@ UNDOCUMENTED = {
     "invalid_tenant_name": "a request's tenant is its key's, whose name is checked: tenant_name_refused",
     "tenant_exists": "the tenant commands' only",
     "unknown_tenant": "the tenant commands' only",
+    **dict.fromkeys(("moodle_error", "zoho_error"), "a family of a client's failures: only its leaves are raised"),
+    **dict.fromkeys(
+        ("moodle_unavailable", "moodle_misconfigured", "moodle_rejected", "invalid_moodle_site"),
+        "Moodle's failures reach the delivery worker and the commands, no route (errors.HTTP answers them all the same)",
+    ),
+    **dict.fromkeys(
+        ("zoho_retries_exhausted", "zoho_refused", "zoho_credentials_refused", "invalid_zoho_request"),
+        "a route's Zoho calls answer zoho_unavailable or per-record results; these reach the commands (and errors.HTTP)",
+    ),
     "backfill_mismatch": "the backfill command's only: a resumed backfill given another --since",
 }
 

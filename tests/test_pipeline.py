@@ -309,6 +309,37 @@ async def test_changes_are_queued_for_moodle_in_the_same_transaction(engine: Syn
     ]
 
 
+async def outbox(engine: SyncEngine) -> list[tuple[str, str, str]]:
+    async with engine.database.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT entity, zoho_id, operation FROM syncengine_outbox ORDER BY id"))
+        return [(row.entity, row.zoho_id, row.operation) for row in rows]
+
+
+async def test_an_update_is_queued_only_when_a_field_its_moodle_mapping_reads_changed(engine: SyncEngine) -> None:
+    """Issue 16: an UPDATED record writes a delivery when its Moodle parameters changed: a field
+    a template or a `when` of its mapping reads, a lookup's included (for its record's Moodle id)."""
+    await seed(engine)
+    await engine.sync("school", "teachers", [teacher("2001")])
+    await engine.sync("school", "units", [{"id": "7001", "Name": "Unit 1"}])
+    cases = [
+        ("students", student("3001", Phone_Number="+90 555"), False),  # read by no mapping
+        ("students", student("3001", Phone_Number="+90 555", Status="Freeze"), True),  # a `when`
+        ("students", student("3001", Phone_Number="+90 555", Status="Freeze", First_Name="Ada"), True),  # a template
+        ("classes", class_("4001", Unit="7001"), False),  # a lookup no mapping reads
+        ("classes", class_("4001", Unit="7001", Teacher="2001"), True),  # a lookup whose Moodle id a target reads
+        ("programs", program("1001", Program_Price=5000), False),
+    ]
+    for entity, record, delivered in cases:
+        before = await outbox(engine)
+        assert statuses(await engine.sync("school", entity, [record])) == ["UPDATED"], record
+        assert (await outbox(engine))[len(before) :] == ([(entity, record["id"], "upsert")] if delivered else [])
+    # Two versions in one batch: the first one's delivery stays, though the second changes no mapped field.
+    before = await outbox(engine)
+    batch = [student("3001", Last_Name="Lovelace"), student("3001", Last_Name="Lovelace", Phone_Number="+90 556")]
+    assert statuses(await engine.sync("school", "students", batch)) == ["UPDATED", "UPDATED"]
+    assert (await outbox(engine))[len(before) :] == [("students", "3001", "upsert")]
+
+
 @pytest.mark.parametrize(
     "phones",
     [

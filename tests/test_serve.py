@@ -107,7 +107,7 @@ async def test_end_to_end_on_postgresql(databases: Databases, tmp_path: Path) ->
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(refused.communicate(), 60)
-    assert refused.returncode == 1
+    assert refused.returncode == 6
     assert "run `syncengine db upgrade`" in err.decode()
 
     upgrade = await asyncio.create_subprocess_exec(SYNCENGINE, "db", "upgrade", env=env, cwd=tmp_path)

@@ -54,32 +54,34 @@ def test_add_key_list_on_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "status", "message"),
     [
         (
             ("add", "school"),
+            4,
             "error: tenant 'school' already exists; `syncengine tenant key school` gives it a new key\n",
         ),
-        (("key", "nobody"), "error: no tenant 'nobody'; `syncengine tenant list` shows the tenants\n"),
+        (("key", "nobody"), 3, "error: no tenant 'nobody'; `syncengine tenant list` shows the tenants\n"),
         (
             ("add", "two words"),
+            2,
             "error: tenant name 'two words' must be 1 to 64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$)\n",
         ),
     ],
 )
-def test_tenant_command_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_tenant_command_errors(tmp_path: Path, args: tuple[str, ...], status: int, message: str) -> None:
     url = f"sqlite:///{tmp_path / 'tenants.db'}"
     run(url, "add", "school")
     code, out, err = run(url, *args)
-    assert (code, out, err) == (1, "", message)
+    assert (code, out, err) == (status, "", message)
 
 
 @pytest.mark.postgres
 def test_postgres_behind_schema_is_refused(databases: Databases) -> None:
     url = asyncio.run(databases.fresh_url("postgresql"))
     code, out, err = run(url, "list")
-    assert code == 1 and out == ""
+    assert code == 6 and out == ""
     assert "run `syncengine db upgrade`" in err
 
 

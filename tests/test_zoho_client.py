@@ -17,11 +17,13 @@ from syncengine.zoho import (
     DATA_CENTRES,
     AccessToken,
     Credentials,
+    InvalidZohoRequest,
     MemoryTokenCache,
     RecordError,
     ZohoAuthError,
     ZohoClient,
     ZohoError,
+    ZohoRefused,
     ZohoUnavailable,
 )
 from tests.zoho_fake import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, ZohoFake, enrollments, serve_fake
@@ -84,7 +86,7 @@ def test_data_centres_name_their_accounts_and_api_hosts(dc: str, accounts: str, 
 
 def test_an_unknown_data_centre_lists_the_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown Zoho data centre 'de' \(known: us, eu, in, au, jp, cn, sa, uk, ca\)"
+        InvalidZohoRequest, match=r"unknown Zoho data centre 'de' \(known: us, eu, in, au, jp, cn, sa, uk, ca\)"
     ):
         Credentials("id", "secret", "refresh", dc="de")
 
@@ -164,7 +166,7 @@ async def test_250_ids_in_3_calls_with_each_records_own_error(fake: ZohoFake) ->
 
 async def test_an_id_that_is_not_a_zoho_id_is_refused_before_any_call(fake: ZohoFake) -> None:
     async with client(fake) as zoho:
-        with pytest.raises(ValueError, match=r"Zoho ids are 1-20 digits; got \['\$\{!BTEC_Enrollments.Id\}'\]"):
+        with pytest.raises(InvalidZohoRequest, match=r"Zoho ids are 1-20 digits; got \['\$\{!BTEC_Enrollments.Id\}'\]"):
             await zoho.get_records(MODULE, ["${!BTEC_Enrollments.Id}"])
     assert fake.token_requests == 0
 
@@ -194,7 +196,7 @@ async def test_if_modified_since_pulls_only_newer_records(fake: ZohoFake) -> Non
     async with client(fake) as zoho:
         newer = [r["Name"] async for page in zoho.pages(MODULE, FIELDS, modified_since=since) for r in page.records]
         later = [p async for p in zoho.pages(MODULE, FIELDS, modified_since=datetime(2027, 1, 1, tzinfo=UTC))]
-        with pytest.raises(ValueError, match="If-Modified-Since needs a time with its offset"):
+        with pytest.raises(InvalidZohoRequest, match="If-Modified-Since needs a time with its offset"):
             await anext(zoho.pages(MODULE, FIELDS, modified_since=datetime(2026, 1, 1)))
     assert sorted(newer) == [f"ENR-{n:05d}" for n in range(1021, 1051)]
     assert later == []
@@ -262,7 +264,7 @@ async def test_a_retry_after_beyond_max_wait_is_raised_at_once_with_it(fake: Zoh
     async with client(fake, sleeps, max_wait=60) as zoho:
         with pytest.raises(ZohoUnavailable) as raised:
             await zoho.get_records(MODULE, ids(1, 1))
-    assert (raised.value.retry_after, raised.value.code, sleeps.waits) == (3600.0, "TOO_MANY_REQUESTS", [])
+    assert (raised.value.retry_after, raised.value.zoho_code, sleeps.waits) == (3600.0, "TOO_MANY_REQUESTS", [])
 
 
 async def test_a_slow_zoho_is_retried_as_a_timeout(fake: ZohoFake) -> None:
@@ -279,10 +281,10 @@ async def test_a_slow_zoho_is_retried_as_a_timeout(fake: ZohoFake) -> None:
 @pytest.mark.parametrize(
     ("setup", "kind", "message"),
     [
-        (lambda f: None, ZohoError,
+        (lambda f: None, ZohoRefused,
          "Zoho GET /crm/v8/BTEC_Nothing: INVALID_MODULE (HTTP 400): the module name given seems to be invalid; "
          "check the module API name (`source:` in entities.yaml) in Setup > Developer Hub > APIs"),
-        (lambda f: f.forbidden_modules.add("BTEC_Nothing") or f.load("BTEC_Nothing", []), ZohoError,
+        (lambda f: f.forbidden_modules.add("BTEC_Nothing") or f.load("BTEC_Nothing", []), ZohoRefused,
          "Zoho GET /crm/v8/BTEC_Nothing: NO_PERMISSION (HTTP 403): permission denied; "
          "give the Zoho user of the refresh token read access to this module or record"),
         (lambda f: setattr(f, "refresh_token", "1000.other"), ZohoAuthError,

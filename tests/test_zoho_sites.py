@@ -158,13 +158,13 @@ async def test_the_tenant_zoho_command_checks_then_stores_and_never_prints_a_sec
     wrong = tmp_path / "wrong"
     wrong.write_text("1000.not-the-refresh-token")
     refused = run("--client-secret-file", str(secret), "--refresh-token-file", str(wrong))
-    assert refused.returncode != 0
+    assert refused.returncode == 6  # misconfigured: Zoho refused the credentials (README, "Exit statuses")
     assert refused.stderr.startswith("error: Zoho refused the credentials, nothing was stored: ")
     assert "invalid_code" in refused.stderr
     empty = tmp_path / "empty"
     empty.write_text("\n")
     blank = run("--client-secret-file", str(empty), "--refresh-token-file", str(refresh))
-    assert blank.stderr == (
+    assert blank.returncode == 2 and blank.stderr == (
         f"error: the client secret file {empty} holds no client secret (or one with spaces inside): "
         "put the client secret alone in it\n"
     )
