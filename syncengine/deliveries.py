@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncengine.delivery import CHANNEL, DUE
 from syncengine.descriptors import Catalog, Entity
 from syncengine.fieldtypes import utc_now
+from syncengine.queues import Listed, read_page
 from syncengine.store import WRITES
 from syncengine.tables import engine_table
 
@@ -31,7 +32,7 @@ _LINKS = engine_table("syncengine_moodle_links")
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Delivery(Listed):
     """One outbox row as `deliveries list` and `GET /v1/deliveries` show it."""
 
     id: int
@@ -45,12 +46,6 @@ class Delivery:
     moodle_id: int | None  # of the record's own Moodle object (its mapping's first target), once known
     next_attempt_at: dt.datetime | None  # pending, waiting and working rows only
     created_at: dt.datetime
-
-    def to_builtins(self, *, tenant: bool = True) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if not tenant:
-            del values["tenant"]
-        return values
 
 
 @dataclass(frozen=True)
@@ -72,20 +67,10 @@ async def list_deliveries(
     after_id: int | None = None,
 ) -> Page:
     """The outbox rows of `tenant` (or every tenant) in `state` (or any), oldest first, `limit` at a time."""
-    o = _OUTBOX
-    counting = sa.select(o.c.state, sa.func.count()).group_by(o.c.state)
-    query = sa.select(o).order_by(o.c.id).limit(limit + 1)
-    if tenant is not None:
-        counting, query = counting.where(o.c.tenant_id == tenant), query.where(o.c.tenant_id == tenant)
-    if state is not None:
-        query = query.where(o.c.state == state)
-    if after_id is not None:
-        query = query.where(o.c.id > after_id)
     async with database.connect() as conn:
-        counts = dict.fromkeys(STATES, 0) | {row[0]: int(row[1]) for row in await conn.execute(counting)}
-        rows = list(await conn.execute(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
+        counts, rows, more = await read_page(
+            conn, _OUTBOX, STATES, tenant=tenant, state=state, limit=limit, after_id=after_id
+        )
         ids = await _own_moodle_ids(catalog, conn, {(r.tenant_id, r.entity, r.zoho_id) for r in rows})
     deliveries = [
         Delivery(
