@@ -37,7 +37,7 @@ from syncengine.exceptions import SyncEngineError, Unavailable
 from syncengine.fetching import ZohoUnreachable, fetch_and_sync
 from syncengine.fieldtypes import utc_now
 from syncengine.parsing import DELETED_KEY
-from syncengine.queues import Backoff, Listed, Rounds, keeping, read_page
+from syncengine.queues import Backoff, Listed, Page, Rounds, keeping, read_page
 from syncengine.report import RecordResult
 from syncengine.store import WRITES, translate
 from syncengine.tables import INTAKE, engine_table
@@ -336,27 +336,12 @@ def _problem(result: RecordResult) -> str | None:
 class Intake(Listed):
     """One intake row as `intake list` and `GET /v1/intake` show it."""
 
-    id: int
-    tenant: str
-    entity: str
-    zoho_id: str
-    operation: str
-    state: str
     status: str | None  # the record's outcome once done
     attempts: int
     last_error: str | None
     next_attempt_at: dt.datetime | None  # pending and working rows only
     created_at: dt.datetime
     updated_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class IntakePage:
-    """Counts per state and one page of rows, by id."""
-
-    counts: dict[str, int]
-    rows: list[Intake]
-    next_after_id: int | None  # pass as `after_id` for the next page; None: this was the last
 
 
 async def list_intake(
@@ -366,20 +351,13 @@ async def list_intake(
     state: str | None = None,
     limit: int = 100,
     after_id: int | None = None,
-) -> IntakePage:
+) -> Page[Intake]:
     """The intake rows of `tenant` (or every tenant) in `state` (or any), oldest first, `limit` at a time."""
     async with database.connect() as conn:
-        counts, found, more = await read_page(
-            conn, _INTAKE, STATES, tenant=tenant, state=state, limit=limit, after_id=after_id
-        )
+        found = await read_page(conn, _INTAKE, STATES, tenant=tenant, state=state, limit=limit, after_id=after_id)
     rows = [
         Intake(
-            id=int(r.id),
-            tenant=r.tenant_id,
-            entity=r.entity,
-            zoho_id=r.zoho_id,
-            operation=r.operation,
-            state=r.state,
+            **Listed.common(r),
             status=r.status,
             attempts=int(r.attempts),
             last_error=r.last_error,
@@ -387,6 +365,6 @@ async def list_intake(
             created_at=r.created_at,
             updated_at=r.updated_at,
         )
-        for r in found
+        for r in found.rows
     ]
-    return IntakePage(counts, rows, rows[-1].id if more and rows else None)
+    return Page(found.counts, rows, found.next_after_id)

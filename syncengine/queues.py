@@ -5,7 +5,7 @@
     rounds.wake()                     # a round now (a commit that queued rows)
     async with keeping(renew, 300.0, "delivery"):   # renew() every third of the lease while it works
         ...
-    counts, rows, more = await read_page(conn, table, STATES, tenant="school", limit=100)
+    page = await read_page(conn, table, STATES, tenant="school", limit=100)   # Page(counts, rows, next_after_id)
 
 The delivery outbox (delivery.py) and the Zoho intake queue (intake.py) are such queues: their
 rows are claimed with a lease, retried with back-off, woken by NOTIFY on PostgreSQL (a LISTEN
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -29,6 +31,7 @@ from syncengine.exceptions import Unavailable
 from syncengine.store import translate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: Seconds to open the LISTEN connection: a database that does not answer is tried again next round.
 LISTEN_CONNECT_TIMEOUT = 5.0
 
@@ -170,17 +173,38 @@ async def keeping(renew: Callable[[], Awaitable[None]], lease: float, what: str)
             await keeper
 
 
+@dataclass(frozen=True)
 class Listed:
-    """A queue row as a listing shows it (a frozen dataclass): `to_builtins` for JSON and the CLI."""
+    """A queue row as a listing shows it: what every queue's rows have (each queue adds its own fields)."""
 
-    __dataclass_fields__: ClassVar[dict[str, Any]]
+    id: int
+    tenant: str
+    entity: str
+    zoho_id: str
+    operation: str
+    state: str
+
+    @staticmethod
+    def common(row: Any) -> dict[str, Any]:
+        """The fields above from a queue table's row: `Intake(**Listed.common(row), status=...)`."""
+        return {"id": int(row.id), "tenant": row.tenant_id, "entity": row.entity, "zoho_id": row.zoho_id,
+                "operation": row.operation, "state": row.state}  # fmt: skip
 
     def to_builtins(self, *, tenant: bool = True) -> dict[str, Any]:
         """Its fields by name; without `tenant` when the caller is that tenant."""
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if not tenant:
             del values["tenant"]
         return values
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """Counts per state (of the tenant, or of every tenant) and one page of rows, by id."""
+
+    counts: dict[str, int]
+    rows: list[T]
+    next_after_id: int | None  # pass as `after_id` for the next page; None: this was the last
 
 
 async def read_page(
@@ -192,10 +216,9 @@ async def read_page(
     state: str | None = None,
     limit: int = 100,
     after_id: int | None = None,
-) -> tuple[dict[str, int], list[Any], bool]:
+) -> Page[Any]:
     """The rows of queue `table` of `tenant` (or every tenant) in `state` (or any), by id after
-    `after_id`, `limit` of them; the counts per state (each of `states`, 0 if none) of the tenant,
-    or of every tenant; and whether more rows follow."""
+    `after_id`, `limit` of them, with the counts per state (each of `states`, 0 if none)."""
     t = table
     counting = sa.select(t.c.state, sa.func.count()).group_by(t.c.state)
     query = sa.select(t).order_by(t.c.id).limit(limit + 1)
@@ -207,4 +230,6 @@ async def read_page(
         query = query.where(t.c.id > after_id)
     counts = dict.fromkeys(states, 0) | {row[0]: int(row[1]) for row in await conn.execute(counting)}
     rows = list(await conn.execute(query))
-    return counts, rows[:limit], len(rows) > limit
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(counts, rows, int(rows[-1].id) if more and rows else None)
