@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -20,15 +19,7 @@ from syncengine.queues import Backoff, keeping
 from syncengine.tables import INTAKE
 from syncengine.tenants import add_tenant
 from tests.conftest import ENTITIES, ROOT, Databases
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for `condition`, at most 15 s (a bound for a broken build, not a measure)."""
-    for _ in range(300):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the state was never reached")
+from tests.test_delivery_faults_process import until
 
 
 @pytest.mark.parametrize(
@@ -62,7 +53,7 @@ async def test_the_lease_keeper_renews_until_the_work_ends_and_retries_after_an_
 
     with caplog.at_level(logging.ERROR, logger="syncengine.queues"):
         async with keeping(renew, 0.03, "test"):
-            await until(lambda: len(renewals) >= 3)  # a failed renewal is tried again
+            await until(lambda: len(renewals) >= 3, "a failed renewal tried again")
     ended = len(renewals)
     await asyncio.sleep(0.1)  # several thirds of the lease: a keeper left running would renew again
     assert len(renewals) == ended
@@ -82,10 +73,10 @@ async def test_a_notify_on_the_intake_channel_wakes_the_intake_worker(databases:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        await until(lambda: rounds == [1])  # the first round: LISTENing since before it
+        await until(lambda: rounds == [1], "the first round: LISTENing since before it")
         async with engine.database.begin() as conn:  # the migration's trigger NOTIFYs; nothing calls wake()
             await queue_ids(conn, "school", "students", "delete", ["3002"])
-        await until(lambda: len(rounds) == 2)  # only the NOTIFY can start it: the poll is an hour
+        await until(lambda: len(rounds) == 2, "a round woken by the NOTIFY alone (the poll is an hour)")
         assert rounds == [1, 1]
         async with engine.database.connect() as conn:
             taken_in = await conn.execute(sa.text(f"SELECT zoho_id, state, status FROM {INTAKE} ORDER BY id"))
