@@ -646,7 +646,7 @@ async def deliveries(
     wanted = _delivery_query(request)
     page = await list_deliveries(_service(request).engine.catalog, _service(request).engine.database,
                                  tenant=tenant.name, **wanted)  # fmt: skip
-    body = {"counts": page.counts, "deliveries": [d.to_builtins(tenant=False) for d in page.deliveries]}
+    body = {"counts": page.counts, "deliveries": [d.to_builtins(tenant=False) for d in page.rows]}
     return _json(_encode(body | {"next_after_id": page.next_after_id}))
 
 

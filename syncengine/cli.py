@@ -716,15 +716,15 @@ def deliveries_list(
         lambda database: list_deliveries(catalog, database, tenant=tenant, state=state, limit=limit, after_id=after_id),
     )
     if as_json:
-        body = {"counts": page.counts, "deliveries": [d.to_builtins() for d in page.deliveries]}
+        body = {"counts": page.counts, "deliveries": [d.to_builtins() for d in page.rows]}
         click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
         return
     click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
-    if page.deliveries:
+    if page.rows:
         rows = [
             (str(d.id), d.tenant, d.entity, d.zoho_id, d.operation, d.state, str(d.attempts),
              "-" if d.moodle_id is None else str(d.moodle_id), d.last_error or "")
-            for d in page.deliveries
+            for d in page.rows
         ]  # fmt: skip
         head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "ATTEMPTS", "MOODLE ID", "LAST ERROR")
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]

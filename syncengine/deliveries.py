@@ -1,6 +1,6 @@
 """Reads and requeues of the outbox: `deliveries list` and `retry`, `/v1/deliveries`, a record's Moodle side.
 
-    page = await list_deliveries(catalog, database, tenant="school", state="dead")  # Page(counts, deliveries, ...)
+    page = await list_deliveries(catalog, database, tenant="school", state="dead")  # Page(counts, rows, ...)
     retried = await retry_deliveries(database, tenant="school", all_dead=True)     # Retried(requeued=[...], ...)
     side = await record_moodle_state(database, entity, "school", zoho_id)           # {"moodle_id": ..., ...}
 
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncengine.delivery import CHANNEL, DUE
 from syncengine.descriptors import Catalog, Entity
 from syncengine.fieldtypes import utc_now
+from syncengine.queues import Listed, Page, read_page
 from syncengine.store import WRITES
 from syncengine.tables import engine_table
 
@@ -31,35 +32,14 @@ _LINKS = engine_table("syncengine_moodle_links")
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Delivery(Listed):
     """One outbox row as `deliveries list` and `GET /v1/deliveries` show it."""
 
-    id: int
-    tenant: str
-    entity: str
-    zoho_id: str
-    operation: str
-    state: str
     attempts: int
     last_error: str | None
     moodle_id: int | None  # of the record's own Moodle object (its mapping's first target), once known
     next_attempt_at: dt.datetime | None  # pending, waiting and working rows only
     created_at: dt.datetime
-
-    def to_builtins(self, *, tenant: bool = True) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if not tenant:
-            del values["tenant"]
-        return values
-
-
-@dataclass(frozen=True)
-class Page:
-    """Counts per state (of the tenant, or of every tenant) and one page of rows, by id."""
-
-    counts: dict[str, int]
-    deliveries: list[Delivery]
-    next_after_id: int | None  # pass as `after_id` for the next page; None: this was the last
 
 
 async def list_deliveries(
@@ -70,40 +50,23 @@ async def list_deliveries(
     state: str | None = None,
     limit: int = 100,
     after_id: int | None = None,
-) -> Page:
+) -> Page[Delivery]:
     """The outbox rows of `tenant` (or every tenant) in `state` (or any), oldest first, `limit` at a time."""
-    o = _OUTBOX
-    counting = sa.select(o.c.state, sa.func.count()).group_by(o.c.state)
-    query = sa.select(o).order_by(o.c.id).limit(limit + 1)
-    if tenant is not None:
-        counting, query = counting.where(o.c.tenant_id == tenant), query.where(o.c.tenant_id == tenant)
-    if state is not None:
-        query = query.where(o.c.state == state)
-    if after_id is not None:
-        query = query.where(o.c.id > after_id)
     async with database.connect() as conn:
-        counts = dict.fromkeys(STATES, 0) | {row[0]: int(row[1]) for row in await conn.execute(counting)}
-        rows = list(await conn.execute(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        ids = await _own_moodle_ids(catalog, conn, {(r.tenant_id, r.entity, r.zoho_id) for r in rows})
+        found = await read_page(conn, _OUTBOX, STATES, tenant=tenant, state=state, limit=limit, after_id=after_id)
+        ids = await _own_moodle_ids(catalog, conn, {(r.tenant_id, r.entity, r.zoho_id) for r in found.rows})
     deliveries = [
         Delivery(
-            id=int(r.id),
-            tenant=r.tenant_id,
-            entity=r.entity,
-            zoho_id=r.zoho_id,
-            operation=r.operation,
-            state=r.state,
+            **Listed.common(r),
             attempts=int(r.attempts),
             last_error=r.last_error,
             moodle_id=ids.get((r.tenant_id, r.entity, r.zoho_id)),
             next_attempt_at=r.next_attempt_at if r.state in DUE else None,
             created_at=r.created_at,
         )
-        for r in rows
+        for r in found.rows
     ]
-    return Page(counts, deliveries, deliveries[-1].id if more and deliveries else None)
+    return Page(found.counts, deliveries, found.next_after_id)
 
 
 async def _own_moodle_ids(

@@ -27,31 +27,26 @@ token changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine import mapping, targets
 from syncengine.descriptors import Catalog, Entity
-from syncengine.exceptions import Unavailable
 from syncengine.fieldtypes import utc_now
 from syncengine.mapping import DesiredState, Record, Target, desired_state
 from syncengine.moodle import MoodleClient, MoodleError
+from syncengine.queues import Backoff, Rounds, keeping
 from syncengine.sites import SITES, Site, read_site
-from syncengine.store import translate
 from syncengine.tables import build_metadata
 
 log = logging.getLogger(__name__)
-#: Seconds to open the LISTEN connection: a database that does not answer is tried again next round.
-LISTEN_CONNECT_TIMEOUT = 5.0
 
 CHANNEL = "syncengine_outbox"  # the migration's trigger NOTIFYs it on every insert into the outbox
 DUE = ("pending", "waiting", "working")  # `working` rows whose lease ended are due again
@@ -102,7 +97,7 @@ def delivery_stages(catalog: Catalog) -> list[Stage]:
 
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(Backoff):
     """How a worker claims and retries (see `Settings` for the environment variables)."""
 
     #: Rows claimed a round, oldest first: large enough that a round's calls come near the fewest the
@@ -122,10 +117,6 @@ class Policy:
     #: it, and a round per commit would take the database and the event loop from the requests
     #: (serve's webhooks: half their rate); a round per `gather` delivers them together.
     gather: float = 0.1
-
-    def backoff(self, attempts: int) -> float:
-        ceiling: float = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter: workers do not retry in step
 
 
 @dataclass
@@ -191,16 +182,17 @@ class Worker:
         self.stages = delivery_stages(catalog)
         self._mapped = {entity.name: entity for entity in catalog if entity.moodle}
         self._first = {entity.name: entity.moodle[0].name for entity in catalog if entity.moodle}
-        self._wake = asyncio.Event()
-        self._listener_driver: Any = None  # asyncpg's connection under the LISTENing one
-        self._listen_database: AsyncEngine | None = None
+        self._rounds = Rounds(
+            database, CHANNEL, "delivery", "outbox", self._round, self._next_due,
+            poll=self.policy.poll, gather=self.policy.gather,
+        )  # fmt: skip
         self._budgets: dict[str, tuple[int, targets.Budget]] = {}  # tenant -> (its setting, what Moodle takes)
         self._clients: dict[str, tuple[Site, MoodleClient]] = {}  # tenant -> the site as last read, its client
         self.totals = Counts()
 
     def wake(self) -> None:
         """Start a round now (the engine calls it after a commit that wrote outbox rows)."""
-        self._wake.set()
+        self._rounds.wake()
 
     async def aclose(self) -> None:
         """Close the Moodle clients kept between rounds (`run` does it when it ends)."""
@@ -348,15 +340,6 @@ class Worker:
         if (lease.until - utc_now()).total_seconds() < self.policy.lease * 2 / 3:
             await self._renew(lease)
 
-    async def _keep(self, lease: _Lease) -> None:
-        """Renew the lease every third of it until cancelled (a database error is logged and retried)."""
-        while True:
-            await asyncio.sleep(self.policy.lease / 3)
-            try:
-                await self._renew(lease)
-            except Exception:
-                log.exception("could not renew the delivery lease")
-
     # Rounds.
 
     async def deliver_once(self) -> Counts:
@@ -373,14 +356,9 @@ class Worker:
                 for key, claimed in records.items()
             }
             lease = _Lease(rows[0].next_attempt_at, {r.id for r in rows}, rows_of)
-            keeper = asyncio.ensure_future(self._keep(lease))
-            try:
+            async with keeping(lambda: self._renew(lease), self.policy.lease, "delivery"):
                 for tenant, records in by_tenant.items():
                     await self._deliver_tenant(lease, tenant, records, counts)
-            finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
         for name in ("delivered", "waiting", "retrying", "dead"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         if counts and self.on_round is not None:
@@ -637,31 +615,13 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set: a round whenever woken, when rows fall due, or every `poll`."""
-        listener: AsyncConnection | None = None
         try:
-            while not stop.is_set():
-                listener = await self._listening(listener)
-                self._wake.clear()
-                try:
-                    counts = await self.deliver_once()
-                except Exception as error:  # tried again after the poll interval
-                    trouble = translate(error)
-                    if isinstance(trouble, Unavailable):  # a known state of the database: one line
-                        log.warning("delivery round failed (%s); trying again", trouble)
-                    else:
-                        log.exception("delivery round failed")
-                    counts = Counts()
-                if counts and await self._more_due():
-                    continue
-                await self._sleep(stop, await self._next_due())
-                await self._sleep(stop, self.policy.gather, woken=False)  # later wake-ups join the round
+            await self._rounds.run(stop)
         finally:
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
-            if self._listen_database is not None:
-                await self._listen_database.dispose()
             await self.aclose()
+
+    async def _round(self) -> bool:
+        return bool(await self.deliver_once())
 
     async def _more_due(self) -> bool:
         wait = await self._next_due()
@@ -686,45 +646,3 @@ class Worker:
         if first is None:
             return None
         return float((first - utc_now()).total_seconds())
-
-    async def _sleep(self, stop: asyncio.Event, due_in: float | None, *, woken: bool = True) -> None:
-        """Until `due_in` seconds (at most `poll`) have passed, `stop` is set or (`woken`) a wake-up."""
-        timeout = self.policy.poll if due_in is None else max(0.0, min(self.policy.poll, due_in))
-        waits = [asyncio.ensure_future(stop.wait())]
-        if woken:
-            waits.append(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-
-    async def _listening(self, listener: AsyncConnection | None) -> AsyncConnection | None:
-        """On PostgreSQL, a connection LISTENing on the outbox channel that wakes this worker: the one
-        given while it is open, else a new one. None on SQLite, or while the database cannot be
-        reached (the poll covers the gap, and the next round tries again)."""
-        if self.database.dialect.name != "postgresql":
-            return None
-        if listener is not None:
-            if not listener.closed and not self._listener_driver.is_closed():
-                return listener
-            with contextlib.suppress(Exception):
-                await listener.close()
-        if self._listen_database is None:  # its own connection: not one of the pool that serves requests
-            self._listen_database = create_async_engine(
-                self.database.url, poolclass=sa.pool.NullPool, connect_args={"timeout": LISTEN_CONNECT_TIMEOUT}
-            )
-        try:
-            conn = await self._listen_database.connect()
-        except Exception as error:
-            log.warning("could not LISTEN for outbox rows (%s); polling every %s s", error, self.policy.poll)
-            return None
-        try:
-            raw = await conn.get_raw_connection()
-            self._listener_driver = raw.driver_connection
-            await self._listener_driver.add_listener(CHANNEL, lambda *_: self.wake())
-        except Exception:
-            await conn.close()
-            log.warning("could not LISTEN for outbox rows; polling every %s s", self.policy.poll)
-            return None
-        return conn

@@ -23,22 +23,21 @@ credentials (the message says how to configure them) or credentials Zoho refuses
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncengine.engine import SyncEngine
 from syncengine.exceptions import SyncEngineError, Unavailable
 from syncengine.fetching import ZohoUnreachable, fetch_and_sync
 from syncengine.fieldtypes import utc_now
 from syncengine.parsing import DELETED_KEY
+from syncengine.queues import Backoff, Listed, Page, Rounds, keeping, read_page
 from syncengine.report import RecordResult
 from syncengine.store import WRITES, translate
 from syncengine.tables import INTAKE, engine_table
@@ -54,12 +53,11 @@ STATES = ("pending", "working", "done", "failed")
 DUE = ("pending", "working")  # `working` rows whose lease ended are due again
 #: Statuses that say all went well: no message is kept with them.
 FINE = ("NEW", "UPDATED", "UNCHANGED", "DELETED")
-LISTEN_CONNECT_TIMEOUT = 5.0
 _INTAKE = engine_table(INTAKE)
 
 
 @dataclass(frozen=True)
-class IntakePolicy:
+class IntakePolicy(Backoff):
     """How an intake worker claims and retries (see `Settings` for the environment variables)."""
 
     batch: int = 1000  # rows claimed a round
@@ -68,10 +66,6 @@ class IntakePolicy:
     retry_max: float = 600.0
     attempts: int = 10  # tries while Zoho or the database is unavailable before a row is failed
     poll: float = 5.0  # seconds between looks at the queue when nothing wakes the worker
-
-    def backoff(self, attempts: int) -> float:
-        ceiling: float = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter: workers do not retry in step
 
 
 @dataclass
@@ -137,13 +131,13 @@ class IntakeWorker:
         self.policy, self.tenant, self.on_round = policy or IntakePolicy(), tenant, on_round
         self.zoho_options = zoho_options
         self.totals = Counts()
-        self._wake = asyncio.Event()
-        self._listener_driver: Any = None
-        self._listen_database: AsyncEngine | None = None
+        self._rounds = Rounds(
+            self.database, CHANNEL, "intake", "intake", self._round, self._next_due, poll=self.policy.poll
+        )
 
     def wake(self) -> None:
         """Start a round now (the notification endpoint calls it after queuing ids)."""
-        self._wake.set()
+        self._rounds.wake()
 
     # Claims.
 
@@ -183,15 +177,6 @@ class IntakeWorker:
             log.warning("intake lease lost", extra={"fields": {"rows": sorted(lease.held - held)}})
         lease.held, lease.until = held, until
 
-    async def _keep(self, lease: _Lease) -> None:
-        """Renew the lease every third of it until cancelled (a database error is logged and retried)."""
-        while True:
-            await asyncio.sleep(self.policy.lease / 3)
-            try:
-                await self._renew(lease)
-            except Exception:
-                log.exception("could not renew the intake lease")
-
     async def _settle(self, lease: _Lease, rows: Sequence[Any], values: Callable[[Any], dict[str, Any]]) -> None:
         """Write each row's outcome (`values(row)`) where this claim still holds it."""
         i = _INTAKE
@@ -224,17 +209,12 @@ class IntakeWorker:
         counts = Counts()
         if rows:
             lease = _Lease(rows[0].next_attempt_at, {r.id for r in rows})
-            keeper = asyncio.ensure_future(self._keep(lease))
-            try:
+            async with keeping(lambda: self._renew(lease), self.policy.lease, "intake"):
                 groups: dict[tuple[str, str], list[Any]] = {}
                 for row in rows:
                     groups.setdefault((row.tenant_id, row.entity), []).append(row)
                 for (tenant, entity), claimed in groups.items():
                     await self._take_in(lease, tenant, entity, claimed, counts)
-            finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
         for name in ("done", "failed", "retrying"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         if counts and self.on_round is not None:
@@ -322,30 +302,10 @@ class IntakeWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take in until `stop` is set: a round whenever woken, when rows fall due, or every `poll`."""
-        listener: AsyncConnection | None = None
-        try:
-            while not stop.is_set():
-                listener = await self._listening(listener)
-                self._wake.clear()
-                try:
-                    counts = await self.intake_once()
-                except Exception as error:  # tried again after the poll interval
-                    trouble = translate(error)
-                    if isinstance(trouble, Unavailable):
-                        log.warning("intake round failed (%s); trying again", trouble)
-                    else:
-                        log.exception("intake round failed")
-                    counts = Counts()
-                wait = await self._next_due()
-                if counts and wait is not None and wait <= 0:
-                    continue
-                await self._sleep(stop, wait)
-        finally:
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
-            if self._listen_database is not None:
-                await self._listen_database.dispose()
+        await self._rounds.run(stop)
+
+    async def _round(self) -> bool:
+        return bool(await self.intake_once())
 
     async def _next_due(self) -> float | None:
         """Seconds until the next row falls due (negative: due now), or None."""
@@ -360,44 +320,6 @@ class IntakeWorker:
             return None
         return None if first is None else float((first - utc_now()).total_seconds())
 
-    async def _sleep(self, stop: asyncio.Event, due_in: float | None) -> None:
-        timeout = self.policy.poll if due_in is None else max(0.0, min(self.policy.poll, due_in))
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-
-    async def _listening(self, listener: AsyncConnection | None) -> AsyncConnection | None:
-        """On PostgreSQL, a connection LISTENing on the intake channel that wakes this worker; None on
-        SQLite (the endpoint wakes the worker of its process) or while the database is away."""
-        if self.database.dialect.name != "postgresql":
-            return None
-        if listener is not None:
-            if not listener.closed and not self._listener_driver.is_closed():
-                return listener
-            with contextlib.suppress(Exception):
-                await listener.close()
-        if self._listen_database is None:  # its own connection: not one of the pool that serves requests
-            self._listen_database = create_async_engine(
-                self.database.url, poolclass=sa.pool.NullPool, connect_args={"timeout": LISTEN_CONNECT_TIMEOUT}
-            )
-        try:
-            conn = await self._listen_database.connect()
-            raw = await conn.get_raw_connection()
-        except Exception as error:
-            log.warning("could not LISTEN for intake rows (%s); polling every %s s", error, self.policy.poll)
-            return None
-        try:
-            self._listener_driver = raw.driver_connection
-            await self._listener_driver.add_listener(CHANNEL, lambda *_: self.wake())
-        except Exception:
-            await conn.close()
-            log.warning("could not LISTEN for intake rows; polling every %s s", self.policy.poll)
-            return None
-        return conn
-
 
 def _problem(result: RecordResult) -> str | None:
     """What a record's result says went wrong, if anything: its message and field errors."""
@@ -411,36 +333,15 @@ def _problem(result: RecordResult) -> str | None:
 
 
 @dataclass(frozen=True)
-class Intake:
+class Intake(Listed):
     """One intake row as `intake list` and `GET /v1/intake` show it."""
 
-    id: int
-    tenant: str
-    entity: str
-    zoho_id: str
-    operation: str
-    state: str
     status: str | None  # the record's outcome once done
     attempts: int
     last_error: str | None
     next_attempt_at: dt.datetime | None  # pending and working rows only
     created_at: dt.datetime
     updated_at: dt.datetime
-
-    def to_builtins(self, *, tenant: bool = True) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if not tenant:
-            del values["tenant"]
-        return values
-
-
-@dataclass(frozen=True)
-class IntakePage:
-    """Counts per state and one page of rows, by id."""
-
-    counts: dict[str, int]
-    rows: list[Intake]
-    next_after_id: int | None  # pass as `after_id` for the next page; None: this was the last
 
 
 async def list_intake(
@@ -450,29 +351,13 @@ async def list_intake(
     state: str | None = None,
     limit: int = 100,
     after_id: int | None = None,
-) -> IntakePage:
+) -> Page[Intake]:
     """The intake rows of `tenant` (or every tenant) in `state` (or any), oldest first, `limit` at a time."""
-    i = _INTAKE
-    counting = sa.select(i.c.state, sa.func.count()).group_by(i.c.state)
-    query = sa.select(i).order_by(i.c.id).limit(limit + 1)
-    if tenant is not None:
-        counting, query = counting.where(i.c.tenant_id == tenant), query.where(i.c.tenant_id == tenant)
-    if state is not None:
-        query = query.where(i.c.state == state)
-    if after_id is not None:
-        query = query.where(i.c.id > after_id)
     async with database.connect() as conn:
-        counts = dict.fromkeys(STATES, 0) | {row[0]: int(row[1]) for row in await conn.execute(counting)}
-        found = list(await conn.execute(query))
-    more = len(found) > limit
+        found = await read_page(conn, _INTAKE, STATES, tenant=tenant, state=state, limit=limit, after_id=after_id)
     rows = [
         Intake(
-            id=int(r.id),
-            tenant=r.tenant_id,
-            entity=r.entity,
-            zoho_id=r.zoho_id,
-            operation=r.operation,
-            state=r.state,
+            **Listed.common(r),
             status=r.status,
             attempts=int(r.attempts),
             last_error=r.last_error,
@@ -480,6 +365,6 @@ async def list_intake(
             created_at=r.created_at,
             updated_at=r.updated_at,
         )
-        for r in found[:limit]
+        for r in found.rows
     ]
-    return IntakePage(counts, rows, rows[-1].id if more and rows else None)
+    return Page(found.counts, rows, found.next_after_id)
