@@ -248,8 +248,10 @@ async def test_a_write_conflict_is_not_stored_as_the_keys_answer(databases: Any,
         async with database.connect() as locker:
             await locker.begin()
             await locker.exec_driver_sql(f"SELECT 1 FROM students WHERE {where} FOR UPDATE")
+            locker_pid = (await locker.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+            blocked = f"pg_stat_activity WHERE {locker_pid} = ANY(pg_blocking_pids(pid))"  # by us, not by others' tests
             request = asyncio.create_task(api.sync("students", records, headers=headers))
-            while not await count_rows(database, "pg_locks WHERE NOT granted"):  # its update waits for our locks
+            while not await count_rows(database, blocked):  # its update waits for our locks
                 assert not request.done(), request.result().text
                 await asyncio.sleep(0.01)
             await locker.exec_driver_sql(f"UPDATE students SET updated_at = now() WHERE {where}")
