@@ -3,7 +3,7 @@ with a cursor stored after each committed batch so that an interrupted backfill 
 
     async with await open_zoho(engine.database, "school") as zoho:
         backfill = Backfill(engine, zoho, "school", since=None, listener=listener)
-        cursors = await backfill.run(backfill.order(["enrollments"]))   # parents first when none is named
+        cursors = await backfill.run(backfill.order([entity.name]))   # parents first when none is named
 
 A batch is `BATCH_PAGES` pages (1,000 records) in one `engine.sync`; the next batch is fetched while
 one is synced, and no more than three are held at once, so memory stays flat whatever the count.

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ from syncengine.zoho import DATA_CENTRES
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from syncengine.queues import Page
 
 ENTITIES_OPTION = click.option(
     "--entities",
@@ -247,7 +250,8 @@ def load(target: str, file: Path | None, tenant: str, entities: Path | None) -> 
             NotFound,
         )
     if not files:
-        _fail(f"no .json files in {folder}: name each file after its entity, e.g. {folder / 'programs.json'}", BadInput)
+        example = folder / f"{next(iter(catalog.entities))}.json"
+        _fail(f"no .json files in {folder}: name each file after its entity, e.g. {example}", BadInput)
     batches = [
         (name, read_records(files[name], entity=described))
         for name, described in catalog.entities.items()
@@ -715,23 +719,13 @@ def deliveries_list(
         entities,
         lambda database: list_deliveries(catalog, database, tenant=tenant, state=state, limit=limit, after_id=after_id),
     )
-    if as_json:
-        body = {"counts": page.counts, "deliveries": [d.to_builtins() for d in page.rows]}
-        click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
-        return
-    click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
-    if page.rows:
-        rows = [
-            (str(d.id), d.tenant, d.entity, d.zoho_id, d.operation, d.state, str(d.attempts),
-             "-" if d.moodle_id is None else str(d.moodle_id), d.last_error or "")
-            for d in page.rows
-        ]  # fmt: skip
-        head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "ATTEMPTS", "MOODLE ID", "LAST ERROR")
-        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]
-        for row in [head, *rows]:
-            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    if page.next_after_id is not None:
-        click.echo(f"more: --after-id {page.next_after_id}", err=True)
+    head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "ATTEMPTS", "MOODLE ID", "LAST ERROR")
+    rows = [
+        (str(d.id), d.tenant, d.entity, d.zoho_id, d.operation, d.state, str(d.attempts),
+         "-" if d.moodle_id is None else str(d.moodle_id), d.last_error or "")
+        for d in page.rows
+    ]  # fmt: skip
+    _show_page(page, "deliveries", head, rows, as_json)
 
 
 @deliveries.command("retry")
@@ -794,18 +788,24 @@ def intake_list(
     page = _run_tenant_command(
         entities, lambda database: list_intake(database, tenant=tenant, state=state, limit=limit, after_id=after_id)
     )
+    head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "STATUS", "ATTEMPTS", "LAST ERROR")
+    rows = [
+        (str(r.id), r.tenant, r.entity, r.zoho_id, r.operation, r.state, r.status or "-", str(r.attempts),
+         r.last_error or "")
+        for r in page.rows
+    ]  # fmt: skip
+    _show_page(page, "intake", head, rows, as_json)
+
+
+def _show_page(page: Page[Any], key: str, head: Sequence[str], rows: Sequence[Sequence[str]], as_json: bool) -> None:
+    """A queue's page (`queues.Page`): as JSON (`{"counts", key: [...], "next_after_id"}`), or its
+    counts and a table whose last column (the error) runs on unpadded; the next page's hint last."""
     if as_json:
-        body = {"counts": page.counts, "intake": [row.to_builtins() for row in page.rows]}
+        body = {"counts": page.counts, key: [row.to_builtins() for row in page.rows]}
         click.echo(msgspec.json.encode(body | {"next_after_id": page.next_after_id}).decode())
         return
     click.echo(", ".join(f"{name} {count}" for name, count in page.counts.items()))
-    if page.rows:
-        rows = [
-            (str(r.id), r.tenant, r.entity, r.zoho_id, r.operation, r.state, r.status or "-", str(r.attempts),
-             r.last_error or "")
-            for r in page.rows
-        ]  # fmt: skip
-        head = ("ID", "TENANT", "ENTITY", "ZOHO ID", "OPERATION", "STATE", "STATUS", "ATTEMPTS", "LAST ERROR")
+    if rows:
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head) - 1)]
         for row in [head, *rows]:
             click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

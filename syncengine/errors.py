@@ -3,7 +3,7 @@
 Every error body has one shape:
 
     {"status": "error", "status_code": 404, "error": "unknown_entity",
-     "message": "unknown entity 'studnets' (known: programs, students, ...)"}
+     "message": "unknown entity 'x' (known: ...every entity of the descriptors)"}
 
 Handlers raise; `error_response` answers. Bad input is always a 4xx with the reason; anything
 unexpected is a 500 that names the request id and keeps the details in the log.

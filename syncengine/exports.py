@@ -1,6 +1,6 @@
 """Export files read as a stream of records, and loaded through the pipeline in batches.
 
-    for item in ExportReader(Path("enrollments.ndjson")):   # reader.done: bytes read so far
+    for item in ExportReader(Path(f"{entity.name}.ndjson")):   # reader.done: bytes read so far
         item.line, item.record or item.error
 
 Formats, told by the file's start (and `.csv`):

@@ -1,7 +1,7 @@
 """Records that name nothing but their Zoho id: fetched from the tenant's Zoho CRM, then synced.
 
     async with await open_zoho(engine.database, "school") as zoho:
-        report = await fetch_and_sync(engine, zoho, "school", "enrollments", ["6284103000002402077"])
+        report = await fetch_and_sync(engine, zoho, "school", entity.name, zoho_ids)
 
 `sync_fetching` takes a batch as it arrived (full records, id-only ones, deletions, in any mix):
 the id-only records (`id_only`) are fetched, 100 ids a call, and replaced by what Zoho
@@ -154,7 +154,7 @@ def id_only(record: Any) -> str | None:
     a webhook's `module`, as text; None for any other record (a deletion, `"$deleted": true`, is
     not id-only; nor is a record with any field, which is a patch).
 
-        >>> id_only({"zoho_id": "6284103000002402077", "module": "BTEC_Enrollments"})
+        >>> id_only({"zoho_id": "6284103000002402077", "module": entity.source})
         '6284103000002402077'
     """
     members = _members(record)

@@ -26,7 +26,7 @@ it waits for the answer. The answer's write names the claim row by id and fails 
 gone (`ClaimLost`: the batch is rolled back), so even a holder wrongly taken for dead (its lock
 connection dropped) cannot commit a batch beside the one that took over.
 
-    claim = await keys.claim("school", "/v1/sync/students", key, request_hash)
+    claim = await keys.claim("school", f"/v1/sync/{entity.name}", key, request_hash)
     if isinstance(claim, StoredResponse):  # a replay of the first answer
         return claim.status_code, claim.body
     try:

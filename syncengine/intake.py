@@ -1,6 +1,6 @@
 """The intake queue: ids Zoho notified, queued before the answer, then fetched and synced by a worker.
 
-    await queue_ids(conn, "school", "students", "update", ["628...01"], channel_id=1234)  # caller's transaction
+    await queue_ids(conn, "school", entity.name, "update", zoho_ids, channel_id=channel.id)  # caller's transaction
     worker = IntakeWorker(engine, IntakePolicy())
     counts = await worker.intake_once()     # one claim, fetched and synced: Counts(done=3, ...)
     await worker.run(stop)                  # until `stop` is set; `worker.wake()` starts a round
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,6 +42,7 @@ from syncengine.queues import Backoff, Listed, Page, Rounds, keeping, read_page
 from syncengine.report import RecordResult
 from syncengine.store import WRITES, translate
 from syncengine.tables import INTAKE, engine_table
+from syncengine.zoho import DEFAULT_TIMEOUT as ZOHO_TIMEOUT
 from syncengine.zoho import MAX_IDS
 from syncengine.zoho_sites import NoZohoCredentials, open_zoho
 
@@ -116,7 +118,8 @@ class _Lease:
 class IntakeWorker:
     """Fetches and syncs the queued ids of every tenant (or of `tenant` only) through `engine`.
 
-    `zoho_options` go to each tenant's ZohoClient (`max_attempts`, `sleep`...)."""
+    `zoho_options` go to each tenant's ZohoClient (`max_attempts`, `sleep`...). Every client shares
+    the worker's one HTTP connection pool (making one costs ~100 ms of CPU), closed by `aclose`."""
 
     def __init__(
         self,
@@ -130,6 +133,7 @@ class IntakeWorker:
         self.engine, self.database = engine, engine.database
         self.policy, self.tenant, self.on_round = policy or IntakePolicy(), tenant, on_round
         self.zoho_options = zoho_options
+        self._http: httpx.AsyncClient | None = None
         self.totals = Counts()
         self._rounds = Rounds(
             self.database, CHANNEL, "intake", "intake", self._round, self._next_due, poll=self.policy.poll
@@ -240,11 +244,12 @@ class IntakeWorker:
                 report = await self.engine.sync(tenant, entity, records)
                 await self._done(lease, rows_of, report.results, counts)
             if fetches:
-                async with await open_zoho(self.database, tenant, **self.zoho_options) as zoho:
-                    for start in range(0, len(fetches), MAX_IDS):
-                        chunk = fetches[start : start + MAX_IDS]
-                        report = await fetch_and_sync(self.engine, zoho, tenant, entity, chunk)
-                        await self._done(lease, rows_of, report.results, counts)
+                self._http = self._http or httpx.AsyncClient(timeout=ZOHO_TIMEOUT)
+                zoho = await open_zoho(self.database, tenant, http=self._http, **self.zoho_options)
+                for start in range(0, len(fetches), MAX_IDS):
+                    chunk = fetches[start : start + MAX_IDS]
+                    report = await fetch_and_sync(self.engine, zoho, tenant, entity, chunk)
+                    await self._done(lease, rows_of, report.results, counts)
         except NoZohoCredentials as error:  # a person must act: retrying would change nothing
             await self._fail(lease, self._left(lease, rows), str(error), counts)
         except Exception as error:  # Zoho unreachable or throttled past the client's retries, the database away
@@ -302,7 +307,16 @@ class IntakeWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take in until `stop` is set: a round whenever woken, when rows fall due, or every `poll`."""
-        await self._rounds.run(stop)
+        try:
+            await self._rounds.run(stop)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections to Zoho (a later round opens new ones)."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
 
     async def _round(self) -> bool:
         return bool(await self.intake_once())

@@ -204,7 +204,7 @@ def records_from_form(body: bytes, entity: Entity | None = None) -> list[Any]:
     refused, naming its field, not read as U+FFFD. With the `entity`, each key that matches one
     of its Zoho names or aliases in any case becomes that Zoho name (`Entity.form_keys`):
 
-        >>> records_from_form(b"zoho_id=7&modified_time=2026-02-10T09:20:13Z", enrollments)
+        >>> records_from_form(b"zoho_id=7&modified_time=2026-02-10T09:20:13Z", entity)
         [{'zoho_id': '7', 'Modified_Time': '2026-02-10T09:20:13Z'}]
     """
     if _looks_like_json(body):  # `curl -d '{...}'` sends JSON as a form unless told

@@ -48,6 +48,7 @@ DATA_CENTRES: dict[str, tuple[str, str]] = {
     "ca": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
 }
 MAX_IDS = 100  # per get-by-ids call
+DEFAULT_TIMEOUT = 30.0  # seconds for each call (connect, and each read)
 PER_PAGE = 200  # Zoho's maximum
 REFRESH_MARGIN = 300.0  # seconds: a token this close to its expiry is refreshed first
 ZOHO_ID = re.compile(r"\d{1,20}")
@@ -221,7 +222,7 @@ class ZohoClient:
     ) -> None:
         self.credentials = credentials
         self.cache = cache or MemoryTokenCache()
-        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
         self.api_version = api_version
         self.max_attempts, self.max_wait = max_attempts, max_wait
         self.sleep, self.clock = sleep, clock
@@ -318,7 +319,7 @@ class ZohoClient:
     async def watch(
         self, channel_id: int, events: Sequence[str], notify_url: str, token: str, expiry: datetime, *, renew: bool
     ) -> datetime:
-        """Subscribe channel `channel_id` to `events` (`["BTEC_Classes.all"]`), or with `renew` replace
+        """Subscribe channel `channel_id` to `events` (`[f"{entity.source}.all"]`), or with `renew` replace
         its details (PUT): Zoho then POSTs callbacks to `notify_url`, echoing `token` (at most 50
         characters). Returns the channel's expiry as Zoho states it (at most a week away)."""
         if len(token) > 50:
